@@ -1,0 +1,102 @@
+"""The backend registry, and the contract every backend implements.
+
+A backend is a module with three functions:
+
+- ``probe() -> str``: a one-line description of where it runs (for example the device), or
+  raises :class:`BackendUnavailable` with a one-line reason.
+- ``forward(x, kernel, recurrent_kernel, bias, h0, c0, options) -> (outputs, hT, cT, saved)``:
+  arrays already validated by :mod:`fastlstm.ops` (one float dtype; ``bias`` may be ``None``),
+  ``options`` an :class:`LSTMOptions`; ``saved`` is whatever its backward needs.
+- ``backward(saved, dy, dhT, dcT) -> (dx, dkernel, drecurrent_kernel, dbias, dh0, dc0)``:
+  any of ``dy, dhT, dcT`` may be ``None`` (zero); ``dbias`` is ``None`` when ``bias`` was.
+
+Backends are imported and probed on first use, never when fastlstm is imported, and each probe
+runs once per process.
+"""
+import functools
+import importlib
+import warnings
+from typing import NamedTuple
+
+
+class LSTMOptions(NamedTuple):
+    """The options of one LSTM call, with activation names already checked."""
+
+    activation: str = "tanh"
+    recurrent_activation: str = "sigmoid"
+    return_sequences: bool = False
+    go_backwards: bool = False
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here. ``installed`` tells a missing optional dependency (the
+    user's choice, not worth a warning) from one that is installed but cannot run."""
+
+    def __init__(self, reason, installed=True):
+        super().__init__(reason)
+        self.installed = installed
+
+
+class BackendStatus(NamedTuple):
+    name: str
+    available: bool
+    detail: str  # where it runs when available, else why not
+
+    def __str__(self):
+        return f"{self.name}: {'ok' if self.available else 'unavailable'} ({self.detail})"
+
+
+# Every backend, and the order in which 'auto' prefers them (fastest first).
+MODULES = {
+    "numpy": "fastlstm.backends.numpy",
+}
+PREFERENCE = ("numpy",)
+
+
+@functools.cache
+def _load(name):
+    """(module or None, status, installed) of a backend, probed once per process."""
+    try:
+        module = importlib.import_module(MODULES[name])
+        return module, BackendStatus(name, True, module.probe()), True
+    except BackendUnavailable as e:
+        return None, BackendStatus(name, False, str(e)), e.installed
+    except ImportError as e:
+        return None, BackendStatus(name, False, f"not installed ({e})"), False
+
+
+def available_backends():
+    """Every backend with whether it works here and, if not, why: a list of BackendStatus."""
+    return [_load(name)[1] for name in PREFERENCE]
+
+
+def get_backend(name="auto"):
+    """The backend module called ``name``, or the best one that works here for 'auto'.
+
+    Raises ValueError for an unknown name and BackendUnavailable for one that cannot run here.
+    """
+    if name == "auto":
+        return _auto()
+    if name not in MODULES:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(MODULES)}, got {name!r}")
+    module, status, _ = _load(name)
+    if module is None:
+        raise BackendUnavailable(f"backend {status}")
+    return module
+
+
+@functools.cache
+def _auto():
+    skipped = []
+    for name in PREFERENCE:
+        module, status, installed = _load(name)
+        if module is not None:
+            if skipped:
+                warnings.warn(
+                    f"fastlstm: using backend {name!r}; " + "; ".join(skipped), stacklevel=3
+                )
+            return module
+        if installed:
+            skipped.append(f"{name} is installed but unavailable: {status.detail}")
+    raise BackendUnavailable("no fastlstm backend works here: " + "; ".join(map(str, available_backends())))
+

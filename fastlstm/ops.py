@@ -1,0 +1,199 @@
+"""The functional core: ``lstm_forward`` and ``lstm_backward`` with Keras 3's conventions.
+
+Shapes: ``x`` is ``[batch, time, input_dim]``; the weights are stored exactly as Keras 3 stores
+them, ``kernel [input_dim, 4*units]``, ``recurrent_kernel [units, 4*units]``, ``bias [4*units]``,
+gates in the order i, f, c, o::
+
+    z_t = x_t @ kernel + h_{t-1} @ recurrent_kernel + bias
+    i, f, o = recurrent_activation(z_i, z_f, z_o);  g = activation(z_c)
+    c_t = f * c_{t-1} + i * g;  h_t = o * activation(c_t)
+
+Both functions check their arguments, then hand the work to a backend (:mod:`fastlstm.backends`).
+Stateful use is the caller passing one call's ``h, c`` as the next call's ``h0, c0``; gradients
+do not flow from one call into the previous one (truncated BPTT, as Keras does).
+"""
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fastlstm.activations import activation_name
+from fastlstm.backends import LSTMOptions, get_backend
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class LSTMCache(NamedTuple):
+    """What ``lstm_backward`` needs from one ``lstm_forward`` call."""
+
+    backend: Any
+    options: LSTMOptions
+    output_shape: tuple
+    state_shape: tuple
+    dtype: np.dtype
+    saved: Any
+
+
+class LSTMResult(NamedTuple):
+    """``outputs``: ``[batch, time, units]`` with ``return_sequences``, else ``[batch, units]``
+    (the last step); ``h``, ``c``: the final state, ``[batch, units]`` each."""
+
+    outputs: Any
+    h: Any
+    c: Any
+    cache: LSTMCache
+
+
+class LSTMGradients(NamedTuple):
+    """Gradients, each shaped like its input; ``bias`` is None when the forward had none."""
+
+    x: Any
+    kernel: Any
+    recurrent_kernel: Any
+    bias: Any
+    h0: Any
+    c0: Any
+
+
+def lstm_forward(
+    x,
+    kernel,
+    recurrent_kernel,
+    bias=None,
+    h0=None,
+    c0=None,
+    *,
+    activation="tanh",
+    recurrent_activation="sigmoid",
+    return_sequences=False,
+    go_backwards=False,
+    check_finite=True,
+    backend="auto",
+):
+    """Run an LSTM layer over ``x`` ``[batch, time, input_dim]``.
+
+    Args:
+        kernel: ``[input_dim, 4*units]``; recurrent_kernel: ``[units, 4*units]``;
+            bias: ``[4*units]`` or None (Keras's ``use_bias=False``).
+        h0, c0: initial state ``[batch, units]``; zeros where None.
+        activation: for the cell input and the cell state: 'tanh' (default), 'sigmoid',
+            'hard_sigmoid', 'hard_sigmoid_keras2', 'relu', 'softsign', 'linear' (or None).
+        recurrent_activation: for the i, f, o gates, from the same list; default 'sigmoid'.
+            'hard_sigmoid' is Keras 3's ``clip(x/6 + 1/2, 0, 1)``; 'hard_sigmoid_keras2' is
+            Keras 2's ``clip(0.2x + 1/2, 0, 1)``, the tutorial's 2017 default.
+        return_sequences: return every step's output, not only the last.
+        go_backwards: process the time steps in reverse; outputs come in processing order,
+            as Keras returns them.
+        check_finite: refuse NaN or inf in any input with a ValueError (default). Pass False to
+            skip the check (and its cost) and let NaN propagate.
+        backend: 'auto' (the best backend that works here) or a name from
+            ``fastlstm.available_backends()``.
+
+    Returns:
+        LSTMResult ``(outputs, h, c, cache)``; pass ``cache`` to :func:`lstm_backward`.
+
+    All arrays must share one dtype, float32 or float64, and the work is done in it. A sequence
+    must have at least one time step: with none there is no last output to return.
+    """
+    x = _as_array(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be [batch, time, input_dim] (3-D), got shape {x.shape}")
+    batch, time, input_dim = x.shape
+    if batch < 1 or time < 1:
+        raise ValueError(
+            f"x must hold at least one sample and one time step, got shape {x.shape} "
+            "(an LSTM over zero time steps has no output)"
+        )
+    _check_float(x, "x")
+    kernel = _checked(kernel, "kernel", x.dtype, ndim=2)
+    recurrent_kernel = _checked(recurrent_kernel, "recurrent_kernel", x.dtype, ndim=2)
+    units = recurrent_kernel.shape[0]
+    if recurrent_kernel.shape != (units, 4 * units):
+        raise ValueError(
+            f"recurrent_kernel must be [units, 4*units], got shape {recurrent_kernel.shape}"
+        )
+    if kernel.shape != (input_dim, 4 * units):
+        raise ValueError(
+            f"kernel must be [input_dim, 4*units] = ({input_dim}, {4 * units}) for x of shape "
+            f"{x.shape} and {units} units, got shape {kernel.shape}"
+        )
+    if bias is not None:
+        bias = _checked(bias, "bias", x.dtype, shape=(4 * units,))
+    state_shape = (batch, units)
+    h0 = _state(h0, "h0", x, state_shape)
+    c0 = _state(c0, "c0", x, state_shape)
+    options = LSTMOptions(
+        activation_name(activation, "activation"),
+        activation_name(recurrent_activation, "recurrent_activation"),
+        bool(return_sequences),
+        bool(go_backwards),
+    )
+    if check_finite:
+        for name, a in (("x", x), ("kernel", kernel), ("recurrent_kernel", recurrent_kernel),
+                        ("bias", bias), ("h0", h0), ("c0", c0)):
+            _check_finite(a, name)
+
+    impl = get_backend(backend)
+    outputs, h, c, saved = impl.forward(x, kernel, recurrent_kernel, bias, h0, c0, options)
+    cache = LSTMCache(impl, options, tuple(outputs.shape), state_shape, x.dtype, saved)
+    return LSTMResult(outputs, h, c, cache)
+
+
+def lstm_backward(cache, dy=None, dhT=None, dcT=None):
+    """Gradients of a loss with respect to every input of the ``lstm_forward`` that made ``cache``.
+
+    Args:
+        dy: gradient of the loss w.r.t. ``outputs`` (same shape), or None for zero.
+        dhT, dcT: gradients w.r.t. the final state ``h``, ``c`` ``[batch, units]``, or None.
+
+    Returns:
+        LSTMGradients ``(x, kernel, recurrent_kernel, bias, h0, c0)``.
+    """
+    if not isinstance(cache, LSTMCache):
+        raise TypeError(f"cache must be the LSTMCache of an lstm_forward result, got {type(cache).__name__}")
+    if dy is not None:
+        dy = _checked(dy, "dy", cache.dtype, shape=cache.output_shape)
+    if dhT is not None:
+        dhT = _checked(dhT, "dhT", cache.dtype, shape=cache.state_shape)
+    if dcT is not None:
+        dcT = _checked(dcT, "dcT", cache.dtype, shape=cache.state_shape)
+    return LSTMGradients(*cache.backend.backward(cache.saved, dy, dhT, dcT))
+
+
+def _as_array(a):
+    """Arrays (NumPy, CuPy, ...) pass unchanged; anything else goes through np.asarray."""
+    return a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a)
+
+
+def _check_float(a, name):
+    if np.dtype(a.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+
+
+def _checked(a, name, dtype, ndim=None, shape=None):
+    a = _as_array(a)
+    if np.dtype(a.dtype) != dtype:
+        _check_float(a, name)
+        raise TypeError(
+            f"{name} has dtype {a.dtype} but x has {dtype}: all arrays must share one dtype "
+            f"(cast with .astype(np.{dtype}))"
+        )
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    return a
+
+
+def _state(a, name, x, shape):
+    if a is None:
+        return np.zeros_like(x, shape=shape)  # same array type and dtype as x
+    return _checked(a, name, x.dtype, shape=shape)
+
+
+def _check_finite(a, name):
+    if a is not None and not bool(np.isfinite(a).all()):
+        n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        raise ValueError(
+            f"{name} contains {n_nan} NaN and {n_inf} inf values; an LSTM cannot continue from "
+            "them (pass check_finite=False to skip this check)"
+        )
