@@ -1,0 +1,82 @@
+"""The backend registry: lazy probing, honest reports, 'auto' and its warnings."""
+import subprocess
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import backends
+
+
+def test_import_needs_numpy_alone_and_probes_nothing():
+    code = (
+        "import sys, fastlstm\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'cupy', 'numba', 'torch', 'jax')]\n"
+        "probed = [m for m in sys.modules if m.startswith('fastlstm.backends.')]\n"
+        "print(heavy, probed)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] []"
+
+
+def test_numpy_backend_is_available_and_auto_picks_the_best_that_works():
+    statuses = {s.name: s for s in fastlstm.available_backends()}
+    assert statuses["numpy"].available and "NumPy" in statuses["numpy"].detail
+    best = next(s.name for s in fastlstm.available_backends() if s.available)
+    assert backends.get_backend("auto") is backends.get_backend(best)
+
+
+def test_explicit_numpy_backend_gives_the_same_answer_as_auto():
+    rng = np.random.default_rng(1)
+    x, k, r = rng.random((2, 3, 1)), rng.random((1, 8)), rng.random((2, 8))
+    auto = fastlstm.lstm_forward(x, k, r)
+    numpy = fastlstm.lstm_forward(x, k, r, backend="numpy")
+    np.testing.assert_array_equal(auto.outputs, numpy.outputs)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A registry with two fake backends in front of numpy: one installed but broken (no device),
+    one whose library is missing."""
+    broken = types.ModuleType("fake_broken")
+
+    def probe():
+        raise backends.BackendUnavailable("no CUDA device (cudaErrorInsufficientDriver)")
+
+    broken.probe = probe
+    monkeypatch.setitem(sys.modules, "fake_broken", broken)
+    monkeypatch.setitem(backends.MODULES, "broken", "fake_broken")
+    monkeypatch.setitem(backends.MODULES, "missing", "fake_module_that_does_not_exist")
+    monkeypatch.setattr(backends, "PREFERENCE", ("broken", "missing", "numpy"))
+    backends._load.cache_clear()
+    backends._auto.cache_clear()
+    yield
+    backends._load.cache_clear()
+    backends._auto.cache_clear()
+
+
+def test_unavailable_backends_are_listed_with_their_reason(registry):
+    report = [str(s) for s in fastlstm.available_backends()]
+    assert report[0] == "broken: unavailable (no CUDA device (cudaErrorInsufficientDriver))"
+    assert report[1].startswith("missing: unavailable (not installed")
+    assert report[2].startswith("numpy: ok")
+
+
+def test_asking_for_an_unavailable_backend_says_why(registry):
+    with pytest.raises(fastlstm.BackendUnavailable, match="broken: unavailable .no CUDA device"):
+        backends.get_backend("broken")
+
+
+def test_auto_reports_a_broken_backend_once_and_stays_silent_about_a_missing_one(registry):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert backends.get_backend("auto") is backends.get_backend("numpy")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1
+    assert "using backend 'numpy'" in messages[0] and "broken" in messages[0]
+    assert "missing" not in messages[0]

@@ -1,0 +1,104 @@
+"""Bad input is refused with an error that names the argument, what was expected and what came."""
+import numpy as np
+import pytest
+
+from fastlstm import lstm_backward, lstm_forward
+from lstm_testing import random_inputs
+
+
+@pytest.fixture
+def inputs():
+    return random_inputs(np.random.default_rng(0), batch=2, time=3, input_dim=4, units=5, dtype=np.float32)
+
+
+def replaced(inputs, **changes):
+    return {**inputs, **changes}
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (lambda a: dict(x=a["x"][0]), ValueError, ["x", "3-D", "(3, 4)"]),
+        (lambda a: dict(x=a["x"][:, :0]), ValueError, ["x", "time step", "(2, 0, 4)"]),
+        (lambda a: dict(x=a["x"][:0]), ValueError, ["x", "sample", "(0, 3, 4)"]),
+        (lambda a: dict(kernel=a["kernel"][:3]), ValueError, ["kernel", "(4, 20)", "(3, 20)"]),
+        (lambda a: dict(kernel=a["kernel"][None]), ValueError, ["kernel", "2-D", "(1, 4, 20)"]),
+        (lambda a: dict(recurrent_kernel=a["recurrent_kernel"][:4]), ValueError, ["recurrent_kernel", "(4, 20)"]),
+        (lambda a: dict(bias=a["bias"][:19]), ValueError, ["bias", "(20,)", "(19,)"]),
+        (lambda a: dict(h0=a["h0"][:1]), ValueError, ["h0", "(2, 5)", "(1, 5)"]),
+        (lambda a: dict(c0=a["c0"].T), ValueError, ["c0", "(2, 5)", "(5, 2)"]),
+        (lambda a: dict(x=a["x"].astype(np.int64)), TypeError, ["x", "float32 or float64", "int64"]),
+        (lambda a: dict(kernel=a["kernel"].astype(np.float64)), TypeError, ["kernel", "float64", "float32"]),
+        (lambda a: dict(h0=a["h0"].astype(np.float16)), TypeError, ["h0", "float16"]),
+        (lambda a: dict(x=a["x"].tolist()), TypeError, ["kernel", "float32", "float64"]),
+    ],
+    ids=["x-rank", "no-time-steps", "no-samples", "input-dim", "kernel-rank", "units", "bias",
+         "h0", "c0", "int-x", "mixed-dtypes", "half-h0", "list-x-is-float64"],
+)
+def test_bad_arrays_name_the_argument_and_what_came(inputs, change, error, words):
+    with pytest.raises(error) as info:
+        lstm_forward(**replaced(inputs, **change(inputs)))
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("activation", "gelu", ["activation", "'gelu'", "tanh"]),
+        ("recurrent_activation", "hard_sigmoid_v2", ["recurrent_activation", "hard_sigmoid_keras2"]),
+        ("backend", "cuda", ["backend", "'cuda'", "numpy"]),
+    ],
+)
+def test_unknown_names_are_refused_with_the_choices(inputs, option, value, words):
+    with pytest.raises(ValueError) as info:
+        lstm_forward(**inputs, **{option: value})
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["x", "kernel", "recurrent_kernel", "bias", "h0", "c0"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_refused_unless_the_check_is_off(inputs, name, bad):
+    inputs[name].flat[1] = bad
+    with pytest.raises(ValueError) as info:
+        lstm_forward(**inputs)
+    message = str(info.value)
+    assert message.startswith(f"{name} contains") and "check_finite=False" in message
+    assert ("1 NaN" if np.isnan(bad) else "1 inf") in message
+
+
+@pytest.mark.parametrize("name", ["x", "kernel", "recurrent_kernel", "bias", "h0", "c0"])
+def test_check_finite_false_lets_nan_through(inputs, name):
+    inputs[name].flat[1] = np.nan
+    with np.errstate(invalid="ignore"):
+        result = lstm_forward(**inputs, check_finite=False)
+    assert np.isnan(result.c).any()
+
+
+def test_activation_none_means_linear(inputs):
+    none = lstm_forward(**inputs, activation=None, recurrent_activation=None)
+    linear = lstm_forward(**inputs, activation="linear", recurrent_activation="linear")
+    np.testing.assert_array_equal(none.outputs, linear.outputs)
+
+
+@pytest.mark.parametrize(
+    "gradient, value, words",
+    [
+        ("dy", np.zeros((2, 3, 5), np.float32), ["dy", "(2, 5)", "(2, 3, 5)"]),
+        ("dhT", np.zeros((2, 5), np.float64), ["dhT", "float64", "float32"]),
+        ("dcT", np.zeros((5,), np.float32), ["dcT", "(2, 5)", "(5,)"]),
+    ],
+)
+def test_backward_refuses_gradients_of_the_wrong_shape_or_dtype(inputs, gradient, value, words):
+    cache = lstm_forward(**inputs).cache
+    with pytest.raises((ValueError, TypeError)) as info:
+        lstm_backward(cache, **{gradient: value})
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_backward_refuses_something_that_is_not_a_cache(inputs):
+    result = lstm_forward(**inputs)
+    with pytest.raises(TypeError, match="cache must be the LSTMCache"):
+        lstm_backward(result)
