@@ -1,0 +1,27 @@
+"""A small Keras-like model API on the fastlstm kernels, with Keras 3's names and semantics.
+
+>>> from fastlstm.nn import LSTM, Dense, Sequential, set_random_seed
+>>> set_random_seed(7)
+>>> model = Sequential([LSTM(32, input_shape=(1, 1)), Dense(26, activation="softmax")])
+>>> model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+
+Weights come in Keras 3's layout and order, so ``model.set_weights(keras_model.get_weights())``
+works both ways for the same architecture. Everything is NumPy; the LSTM runs on
+:func:`fastlstm.ops.lstm_forward` / :func:`fastlstm.ops.lstm_backward`.
+"""
+from fastlstm.nn.layers import LSTM, Dense, Layer
+from fastlstm.nn.losses import CategoricalCrossentropy
+from fastlstm.nn.model import History, Sequential
+from fastlstm.nn.optimizers import Adam
+from fastlstm.utils import set_random_seed
+
+__all__ = [
+    "Adam",
+    "CategoricalCrossentropy",
+    "Dense",
+    "History",
+    "LSTM",
+    "Layer",
+    "Sequential",
+    "set_random_seed",
+]
