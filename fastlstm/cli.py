@@ -1,56 +1,169 @@
-"""The ``fastlstm`` command."""
+"""The ``fastlstm`` command: ``fastlstm alphabet`` (the tutorial's experiments) and
+``fastlstm backends`` (what runs here)."""
 import argparse
-import string
+import dataclasses
+import json
+import math
+import sys
 import time
 
-import numpy as np
-
-from fastlstm.backends import available_backends, get_backend
-from fastlstm.ops import lstm_backward, lstm_forward
+from fastlstm import experiments
+from fastlstm.activations import ACTIVATIONS
+from fastlstm.backends import BackendUnavailable, available_backends
 
 
 def backends_report():
     return "\n".join(str(status) for status in available_backends())
 
 
-def alphabet_demo(backend="auto", units=32, seed=7):
-    """One forward and backward pass over the tutorial's 25 pairs A->B .. Y->Z, input [25, 1, 1]."""
-    rng = np.random.default_rng(seed)
-    codes = np.arange(25, dtype=np.float32)
-    x = (codes / 26).reshape(25, 1, 1)
-    limit = np.sqrt(6 / (1 + 4 * units))
-    kernel = rng.uniform(-limit, limit, (1, 4 * units)).astype(np.float32)
-    recurrent_kernel = rng.uniform(-limit, limit, (units, 4 * units)).astype(np.float32)
-    bias = np.zeros(4 * units, np.float32)
-    bias[units:2 * units] = 1  # unit_forget_bias
+class Progress:
+    """An in-place 'epoch i/n' line on a terminal; silent when the output is not one."""
 
-    start = time.perf_counter()
-    result = lstm_forward(x, kernel, recurrent_kernel, bias, backend=backend)
-    grads = lstm_backward(result.cache, dy=np.ones_like(result.outputs))
-    seconds = time.perf_counter() - start
-    lines = [
-        f"alphabet pairs {string.ascii_uppercase[0]}->{string.ascii_uppercase[1]} .. Y->Z: "
-        f"x {x.shape}, {units} units, backend {get_backend(backend).__name__.rsplit('.', 1)[-1]}",
-        f"forward: outputs {result.outputs.shape}, |h_T| = {np.linalg.norm(result.h):.4f}",
-    ]
-    lines += [f"backward: |d {name}| = {np.linalg.norm(g):.4f}" for name, g in grads._asdict().items()]
-    lines.append(f"forward + backward in {seconds * 1e3:.2f} ms")
-    return "\n".join(lines)
+    def __init__(self, label, stream=sys.stderr):
+        self.label, self.stream = label, stream
+        self.enabled = stream.isatty()
+        self.shown_at = 0.0
+
+    def __call__(self, epoch, epochs):
+        now = time.monotonic()
+        if self.enabled and (now - self.shown_at > 0.1 or epoch == epochs):
+            self.stream.write(f"\r{self.label}: epoch {epoch}/{epochs}\033[K")
+            self.stream.flush()
+            self.shown_at = now
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _describe(result):
+    return (f"experiment {result.experiment}, seed {result.seed}, {result.framework} ({result.backend}): "
+            f"accuracy {result.accuracy:.2f}%, loss {result.loss:.4f}, {result.seconds:.1f} s")
+
+
+def _demonstration_lines(result):
+    lines = []
+    for name, rows in result.demonstrations.items():
+        right = sum(predicted == expected for _, predicted, expected in rows)
+        shown = " ".join(f"{pattern}->{predicted}" for pattern, predicted, _ in rows)
+        lines.append(f"  {name} ({right}/{len(rows)} right): {shown}")
+    return lines
+
+
+def _accuracy_cell(summary):
+    if summary is None:
+        return "-"
+    if summary["runs"] == 1:
+        return f"{summary['mean']:.2f}"
+    return f"{summary['mean']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
+
+
+def _reaching_cell(summary, published):
+    if summary is None or math.isnan(published):
+        return "-"
+    return f"{summary['reaching_published']}/{summary['runs']}"
+
+
+def table(rows):
+    """The closing table: one row per experiment, ``rows`` as (Experiment, fastlstm summary,
+    Keras summary or None)."""
+    header = ["#", "experiment", "published %", "fastlstm %", "reach", "Keras %", "reach",
+              "fastlstm s", "Keras s", "speed-up"]
+    body = []
+    for experiment, ours, theirs in rows:
+        speedup = f"{theirs['seconds'] / ours['seconds']:.1f}x" if theirs else "-"
+        body.append([
+            str(experiment.number), experiment.name,
+            "-" if math.isnan(experiment.published) else f"{experiment.published:.2f}",
+            _accuracy_cell(ours), _reaching_cell(ours, experiment.published),
+            _accuracy_cell(theirs), _reaching_cell(theirs, experiment.published),
+            f"{ours['seconds']:.2f}", f"{theirs['seconds']:.2f}" if theirs else "-", speedup,
+        ])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def frameworks(args):
+    """fastlstm on the chosen backend, and Keras 3 beside it when asked for."""
+    chosen = [experiments.FastLSTM(args.backend)]
+    if args.keras:
+        try:
+            chosen.append(experiments.Keras())
+        except ImportError as e:
+            raise ImportError(f"--keras needs Keras 3 and TensorFlow: pip install 'fastlstm[keras]' ({e})") from e
+    return chosen
+
+
+def alphabet(args, frameworks):
+    seeds = range(args.seed, args.seed + args.seeds)
+    print(backends_report())
+    print(f"fastlstm backend: {frameworks[0].backend}; seeds {seeds.start}..{seeds.stop - 1}; "
+          f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}")
+    results, rows = [], []
+    for number in args.experiment:
+        experiment = experiments.EXPERIMENTS[number]
+        print(f"\n== experiment {number}: {experiment.name} "
+              f"(published {'-' if math.isnan(experiment.published) else f'{experiment.published:.2f}%'})")
+        summaries = []
+        for framework in frameworks:
+            runs = []
+            for seed in seeds:
+                progress = Progress(f"experiment {number}, seed {seed}, {framework.name}")
+                result = experiments.run(number, framework, seed, args.recurrent_activation, args.epsilon,
+                                         args.epochs, progress)
+                progress.close()
+                print(_describe(result), flush=True)
+                if len(seeds) == 1:
+                    print("\n".join(_demonstration_lines(result)))
+                runs.append(result)
+            results += runs
+            summaries.append(experiments.summarize(runs))
+        rows.append((experiment, summaries[0], summaries[1] if args.keras else None))
+    print()
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"arguments": {k: v for k, v in vars(args).items() if k != "command"},
+                       "results": [dataclasses.asdict(r) for r in results],
+                       "summaries": [{"experiment": e.number, "fastlstm": o, "keras": k} for e, o, k in rows]},
+                      f, indent=1)
+        print(f"wrote {args.json}")
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastlstm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backends", help="list every backend and whether it works here")
-    alphabet = commands.add_parser(
-        "alphabet", help="the alphabet workload (for now: backends and one forward/backward pass)"
-    )
-    alphabet.add_argument("--backend", default="auto")
+    run = commands.add_parser("alphabet", help="the alphabet experiments of the Keras stateful-LSTM tutorial")
+    run.add_argument("--experiment", type=int, nargs="+", choices=sorted(experiments.EXPERIMENTS),
+                     default=sorted(experiments.EXPERIMENTS), metavar="N",
+                     help="which experiments (1-6 are the tutorial's, 7 its stateless prefix variant); default all")
+    run.add_argument("--backend", default="auto", help="fastlstm backend (see `fastlstm backends`); default auto")
+    run.add_argument("--seeds", type=_positive, default=1, metavar="K", help="run K seeds and report the spread")
+    run.add_argument("--seed", type=int, default=experiments.DEFAULT_SEED, help="first seed (default 7, the tutorial's)")
+    run.add_argument("--keras", action="store_true", help="run the same experiments under Keras 3 beside fastlstm")
+    run.add_argument("--recurrent-activation", default="sigmoid", choices=sorted(ACTIVATIONS),
+                     help="hard_sigmoid_keras2 with --epsilon 1e-8 reproduces the tutorial's 2017 Keras 2 setting")
+    run.add_argument("--epsilon", type=float, default=1e-7, help="Adam epsilon (Keras 3: 1e-7; Keras 2: 1e-8)")
+    run.add_argument("--epochs", type=_positive, help="override every experiment's number of epochs (for quick runs)")
+    run.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
     args = parser.parse_args(argv)
 
     if args.command == "backends":
         print(backends_report())
-    elif args.command == "alphabet":
-        print(backends_report())
-        print(alphabet_demo(args.backend))
+        return 0
+    try:
+        chosen = frameworks(args)
+    except (ValueError, ImportError, BackendUnavailable) as e:
+        parser.error(str(e))
+    alphabet(args, chosen)
     return 0

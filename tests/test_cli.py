@@ -1,4 +1,5 @@
 """The installed ``fastlstm`` command."""
+import json
 import subprocess
 import sys
 
@@ -15,13 +16,39 @@ def test_backends_lists_each_backend_with_its_status(command):
     assert out.splitlines()[0].startswith("numpy: ok (CPU, NumPy ")
 
 
-def test_alphabet_runs_a_forward_and_backward_pass():
-    out = run("fastlstm", "alphabet", "--backend", "numpy")
-    assert "x (25, 1, 1), 32 units, backend numpy" in out
-    assert "forward: outputs (25, 32)" in out
-    assert all(f"|d {name}|" in out for name in ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0"))
+def test_alphabet_over_seeds_reports_the_spread_and_writes_json(tmp_path):
+    path = tmp_path / "out.json"
+    out = run("fastlstm", "alphabet", "--experiment", "3", "4", "--epochs", "2", "--seeds", "3",
+              "--backend", "numpy", "--json", str(path))
+    report = json.loads(path.read_text())
+    results = report["results"]
+    assert [(r["experiment"], r["seed"]) for r in results] == [(3, 7), (3, 8), (3, 9), (4, 7), (4, 8), (4, 9)]
+    for summary in report["summaries"]:
+        accuracies = [r["accuracy"] for r in results if r["experiment"] == summary["experiment"]]
+        assert summary["fastlstm"]["min"] == min(accuracies) and summary["fastlstm"]["runs"] == 3
+        assert summary["keras"] is None
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and table[2].startswith("| 3 | 3-char window as 3 time steps")
+    low, high = min(r["accuracy"] for r in results[:3]), max(r["accuracy"] for r in results[:3])
+    assert f"[{low:.2f}, {high:.2f}]" in table[2] and "/3 " in table[2]
 
 
-def test_an_unknown_backend_is_an_error_that_names_it():
-    result = subprocess.run(["fastlstm", "alphabet", "--backend", "nope"], capture_output=True, text=True)
-    assert result.returncode != 0 and "'nope'" in result.stderr
+def test_alphabet_with_keras_shows_both_frameworks_side_by_side(tmp_path):
+    path = tmp_path / "out.json"
+    out = run("fastlstm", "alphabet", "--keras", "--experiment", "5", "--epochs", "2", "--json", str(path))
+    frameworks = [r["framework"] for r in json.loads(path.read_text())["results"]]
+    assert frameworks == ["fastlstm", "keras"]
+    assert "experiment 5, seed 7, keras (tensorflow): accuracy" in out
+    row = out.splitlines()[-2]
+    assert row.startswith("| 5 | stateful") and row.rstrip(" |").endswith("x")  # the speed-up column
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [(["--backend", "nope"], ["'nope'"]), (["--experiment", "8"], ["invalid choice", "8"]),
+     (["--seeds", "0"], ["--seeds", "at least 1"])],
+)
+def test_bad_arguments_are_errors_that_name_them(args, words):
+    result = subprocess.run(["fastlstm", "alphabet", *args], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert all(w in result.stderr for w in words)
