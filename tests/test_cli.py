@@ -1,9 +1,12 @@
 """The installed ``fastlstm`` command."""
+import io
 import json
 import subprocess
 import sys
 
 import pytest
+
+from fastlstm.cli import Progress
 
 
 def run(*args):
@@ -52,3 +55,22 @@ def test_bad_arguments_are_errors_that_name_them(args, words):
     result = subprocess.run(["fastlstm", "alphabet", *args], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert all(w in result.stderr for w in words)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_stays_silent_elsewhere():
+    terminal, log = _Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        progress = Progress("experiment 6, seed 7, fastlstm", stream)
+        for epoch in range(1, 501):
+            progress(epoch, 500)
+        progress.close()
+    shown = terminal.getvalue()
+    assert shown.startswith("\rexperiment 6, seed 7, fastlstm: epoch 1/500")
+    assert "epoch 500/500" in shown and "\n" not in shown and shown.endswith("\r\033[K")
+    assert shown.count("\r") < 20  # throttled, not one write per epoch
+    assert log.getvalue() == ""
