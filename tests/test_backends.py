@@ -25,8 +25,9 @@ def test_import_needs_numpy_alone_and_probes_nothing():
 
 def test_numpy_backend_is_available_and_auto_picks_the_best_that_works():
     statuses = {s.name: s for s in fastlstm.available_backends()}
+    assert set(statuses) == set(backends.MODULES)
     assert statuses["numpy"].available and "NumPy" in statuses["numpy"].detail
-    best = next(s.name for s in fastlstm.available_backends() if s.available)
+    best = next(name for name in backends.PREFERENCE if statuses[name].available)
     assert backends.get_backend("auto") is backends.get_backend(best)
 
 
@@ -49,14 +50,22 @@ def registry(monkeypatch):
 
     broken.probe = probe
     monkeypatch.setitem(sys.modules, "fake_broken", broken)
-    monkeypatch.setitem(backends.MODULES, "broken", "fake_broken")
-    monkeypatch.setitem(backends.MODULES, "missing", "fake_module_that_does_not_exist")
+    monkeypatch.setattr(backends, "MODULES", {"broken": "fake_broken", "missing": "fake_module_that_does_not_exist",
+                                              "numpy": backends.MODULES["numpy"]})
     monkeypatch.setattr(backends, "PREFERENCE", ("broken", "missing", "numpy"))
     backends._load.cache_clear()
     backends._auto.cache_clear()
     yield
     backends._load.cache_clear()
     backends._auto.cache_clear()
+
+
+def test_without_a_gpu_cupy_is_listed_unavailable_with_the_reason_and_never_picked():
+    status = next(s for s in fastlstm.available_backends() if s.name == "cupy")
+    assert not status.available
+    # With the 'cuda' extra installed and no driver, CuPy says so; without CuPy, it is not installed.
+    assert status.detail.startswith(("no CUDA device (cudaError", "not installed"))
+    assert "cupy" not in backends.PREFERENCE and backends.get_backend("auto").__name__ != "fastlstm.backends.cupy"
 
 
 def test_unavailable_backends_are_listed_with_their_reason(registry):

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastlstm.activations import ACTIVATIONS
+from fastlstm.backends import sequence
 
 
 def probe():
@@ -29,20 +30,10 @@ class Saved(NamedTuple):
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     act = ACTIVATIONS[options.activation].fn
     rec_act = ACTIVATIONS[options.recurrent_activation].fn
-    if options.go_backwards:
-        x = x[:, ::-1]
-    x = np.ascontiguousarray(x)
-    batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
     g_ = slice(2 * units, 3 * units)
-
-    zx = (x.reshape(batch * time, input_dim) @ kernel).reshape(batch, time, 4 * units)
-    if bias is not None:
-        zx += bias
-    h = np.empty((batch, time + 1, units), x.dtype)
-    c = np.empty_like(h)
-    gates = np.empty_like(zx)
-    h[:, 0], c[:, 0] = h0, c0
+    x, zx, h, c, gates = sequence.start(np, x, kernel, bias, h0, c0, units, options.go_backwards)
+    time = x.shape[1]
     for t in range(time):
         z = zx[:, t] + h[:, t] @ recurrent_kernel
         a = rec_act(z)
@@ -61,7 +52,7 @@ def backward(saved, dy, dhT, dcT):
     x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options = saved
     act_grad = ACTIVATIONS[options.activation].grad_from_output
     rec_act_grad = ACTIVATIONS[options.recurrent_activation].grad_from_output
-    batch, time, input_dim = x.shape
+    batch, time, _ = x.shape
     units = recurrent_kernel.shape[0]
     g_ = slice(2 * units, 3 * units)
 
@@ -86,11 +77,4 @@ def backward(saved, dy, dhT, dcT):
         dc *= f
         dh = dz[:, t] @ recurrent_kernel_t
 
-    dz_flat = dz.reshape(batch * time, 4 * units)
-    dkernel = x.reshape(batch * time, input_dim).T @ dz_flat
-    drecurrent_kernel = h[:, :time].reshape(batch * time, units).T @ dz_flat
-    dbias = dz_flat.sum(axis=0) if has_bias else None
-    dx = (dz_flat @ kernel.T).reshape(batch, time, input_dim)
-    if options.go_backwards:
-        dx = dx[:, ::-1]
-    return np.ascontiguousarray(dx), dkernel, drecurrent_kernel, dbias, dh, dc
+    return (*sequence.weight_gradients(np, x, kernel, h, dz, has_bias, options.go_backwards), dh, dc)

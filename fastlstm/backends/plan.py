@@ -1,0 +1,101 @@
+"""The launch plan of the GPU kernels: a pure function of the shape, the dtype and the device's
+limits, shared by the GPU backends and executed on the CPU by the tests.
+
+Two paths (see kernels/lstm_persistent.cu and kernels/lstm_stepwise.cu):
+- persistent: one launch runs the whole recurrence; each block owns ``rows`` batch rows with
+  ``rows * units`` threads and keeps recurrent_kernel in shared memory. Taken whenever that fits
+  the device's threads per block and (opt-in) shared memory per block.
+- stepwise: per time step a GEMM plus one fused pointwise kernel; for larger units.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+# The kernels' activation ids (kernels/lstm_common.cuh, enum Activation).
+ACTIVATION_IDS = {
+    "tanh": 0, "sigmoid": 1, "hard_sigmoid": 2, "hard_sigmoid_keras2": 3, "relu": 4, "softsign": 5, "linear": 6,
+}
+C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+KERNELS = {
+    "lstm_persistent.cu": ("persistent_forward", "persistent_backward"),
+    "lstm_stepwise.cu": ("stepwise_forward", "stepwise_backward"),
+}
+POINTWISE_THREADS = 256
+DEFAULT_SHARED_MEMORY = 48 * 1024  # what a block gets without opting in to more
+
+
+class DeviceLimits(NamedTuple):
+    """What the plan needs to know of a device."""
+
+    max_threads_per_block: int = 1024
+    shared_memory_per_block_optin: int = DEFAULT_SHARED_MEMORY
+    multiprocessors: int = 1
+
+
+# Per architecture, for the compile gate and the tests: opt-in shared memory per block of
+# V100 (sm_70), A100 (sm_80) and H100 (sm_90).
+ARCHITECTURES = {
+    "sm_70": DeviceLimits(1024, 96 * 1024, 80),
+    "sm_80": DeviceLimits(1024, 163 * 1024, 108),
+    "sm_90": DeviceLimits(1024, 227 * 1024, 132),
+}
+
+
+class Launch(NamedTuple):
+    kernel: str  # a name expression, e.g. "fastlstm::persistent_forward<float>"
+    source: str  # the file in fastlstm.kernels that defines it
+    grid: tuple
+    block: tuple
+    shared_memory: int  # dynamic, in bytes
+
+
+class LSTMPlan(NamedTuple):
+    path: str  # "persistent" or "stepwise"
+    forward: Launch
+    backward: Launch
+    rows: int  # batch rows per block on the persistent path (0 on the stepwise path)
+
+
+def kernel_name(function, dtype):
+    return f"fastlstm::{function}<{C_TYPES[np.dtype(dtype)]}>"
+
+
+def all_instances():
+    """Every (source, name expression) a backend can request: the compile gate builds them all."""
+    return [(source, kernel_name(function, dtype))
+            for source, functions in KERNELS.items() for function in functions for dtype in C_TYPES]
+
+
+def persistent_shared_memory(units, rows, itemsize):
+    """Bytes of (forward, backward) dynamic shared memory on the persistent path: recurrent_kernel
+    with padded rows, then the double-buffered h (forward) or dz (backward) of the block's rows."""
+    weights = units * (4 * units + 1)
+    return (weights + 2 * rows * units) * itemsize, (weights + 2 * rows * 4 * units) * itemsize
+
+
+def plan_lstm(batch, units, dtype, limits):
+    """The launches for an LSTM of ``units`` over ``batch`` rows in ``dtype`` on a device with
+    ``limits``: the persistent path where it fits, else the stepwise one."""
+    itemsize = np.dtype(dtype).itemsize
+    if units <= limits.max_threads_per_block:
+        # Spread the rows over the multiprocessors; a block holds as many as its threads allow.
+        rows = min(-(-batch // limits.multiprocessors), limits.max_threads_per_block // units)
+        forward_bytes, backward_bytes = persistent_shared_memory(units, rows, itemsize)
+        while rows > 1 and backward_bytes > limits.shared_memory_per_block_optin:
+            rows -= 1
+            forward_bytes, backward_bytes = persistent_shared_memory(units, rows, itemsize)
+        if backward_bytes <= limits.shared_memory_per_block_optin:
+            grid, block = (-(-batch // rows),), (rows * units,)
+            return LSTMPlan(
+                "persistent",
+                Launch(kernel_name("persistent_forward", dtype), "lstm_persistent.cu", grid, block, forward_bytes),
+                Launch(kernel_name("persistent_backward", dtype), "lstm_persistent.cu", grid, block, backward_bytes),
+                rows,
+            )
+    grid, block = (-(-batch * units // POINTWISE_THREADS),), (POINTWISE_THREADS,)
+    return LSTMPlan(
+        "stepwise",
+        Launch(kernel_name("stepwise_forward", dtype), "lstm_stepwise.cu", grid, block, 0),
+        Launch(kernel_name("stepwise_backward", dtype), "lstm_stepwise.cu", grid, block, 0),
+        0,
+    )

@@ -1,0 +1,34 @@
+"""What every backend does around its recurrence, written once against an array module ``xp``
+(NumPy or CuPy): the input projection over all time steps before it, and the weight gradients
+as whole-sequence matrix products after it."""
+
+
+def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
+    """The inputs in processing order and the arrays the recurrence fills.
+
+    Returns ``x`` [batch, time, input_dim] (contiguous, reversed in time for go_backwards),
+    ``zx = x @ kernel + bias`` [batch, time, 4*units], and empty ``h``, ``c``
+    [batch, time + 1, units] holding h0, c0 at index 0, and ``gates`` [batch, time, 4*units].
+    """
+    x = xp.ascontiguousarray(x[:, ::-1] if go_backwards else x)
+    batch, time, input_dim = x.shape
+    zx = xp.matmul(x.reshape(batch * time, input_dim), kernel).reshape(batch, time, 4 * units)
+    if bias is not None:
+        zx += bias
+    h = xp.empty((batch, time + 1, units), x.dtype)
+    c = xp.empty_like(h)
+    h[:, 0], c[:, 0] = h0, c0
+    return x, zx, h, c, xp.empty_like(zx)
+
+
+def weight_gradients(xp, x, kernel, h, dz, has_bias, go_backwards):
+    """(dx, dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz``
+    [batch, time, 4*units] of the whole sequence; ``x`` and ``h`` as :func:`start` made them."""
+    batch, time, input_dim = x.shape
+    units = h.shape[2]
+    dz_flat = dz.reshape(batch * time, 4 * units)
+    dkernel = xp.matmul(x.reshape(batch * time, input_dim).T, dz_flat)
+    drecurrent_kernel = xp.matmul(h[:, :time].reshape(batch * time, units).T, dz_flat)
+    dbias = dz_flat.sum(axis=0) if has_bias else None
+    dx = xp.matmul(dz_flat, kernel.T).reshape(batch, time, input_dim)
+    return xp.ascontiguousarray(dx[:, ::-1] if go_backwards else dx), dkernel, drecurrent_kernel, dbias

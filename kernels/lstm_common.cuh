@@ -1,0 +1,45 @@
+// Shared by the LSTM kernels: activation functions (each with its derivative written in terms of
+// its own output, so the backward pass never recomputes an activation) and the hook for dynamic
+// shared memory. Activation ids match fastlstm.backends.plan.ACTIVATION_IDS.
+#pragma once
+
+#ifndef FASTLSTM_DYNAMIC_SHARED
+// The CPU emulation harness in tests/ defines this hook; everything else in the sources is CUDA.
+#define FASTLSTM_DYNAMIC_SHARED(name) extern __shared__ unsigned char name[]
+#endif
+
+namespace fastlstm {
+
+enum Activation { TANH = 0, SIGMOID = 1, HARD_SIGMOID = 2, HARD_SIGMOID_KERAS2 = 3, RELU = 4, SOFTSIGN = 5, LINEAR = 6 };
+
+// The id is uniform across a block, so the switch costs a few instructions, no divergence.
+template <typename T>
+__device__ __forceinline__ T activate(int id, T z) {
+    switch (id) {
+        case TANH: return tanh(z);
+        case SIGMOID: {  // exp of a non-positive number only: no overflow at |z| = 1e4
+            T e = exp(-fabs(z));
+            return (z >= T(0) ? T(1) : e) / (T(1) + e);
+        }
+        case HARD_SIGMOID: return fmin(fmax(z + T(3), T(0)), T(6)) / T(6);  // Keras 3: relu6(z + 3) / 6
+        case HARD_SIGMOID_KERAS2: return fmin(fmax(T(0.2) * z + T(0.5), T(0)), T(1));
+        case RELU: return fmax(z, T(0));
+        case SOFTSIGN: return z / (T(1) + fabs(z));
+        default: return z;  // LINEAR
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T activation_grad(int id, T y) {
+    switch (id) {
+        case TANH: return T(1) - y * y;
+        case SIGMOID: return y * (T(1) - y);
+        case HARD_SIGMOID: return (y > T(0) && y < T(1)) ? T(1) / T(6) : T(0);
+        case HARD_SIGMOID_KERAS2: return (y > T(0) && y < T(1)) ? T(0.2) : T(0);
+        case RELU: return y > T(0) ? T(1) : T(0);
+        case SOFTSIGN: { T s = T(1) - fabs(y); return s * s; }
+        default: return T(1);  // LINEAR
+    }
+}
+
+}  // namespace fastlstm

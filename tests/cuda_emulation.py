@@ -1,0 +1,78 @@
+"""A launcher that runs the CUDA C kernels of fastlstm.kernels on the CPU, for FusedLSTM.
+
+The same ``.cu`` files are compiled with g++ against ``emulation/cuda_emulation.h`` (one thread
+per CUDA thread, a barrier for ``__syncthreads``), one extern "C" entry per kernel instance that
+the launch plan can request, and called through ctypes on NumPy arrays.
+"""
+import ctypes
+import hashlib
+import pathlib
+import subprocess
+import tempfile
+
+import numpy as np
+
+import fastlstm.kernels
+from fastlstm.backends.plan import all_instances
+
+HEADER = pathlib.Path(__file__).parent / "emulation" / "cuda_emulation.h"
+BUILD_DIR = pathlib.Path(tempfile.gettempdir()) / "fastlstm-emulation"
+KERNELS = pathlib.Path(fastlstm.kernels.__file__).parent  # the installed sources
+
+
+def _translation_unit():
+    lines = ['#include "cuda_emulation.h"']
+    lines += [f'#include "{source}"' for source in sorted({source for source, _ in all_instances()})]
+    for index, (_, name) in enumerate(all_instances()):
+        lines.append(
+            f'extern "C" void launch_{index}(unsigned gx, unsigned bx, size_t shared, void** args) '
+            f"{{ emulation::launch(&{name}, dim3{{gx, 1, 1}}, dim3{{bx, 1, 1}}, shared, args); }}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build(sanitizer=None, kernels=KERNELS):
+    """The shared library of every kernel instance in the sources under ``kernels``, built once
+    per source version and flags."""
+    unit = _translation_unit()
+    flags = ["-std=c++20", "-O1", "-g", "-fPIC", "-shared", "-pthread"]
+    if sanitizer:
+        flags.append(f"-fsanitize={sanitizer}")
+    sources = sorted(kernels.glob("*.cu*"))
+    contents = unit + HEADER.read_text() + "".join(p.read_text() for p in sources) + " ".join(flags)
+    BUILD_DIR.mkdir(exist_ok=True)
+    library = BUILD_DIR / f"kernels-{hashlib.sha256(contents.encode()).hexdigest()[:16]}.so"
+    if not library.exists():
+        source = library.with_suffix(".cpp")
+        source.write_text(unit)
+        subprocess.run(["g++", *flags, f"-I{HEADER.parent}", f"-I{kernels}", str(source), "-o", str(library)],
+                       check=True, capture_output=True, text=True)
+    return library
+
+
+class EmulatedLauncher:
+    """``launcher(launch, *arguments)`` for FusedLSTM, running the kernels on the CPU."""
+
+    def __init__(self, library):
+        self.library = ctypes.CDLL(str(library))
+        self.entries = {name: getattr(self.library, f"launch_{i}") for i, (_, name) in enumerate(all_instances())}
+        self.launched = []  # the kernel names, in launch order
+
+    def __call__(self, launch, *arguments):
+        values = [_c_value(a) for a in arguments]
+        pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+        assert len(launch.grid) == 1 and len(launch.block) == 1
+        self.entries[launch.kernel](ctypes.c_uint(launch.grid[0]), ctypes.c_uint(launch.block[0]),
+                                    ctypes.c_size_t(launch.shared_memory), pointers)
+        self.launched.append(launch.kernel)
+
+
+def _c_value(argument):
+    if argument is None:
+        return ctypes.c_void_p(None)
+    if isinstance(argument, np.ndarray):
+        assert argument.flags.c_contiguous, "kernels take contiguous arrays"
+        return ctypes.c_void_p(argument.ctypes.data)
+    if isinstance(argument, int):
+        return ctypes.c_int(argument)
+    raise TypeError(f"no kernel argument of type {type(argument).__name__}")

@@ -1,0 +1,137 @@
+"""The compile gate: every kernel instance the backends can request, built for sm_70, sm_80 and
+sm_90 with NVRTC under CuPy's own options and, where it still targets the architecture, with nvcc,
+reading ptxas's report. Fails on a compile error, any spill or local memory, more registers than
+the largest block the plan launches allows, or shared memory over what the plan assumed the
+architecture has. The report (registers and shared memory per instance) is written to
+build/compile-gate.md.
+
+CUDA 13 no longer targets sm_70 (Volta), so sm_70 is built with NVRTC 12 (the 'test' extra
+installs it), as a Volta user with CuPy for CUDA 12 would; sm_80 and sm_90 with NVRTC 13 and the
+machine's nvcc 13.
+"""
+import importlib.util
+import pathlib
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from fastlstm.backends.cupy import KERNELS, NVRTC_OPTIONS
+from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, POINTWISE_THREADS, all_instances, plan_lstm
+
+from nvrtc import NVRTC
+
+CUPY_OPTIONS = ["-ftz=true", "--device-as-default-execution-space"]  # what CuPy adds for NVRTC
+NVRTC_LIBRARIES = {"sm_70": "cuda_nvrtc/lib/libnvrtc.so.12", "sm_80": "cu13/lib/libnvrtc.so.13",
+                   "sm_90": "cu13/lib/libnvrtc.so.13"}
+NVCC_ARCHITECTURES = {"sm_80", "sm_90"}
+PTXAS_FLAGS = ["-v", "-warn-spills", "-warn-lmem-usage"]
+REGISTERS_PER_BLOCK = 65536
+
+
+def _sources():
+    return sorted({source for source, _ in all_instances()})
+
+
+def _nvrtc(arch):
+    for root in importlib.util.find_spec("nvidia").submodule_search_locations:
+        library = pathlib.Path(root) / NVRTC_LIBRARIES[arch]
+        if library.exists():
+            return NVRTC(library)
+    pytest.fail(f"{NVRTC_LIBRARIES[arch]} is not installed: pip install '.[test]'")
+
+
+def _lowered_names(source, arch):
+    """Compiles ``source`` with NVRTC as CuPy would; returns (log, {name expression: mangled name})."""
+    headers = {h.name: h.read_text() for h in sorted(KERNELS.glob("*.cuh"))}
+    names = [name for s, name in all_instances() if s == source]
+    options = [*CUPY_OPTIONS, f"-arch={arch}", *NVRTC_OPTIONS, *(f"-Xptxas={f}" for f in PTXAS_FLAGS)]
+    return _nvrtc(arch).compile((KERNELS / source).read_text(), source, headers, names, options)
+
+
+def _nvcc_log(source, arch, names, tmp_path):
+    """Compiles ``source`` with nvcc, every instance kept alive by taking its address."""
+    unit = tmp_path / f"gate_{source}"
+    unit.write_text(f'#include "{source}"\nvoid* instances[] = {{'
+                    + ", ".join(f"(void*)&{name}" for name in names) + "};\n")
+    result = subprocess.run(
+        ["nvcc", "-cubin", f"-arch={arch}", "-std=c++17", f"-I{KERNELS}", "-Xptxas", ",".join(PTXAS_FLAGS),
+         "-o", str(unit.with_suffix(".cubin")), str(unit)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, f"nvcc failed on {source} for {arch}:\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def _parse(log):
+    """{mangled name: {registers, static shared, stack, spills}} from ptxas's -v report."""
+    report, current = {}, None
+    for line in log.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            current = report.setdefault(m.group(1), {})
+        elif current is not None and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                                                     r"(\d+) bytes spill loads", line)):
+            current.update(stack=int(m.group(1)), spills=int(m.group(2)) + int(m.group(3)))
+        elif current is not None and (m := re.search(r"Used (\d+) registers", line)):
+            shared = re.search(r"(\d+) bytes smem", line)
+            current.update(registers=int(m.group(1)), shared=int(shared.group(1)) if shared else 0)
+    return report
+
+
+def _largest_plan(name, arch):
+    """(threads per block, dynamic shared bytes): the largest the plan ever asks of ``name`` on ``arch``."""
+    dtype = next(np.dtype(d) for d, c in C_TYPES.items() if f"<{c}>" in name)
+    launches = [launch for units in range(1, 257) for batch in (1, 7, 4096)
+                for launch in plan_lstm(batch, units, dtype, ARCHITECTURES[arch])[1:3] if launch.kernel == name]
+    return max(launch.block[0] for launch in launches), max(launch.shared_memory for launch in launches)
+
+
+REPORT = []
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("source", _sources())
+def test_every_instance_compiles_without_spills_within_the_plans_budget(source, arch, tmp_path):
+    logs = {}
+    logs["nvrtc"], lowered = _lowered_names(source, arch)
+    if arch in NVCC_ARCHITECTURES:
+        logs["nvcc"] = _nvcc_log(source, arch, list(lowered), tmp_path)
+    limit = ARCHITECTURES[arch].shared_memory_per_block_optin
+    for compiler, log in logs.items():
+        ptxas_warnings = [line for line in log.splitlines() if line.startswith("ptxas") and "warning" in line]
+        assert not ptxas_warnings, f"{compiler} {arch}: {ptxas_warnings}"
+        report = _parse(log)
+        for name, mangled in lowered.items():
+            entry = report[mangled]
+            threads, dynamic = _largest_plan(name, arch)
+            assert entry["spills"] == 0 and entry["stack"] == 0, f"{compiler} {arch} {name}: {entry}"
+            # Registers are allocated per warp, in granules of 8 per thread.
+            allocated = -(-entry["registers"] // 8) * 8 * -(-threads // 32) * 32
+            assert allocated <= REGISTERS_PER_BLOCK, f"{compiler} {arch} {name}: {entry}, {threads} threads"
+            assert entry["shared"] + dynamic <= limit, f"{compiler} {arch} {name}: {entry}, plan {dynamic}"
+            REPORT.append((arch, compiler, name, entry["registers"], entry["shared"], dynamic, threads))
+
+
+def test_the_plan_never_asks_for_more_than_a_block_can_have():
+    for arch, limits in ARCHITECTURES.items():
+        for dtype in C_TYPES:
+            for units in range(1, 300):
+                for batch in (1, 3, 131, 4096):
+                    plan = plan_lstm(batch, units, dtype, limits)
+                    for launch in (plan.forward, plan.backward):
+                        assert launch.block[0] <= limits.max_threads_per_block
+                        assert launch.shared_memory <= limits.shared_memory_per_block_optin
+                        assert launch.grid[0] * (plan.rows or 1) >= (batch if plan.rows else
+                                                                      -(-batch * units // POINTWISE_THREADS))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_report(request):
+    yield
+    if REPORT:
+        path = pathlib.Path(request.config.rootpath) / "build" / "compile-gate.md"
+        path.parent.mkdir(exist_ok=True)
+        rows = ["| arch | compiler | instance | registers | static smem | largest dynamic smem planned | "
+                "largest block planned |", "|---|---|---|---|---|---|---|"]
+        rows += [f"| {a} | {c} | `{n}` | {r} | {s} | {d} | {t} |" for a, c, n, r, s, d, t in sorted(REPORT)]
+        path.write_text("\n".join(rows) + "\n")

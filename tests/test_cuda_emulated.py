@@ -1,0 +1,95 @@
+"""The CuPy backend's orchestration (FusedLSTM) and its CUDA C kernels, run on the CPU through the
+emulation harness, against the NumPy reference: both paths of the launch plan, forward and
+backward, float32 and float64.
+
+Tolerance: max|emulated - reference| / max(1, max|reference|) per array below 1e-5 in float32
+(measured: at most about 1e-6) and 1e-12 in float64.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from cuda_emulation import EmulatedLauncher, build
+from fastlstm import lstm_backward, lstm_forward
+from fastlstm.backends import LSTMOptions
+from fastlstm.backends.fused import FusedLSTM
+from fastlstm.backends.plan import DeviceLimits, plan_lstm
+from lstm_testing import random_inputs
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+# Limits that force each path: 'persistent' with few multiprocessors, so a block holds several
+# rows and the last block is only partly filled; 'stepwise' with too little shared memory.
+LIMITS = {
+    "persistent": DeviceLimits(max_threads_per_block=1024, shared_memory_per_block_optin=96 * 1024, multiprocessors=2),
+    "stepwise": DeviceLimits(max_threads_per_block=1024, shared_memory_per_block_optin=64, multiprocessors=2),
+}
+# (batch, time, input_dim, units): the alphabet shapes, time 1, batch not a multiple of the rows
+# per block, units not a multiple of 32.
+SHAPES = [(1, 1, 1, 32), (1, 3, 1, 32), (1, 1, 3, 16), (25, 1, 1, 16), (1, 5, 1, 50), (5, 7, 3, 33), (3, 4, 2, 8)]
+
+
+@pytest.fixture(scope="module")
+def launcher():
+    return EmulatedLauncher(build())
+
+
+def _compare(launcher, path, shape, dtype, state=True, bias=True, **options):
+    batch, time, input_dim, units = shape
+    rng = np.random.default_rng([batch, time, input_dim, units])
+    inputs = random_inputs(rng, batch, time, input_dim, units, dtype, bias=bias, state=state)
+    options = LSTMOptions(**options)
+    reference = lstm_forward(**inputs, **options._asdict(), backend="numpy")
+    grads_in = [rng.standard_normal(a.shape).astype(dtype) for a in reference[:3]]
+    expected = [*reference[:3], *lstm_backward(reference.cache, *grads_in)]
+
+    fused = FusedLSTM(np, launcher, LIMITS[path])
+    assert plan_lstm(batch, units, dtype, fused.limits).path == path
+    zeros = np.zeros((batch, units), dtype)
+    h0 = inputs["h0"] if state else zeros
+    c0 = inputs["c0"] if state else zeros
+    outputs, h, c, saved = fused.forward(inputs["x"], inputs["kernel"], inputs["recurrent_kernel"], inputs["bias"],
+                                         h0, c0, options)
+    got = [outputs, h, c, *fused.backward(saved, *grads_in)]
+    for name, mine, want in zip(["outputs", "h", "c", "dx", "dkernel", "drecurrent_kernel", "dbias", "dh0", "dc0"],
+                                got, expected):
+        if want is None:
+            assert mine is None, name
+            continue
+        assert mine.shape == want.shape and mine.dtype == dtype, name
+        error = np.abs(mine - want).max() / max(1.0, np.abs(want).max())
+        assert error <= TOLERANCE[dtype], f"{name}: {error:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("path", ["persistent", "stepwise"])
+def test_both_paths_match_the_reference(launcher, path, shape, dtype):
+    _compare(launcher, path, shape, dtype, return_sequences=True)
+
+
+@pytest.mark.parametrize(
+    "recurrent_activation, activation, return_sequences, go_backwards, state, bias",
+    [(r, "tanh", rs, gb, s, True) for r, (rs, gb, s) in zip(
+        ["sigmoid", "hard_sigmoid", "hard_sigmoid_keras2", "tanh", "relu", "softsign", "linear"],
+        itertools.cycle(itertools.product((False, True), repeat=3)))]
+    + [("sigmoid", a, True, True, True, False) for a in ["sigmoid", "hard_sigmoid", "relu", "softsign", "linear"]]
+    + [("sigmoid", "tanh", rs, gb, s, b) for rs, gb, s, b in itertools.product((False, True), repeat=4)],
+)
+@pytest.mark.parametrize("path", ["persistent", "stepwise"])
+def test_every_option_on_both_paths(launcher, path, recurrent_activation, activation, return_sequences,
+                                    go_backwards, state, bias):
+    _compare(launcher, path, (5, 4, 2, 6), np.float32, state=state, bias=bias, activation=activation,
+             recurrent_activation=recurrent_activation, return_sequences=return_sequences, go_backwards=go_backwards)
+
+
+@pytest.mark.parametrize("path", ["persistent", "stepwise"])
+def test_the_plans_kernels_are_the_ones_launched(launcher, path):
+    fused = FusedLSTM(np, launcher, LIMITS[path])
+    inputs = random_inputs(np.random.default_rng(0), 3, 4, 2, 5, np.float64)
+    plan = plan_lstm(3, 5, np.float64, fused.limits)
+    start = len(launcher.launched)
+    saved = fused.forward(*inputs.values(), LSTMOptions())[3]
+    fused.backward(saved, None, None, None)
+    per_call = 1 if path == "persistent" else 4  # one launch, or one per time step
+    assert launcher.launched[start:] == [plan.forward.kernel] * per_call + [plan.backward.kernel] * per_call
