@@ -1,6 +1,7 @@
 """The backend registry: lazy probing, honest reports, 'auto' and its warnings."""
 import subprocess
 import sys
+import tempfile
 import types
 import warnings
 
@@ -19,7 +20,8 @@ def test_import_needs_numpy_alone_and_probes_nothing():
         "probed = [m for m in sys.modules if m.startswith('fastlstm.backends.')]\n"
         "print(heavy, probed)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tempfile.gettempdir()).stdout  # the installed package, not the checkout
     assert out.strip() == "[] []"
 
 
@@ -64,7 +66,7 @@ def test_without_a_gpu_cupy_is_listed_unavailable_with_the_reason_and_never_pick
     status = next(s for s in fastlstm.available_backends() if s.name == "cupy")
     assert not status.available
     # With the 'cuda' extra installed and no driver, CuPy says so; without CuPy, it is not installed.
-    assert status.detail.startswith(("no CUDA device (cudaError", "not installed"))
+    assert status.detail.startswith(("no CUDA device (cudaError", "not installed (No module named 'cupy')"))
     assert "cupy" not in backends.PREFERENCE and backends.get_backend("auto").__name__ != "fastlstm.backends.cupy"
 
 

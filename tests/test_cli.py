@@ -3,21 +3,26 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from fastlstm.cli import Progress
 
 
+NEUTRAL = tempfile.gettempdir()  # run from here, so `python -m fastlstm` finds the installed package
+
+
 def run(*args):
-    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(args, capture_output=True, text=True, check=True, cwd=NEUTRAL).stdout
 
 
 @pytest.mark.parametrize("command", [["fastlstm"], [sys.executable, "-m", "fastlstm"]])
 def test_backends_lists_each_backend_with_its_status(command):
     out = run(*command, "backends")
     assert any(line.startswith("numpy: ok (CPU, NumPy ") for line in out.splitlines())
-    assert any(line.startswith("cupy: ") for line in out.splitlines())
+    cupy = next(line for line in out.splitlines() if line.startswith("cupy: "))
+    assert "fastlstm.kernels" not in cupy  # the installed package, with its kernels, was the one run
 
 
 def test_alphabet_over_seeds_reports_the_spread_and_writes_json(tmp_path):
@@ -53,7 +58,7 @@ def test_alphabet_with_keras_shows_both_frameworks_side_by_side(tmp_path):
      (["--seeds", "0"], ["--seeds", "at least 1"])],
 )
 def test_bad_arguments_are_errors_that_name_them(args, words):
-    result = subprocess.run(["fastlstm", "alphabet", *args], capture_output=True, text=True)
+    result = subprocess.run(["fastlstm", "alphabet", *args], capture_output=True, text=True, cwd=NEUTRAL)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert all(w in result.stderr for w in words)
 

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -36,8 +37,9 @@ def _run_under_tsan(library):
                              check=True).stdout.strip()
     env = dict(os.environ, LD_PRELOAD=runtime, TSAN_OPTIONS=f"exitcode={TSAN_EXIT}",
                PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    # From a neutral directory, so the child imports the installed fastlstm, not the checkout's.
     return subprocess.run([sys.executable, "-c", CHILD, str(library)], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=300, cwd=tempfile.gettempdir())
 
 
 def test_kernels_are_free_of_data_races():
