@@ -94,7 +94,10 @@ def lstm_forward(
     All arrays must share one dtype, float32 or float64, and the work is done in it. A sequence
     must have at least one time step: with none there is no last output to return.
     """
-    x = _as_array(x)
+    impl = get_backend(backend)
+    prepare = getattr(impl, "prepare", _as_array)  # a GPU backend views device arrays as its own
+    x, kernel, recurrent_kernel, bias, h0, c0 = (
+        None if a is None else prepare(_as_array(a)) for a in (x, kernel, recurrent_kernel, bias, h0, c0))
     if x.ndim != 3:
         raise ValueError(f"x must be [batch, time, input_dim] (3-D), got shape {x.shape}")
     batch, time, input_dim = x.shape
@@ -132,7 +135,6 @@ def lstm_forward(
                         ("bias", bias), ("h0", h0), ("c0", c0)):
             _check_finite(a, name)
 
-    impl = get_backend(backend)
     outputs, h, c, saved = impl.forward(x, kernel, recurrent_kernel, bias, h0, c0, options)
     cache = LSTMCache(impl, options, tuple(outputs.shape), state_shape, x.dtype, saved)
     return LSTMResult(outputs, h, c, cache)
@@ -150,6 +152,8 @@ def lstm_backward(cache, dy=None, dhT=None, dcT=None):
     """
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache of an lstm_forward result, got {type(cache).__name__}")
+    prepare = getattr(cache.backend, "prepare", _as_array)
+    dy, dhT, dcT = (None if a is None else prepare(_as_array(a)) for a in (dy, dhT, dcT))
     if dy is not None:
         dy = _checked(dy, "dy", cache.dtype, shape=cache.output_shape)
     if dhT is not None:

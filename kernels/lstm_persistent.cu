@@ -90,7 +90,7 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ recurrent_ker
 // Backward, in reverse time. dh and dc of thread (r, j) stay in registers; dz of a row goes
 // through shared memory [2][rows][4*units] (double-buffered as h in the forward), because
 // dh_{t-1}[j] = sum_m dz_t[m] * recurrent_kernel[j][m] needs the whole row.
-// dy: [batch, time, units] when dy_per_step, else [batch, units] (the last output's gradient);
+// dy: [batch, time, units] when dy_per_step, else [batch, 1, units] (the last output's gradient);
 // dy, dh_final and dc_final may be null (zero). Writes dz, and dh0, dc0 [batch, units].
 template <typename T>
 __global__ void __launch_bounds__(MAX_THREADS)

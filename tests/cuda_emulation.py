@@ -68,8 +68,8 @@ class EmulatedLauncher:
 
 
 def _c_value(argument):
-    if argument is None:
-        return ctypes.c_void_p(None)
+    if argument is None or isinstance(argument, np.ndarray) and argument.size == 0:
+        return ctypes.c_void_p(None)  # an absent optional array
     if isinstance(argument, np.ndarray):
         assert argument.flags.c_contiguous, "kernels take contiguous arrays"
         return ctypes.c_void_p(argument.ctypes.data)

@@ -61,10 +61,13 @@ class FakeDevice:
         return getattr(np, name)
 
 
-@pytest.fixture(params=[(1024, 227 * 1024, 2), (1024, 64, 2)], ids=["persistent", "stepwise"])
+@pytest.fixture(params=[("persistent", 227 * 1024), ("stepwise", 64)], ids=lambda p: p[0])
 def device(request, monkeypatch):
-    threads, shared, processors = request.param
-    fake = FakeDevice(EmulatedLauncher(build()), {1: threads, 97: shared, 16: processors})
+    """A device with 1024 threads per block and 2 multiprocessors, whose opt-in shared memory
+    allows the persistent path, or nothing but the stepwise one."""
+    path, shared = request.param
+    fake = FakeDevice(EmulatedLauncher(build()), {1: 1024, 97: shared, 16: 2})
+    fake.path = path
     monkeypatch.setattr(cupy_backend, "cupy", fake)
     cupy_backend._engine.cache_clear()
     yield fake
@@ -77,6 +80,7 @@ def test_the_backend_matches_the_reference_through_its_own_launcher(device, dtyp
     options = dict(return_sequences=True, go_backwards=True, recurrent_activation="hard_sigmoid")
     ours = fastlstm.lstm_forward(**inputs, **options, backend="numpy")
     theirs = cupy_backend.forward(*inputs.values(), fastlstm.ops.LSTMOptions(**options, activation="tanh"))
+    assert theirs[3][0].plan.path == device.path
     for mine, reference in zip(theirs[:3], ours[:3]):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-5)
     dy = np.ones_like(ours.outputs)

@@ -46,10 +46,11 @@ class BackendStatus(NamedTuple):
         return f"{self.name}: {'ok' if self.available else 'unavailable'} ({self.detail})"
 
 
-# Every backend, and the order in which 'auto' prefers them (fastest first). cupy is left out of
-# 'auto' until benchmarks on a GPU show the shapes where it wins; ask for it by name.
+# Every backend, and the order in which 'auto' prefers them (fastest first). The GPU backends are
+# left out of 'auto' until benchmarks on a GPU show the shapes where they win; ask for them by name.
 MODULES = {
     "cupy": "fastlstm.backends.cupy",
+    "numba_cuda": "fastlstm.backends.numba_cuda",
     "numpy": "fastlstm.backends.numpy",
 }
 PREFERENCE = ("numpy",)

@@ -1,9 +1,10 @@
 """The CuPy backend: the CUDA C kernels of fastlstm.kernels through ``cupy.RawModule``, the
 GEMMs through ``cupy.matmul`` (cuBLAS), orchestrated by :class:`~fastlstm.backends.fused.FusedLSTM`.
 
-Accepts and returns CuPy arrays; NumPy arrays are moved to the current device and their results
-back. Kernels compile on first use (NVRTC, cached by CuPy on disk) and launch on the current
-stream.
+Accepts CuPy arrays, and Numba device arrays or anything with ``__cuda_array_interface__`` or
+``__dlpack__`` without copying (results come back as CuPy arrays); NumPy arrays are moved to the
+current device and their results back. Kernels compile on first use (NVRTC, cached by CuPy on
+disk) and launch on the current stream.
 """
 import functools
 import pathlib
@@ -13,7 +14,7 @@ import numpy as np
 
 import fastlstm.kernels
 from fastlstm.backends import BackendUnavailable
-from fastlstm.backends.fused import FusedLSTM
+from fastlstm.backends.fused import FusedLSTM, as_cupy, host_round_trip
 from fastlstm.backends.plan import DEFAULT_SHARED_MEMORY, DeviceLimits, all_instances
 
 KERNELS = pathlib.Path(fastlstm.kernels.__file__).parent
@@ -69,10 +70,10 @@ class CupyLauncher:
 
 
 def _kernel_argument(argument):
-    if argument is None:
-        return np.uint64(0)  # a null pointer
     if isinstance(argument, int):
         return np.int32(argument)  # the kernels' int parameters
+    if argument.size == 0:
+        return np.uint64(0)  # an absent optional array: a null pointer
     return argument
 
 
@@ -81,17 +82,10 @@ def _engine(device_id):
     return FusedLSTM(cupy, CupyLauncher(), device_limits(device_id))
 
 
-def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
-    on_host = isinstance(x, np.ndarray)
-    arrays = [None if a is None else cupy.asarray(a) for a in (x, kernel, recurrent_kernel, bias, h0, c0)]
-    outputs, h, c, saved = _engine(cupy.cuda.Device().id).forward(*arrays, options)
-    if on_host:
-        outputs, h, c = (cupy.asnumpy(a) for a in (outputs, h, c))
-    return outputs, h, c, (saved, on_host)
+def prepare(a):
+    """Device arrays of any kind as CuPy arrays, before fastlstm.ops checks them."""
+    return as_cupy(cupy, a)
 
 
-def backward(saved, dy, dhT, dcT):
-    saved, on_host = saved
-    gradients = _engine(cupy.cuda.Device().id).backward(
-        saved, *(None if a is None else cupy.asarray(a) for a in (dy, dhT, dcT)))
-    return tuple(cupy.asnumpy(g) if on_host and g is not None else g for g in gradients)
+forward, backward = host_round_trip(lambda: _engine(cupy.cuda.Device().id),
+                                    lambda a: cupy.asarray(a), lambda a: cupy.asnumpy(a))

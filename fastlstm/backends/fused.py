@@ -7,10 +7,13 @@ and a launcher that runs the same ``.cu`` sources on the CPU, so this orchestrat
 a copy of it, is what the tests check.
 
 A launcher is called as ``launcher(launch, *arguments)`` with a :class:`~fastlstm.backends.plan.Launch`
-and the kernel's arguments in order: ``xp`` arrays (contiguous), None for a null pointer, and
-Python ints.
+and the kernel's arguments in order: contiguous ``xp`` arrays and Python ints. An optional array
+that is absent (``dy``, the final state's gradients) is an empty array of its rank: a null pointer
+for the CUDA C kernels, ``shape[0] == 0`` for the Numba ones.
 """
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from fastlstm.backends import sequence
 from fastlstm.backends.plan import ACTIVATION_IDS, plan_lstm
@@ -57,7 +60,7 @@ class FusedLSTM:
         batch, time, _ = x.shape
         units = recurrent_kernel.shape[0]
         activations = ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation]
-        dy = None if dy is None else xp.ascontiguousarray(dy)
+        dy = _optional(xp, None if dy is None else dy.reshape(batch, -1, units), 3, x.dtype)
         dy_per_step = int(options.return_sequences)
 
         dz = xp.empty_like(gates)
@@ -65,7 +68,7 @@ class FusedLSTM:
             dh0 = xp.empty((batch, units), x.dtype)
             dc0 = xp.empty_like(dh0)
             self.launcher(plan.backward, recurrent_kernel, c, gates, dy, dy_per_step,
-                          _contiguous(xp, dhT), _contiguous(xp, dcT), dz, dh0, dc0,
+                          _optional(xp, dhT, 2, x.dtype), _optional(xp, dcT, 2, x.dtype), dz, dh0, dc0,
                           batch, time, units, plan.rows, *activations)
         else:
             dh0 = xp.zeros((batch, units), x.dtype) if dhT is None else dhT.copy()
@@ -78,5 +81,35 @@ class FusedLSTM:
         return (*sequence.weight_gradients(xp, x, kernel, h, dz, has_bias, options.go_backwards), dh0, dc0)
 
 
-def _contiguous(xp, a):
-    return None if a is None else xp.ascontiguousarray(a)
+def _optional(xp, a, ndim, dtype):
+    return xp.empty((0,) * ndim, dtype) if a is None else xp.ascontiguousarray(a)
+
+
+def as_cupy(cupy, a):
+    """``a`` as a CuPy array without a copy when it is on the device (a CuPy array, a Numba device
+    array, anything with ``__cuda_array_interface__`` or ``__dlpack__``); NumPy arrays stay."""
+    if isinstance(a, np.ndarray) or isinstance(a, cupy.ndarray):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        return cupy.asarray(a)
+    return cupy.from_dlpack(a)
+
+
+def host_round_trip(engine, to_device, to_host):
+    """A GPU backend's ``forward`` and ``backward`` around ``engine()`` (a FusedLSTM): NumPy
+    inputs go to the device and their results come back; device arrays stay on the device."""
+
+    def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
+        on_host = isinstance(x, np.ndarray)
+        arrays = (None if a is None else to_device(a) for a in (x, kernel, recurrent_kernel, bias, h0, c0))
+        outputs, h, c, saved = engine().forward(*arrays, options)
+        if on_host:
+            outputs, h, c = map(to_host, (outputs, h, c))
+        return outputs, h, c, (saved, on_host)
+
+    def backward(saved, dy, dhT, dcT):
+        saved, on_host = saved
+        gradients = engine().backward(saved, *(None if a is None else to_device(a) for a in (dy, dhT, dcT)))
+        return tuple(to_host(g) if on_host and g is not None else g for g in gradients)
+
+    return forward, backward
