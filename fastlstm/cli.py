@@ -7,7 +7,7 @@ import math
 import sys
 import time
 
-from fastlstm import experiments
+from fastlstm import bench_report, experiments
 from fastlstm.activations import ACTIVATIONS
 from fastlstm.backends import BackendUnavailable, available_backends
 
@@ -143,6 +143,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastlstm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backends", help="list every backend and whether it works here")
+    report = commands.add_parser("bench-report", help="tables of ratios and plots from `pytest bench/ --benchmark-json`")
+    report.add_argument("results", metavar="RESULTS.json")
+    report.add_argument("--out", default="bench-report", help="the folder for bench-report.md and the plots")
+    report.add_argument("--no-plots", action="store_true", help="write the tables only (no matplotlib needed)")
     run = commands.add_parser("alphabet", help="the alphabet experiments of the Keras stateful-LSTM tutorial")
     run.add_argument("--experiment", type=int, nargs="+", choices=sorted(experiments.EXPERIMENTS),
                      default=sorted(experiments.EXPERIMENTS), metavar="N",
@@ -160,6 +164,13 @@ def main(argv=None):
 
     if args.command == "backends":
         print(backends_report())
+        return 0
+    if args.command == "bench-report":
+        try:
+            print(bench_report.report(args.results, args.out, plots=not args.no_plots))
+        except (OSError, ValueError, ImportError) as e:
+            parser.error(str(e))
+        print(f"wrote {args.out}/bench-report.md")
         return 0
     try:
         chosen = frameworks(args)

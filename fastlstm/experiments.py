@@ -194,24 +194,10 @@ def run(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", ep
     ``epochs`` shortens (or lengthens) the tutorial's schedule; ``progress(epoch, epochs)`` is
     called after every epoch.
     """
-    experiment = EXPERIMENTS[number]
+    experiment, data, model, rng = prepare(number, framework, seed, recurrent_activation, epsilon)
     epochs = experiment.epochs if epochs is None else epochs
-    rng = np.random.RandomState(seed)  # the tutorial's numpy.random.seed(7) stream, for data and demos
-    data = experiment.make_data(rng)
-    model = framework.model(experiment, data.x.shape[1:], seed, recurrent_activation, epsilon)
-
-    def on_epoch_end(epoch):
-        if progress:
-            progress(epoch + 1, epochs)
-
     start = time.perf_counter()
-    if experiment.stateful:
-        # The tutorial's loop: one epoch at a time over the ordered pairs, state reset after each.
-        for epoch in range(epochs):
-            framework.fit(model, data, experiment, 1, lambda _: on_epoch_end(epoch))
-            framework.reset_states(model)
-    else:
-        framework.fit(model, data, experiment, epochs, on_epoch_end)
+    train(experiment, framework, model, data, epochs, progress)
     seconds = time.perf_counter() - start
 
     loss, accuracy = model.evaluate(data.x, data.y, batch_size=experiment.batch_size, verbose=0)
@@ -220,6 +206,32 @@ def run(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", ep
                     experiment.published, 100 * float(accuracy), float(loss), seconds)
     result.demonstrations = _demonstrations(experiment, framework, model, data, rng)
     return result
+
+
+def prepare(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", epsilon=1e-7):
+    """(experiment, data, compiled model, random state) of experiment ``number`` on ``framework``,
+    before training. The random state is the tutorial's ``numpy.random.seed(seed)`` stream after the
+    data was drawn from it; the demonstrations draw from it next."""
+    experiment = EXPERIMENTS[number]
+    rng = np.random.RandomState(seed)
+    data = experiment.make_data(rng)
+    return experiment, data, framework.model(experiment, data.x.shape[1:], seed, recurrent_activation, epsilon), rng
+
+
+def train(experiment, framework, model, data, epochs, progress=None):
+    """Trains ``model`` for ``epochs`` of ``experiment``'s schedule; ``progress(epoch, epochs)``
+    after each."""
+    def on_epoch_end(epoch):
+        if progress:
+            progress(epoch + 1, epochs)
+
+    if experiment.stateful:
+        # The tutorial's loop: one epoch at a time over the ordered pairs, state reset after each.
+        for epoch in range(epochs):
+            framework.fit(model, data, experiment, 1, lambda _: on_epoch_end(epoch))
+            framework.reset_states(model)
+    else:
+        framework.fit(model, data, experiment, epochs, on_epoch_end)
 
 
 def _predict(model, data, patterns, batch_size):

@@ -1,0 +1,143 @@
+"""``fastlstm bench-report``: a pytest-benchmark JSON file of ``bench/`` as Markdown tables of
+ratios and PNG plots.
+
+Kernel benchmarks: per shape, pass and dtype, each implementation's median time and, for fastlstm,
+its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run.
+Training benchmarks: per experiment, each implementation's median epoch time and its speed-up over
+Keras. Plots: median time against batch size, one panel per sequence length.
+"""
+import json
+import pathlib
+from collections import defaultdict
+
+KERNEL_PASSES = {"forward": "forward", "forward_backward": "forward+backward"}
+
+
+def load(path):
+    """The benchmarks of a --benchmark-json file: dicts of extra_info plus ``median`` in ms."""
+    with open(path) as f:
+        report = json.load(f)
+    rows = []
+    for bench in report.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if "implementation" in info:
+            rows.append({**info, "median": 1e3 * bench["stats"]["median"]})
+    if not rows:
+        raise ValueError(f"{path} holds no fastlstm benchmarks: write it with "
+                         "`pytest bench/ --benchmark-only --benchmark-json=PATH`")
+    return rows
+
+
+def _speedup(time, baselines):
+    return f"{min(baselines) / time:.2f}x" if baselines else "-"
+
+
+def _table(header, body):
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def kernel_table(rows):
+    """Markdown: one row per (pass, shape, dtype); medians in ms, fastlstm speed-ups over the fastest baseline."""
+    kernels = [r for r in rows if r.get("pass_name") in KERNEL_PASSES]
+    if not kernels:
+        return ""
+    names = sorted({r["implementation"] for r in kernels}, key=lambda n: (not n.startswith("fastlstm"), n))
+    groups = defaultdict(dict)
+    for r in kernels:
+        key = (r["dtype"], r["pass_name"], r["batch"], r["time"], r["input_dim"], r["units"])
+        groups[key][r["implementation"]] = r
+    fastlstm = [n for n in names if n.startswith("fastlstm")]
+    header = ["dtype", "pass", "batch, time, input, units", *(f"{n} ms" for n in names),
+              *(f"{n} vs fastest baseline" for n in fastlstm)]
+    body = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[3], k[2], k[5])):
+        found = groups[key]
+        baselines = [r["median"] for r in found.values() if r["baseline"]]
+        body.append([key[0], KERNEL_PASSES[key[1]], ", ".join(map(str, key[2:])),
+                     *(f"{found[n]['median']:.3f}" if n in found else "-" for n in names),
+                     *(_speedup(found[n]["median"], baselines) if n in found else "-" for n in fastlstm)])
+    return _table(header, body)
+
+
+def training_table(rows):
+    """Markdown: one row per experiment and kind of run; medians in ms, speed-ups over Keras."""
+    training = [r for r in rows if "experiment" in r]
+    if not training:
+        return ""
+    names = sorted({r["implementation"] for r in training}, key=lambda n: (not n.startswith("fastlstm"), n))
+    groups = defaultdict(dict)
+    for r in training:
+        groups[(r["experiment"], "full length" if "epochs" in r else "one epoch")][r["implementation"]] = r
+    fastlstm = [n for n in names if n.startswith("fastlstm")]
+    header = ["experiment", "run", *(f"{n} ms" for n in names), *(f"{n} vs Keras" for n in fastlstm)]
+    body = [[str(key[0]), key[1], *(f"{groups[key][n]['median']:.2f}" if n in groups[key] else "-" for n in names),
+             *(_speedup(groups[key][n]["median"], [r["median"] for r in groups[key].values() if r["baseline"]])
+               if n in groups[key] else "-" for n in fastlstm)]
+            for key in sorted(groups)]
+    return _table(header, body)
+
+
+def plot(rows, out_dir):
+    """PNGs of median time against batch size per implementation, one panel per sequence length,
+    for each pass, dtype and (input, units) measured at several batch sizes. Returns their paths."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("bench-report's plots need matplotlib: pip install 'fastlstm[bench]' "
+                          "(or pass --no-plots)") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    series = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("pass_name") in KERNEL_PASSES:
+            figure = (r["pass_name"], r["dtype"], r["input_dim"], r["units"])
+            series[figure][(r["time"], r["implementation"])].append((r["batch"], r["median"]))
+    paths = []
+    for (pass_name, dtype, input_dim, units), lines in sorted(series.items()):
+        if max(len(points) for points in lines.values()) < 2:
+            continue  # a single batch size is no curve
+        times = sorted({time for time, _ in lines})
+        fig, axes = plt.subplots(1, len(times), figsize=(5 * len(times), 4), squeeze=False)
+        for ax, time in zip(axes[0], times):
+            for (t, name), points in sorted(lines.items()):
+                if t == time:
+                    batches, medians = zip(*sorted(points))
+                    ax.plot(batches, medians, marker="o", label=name, linestyle="-" if "fastlstm" in name else "--")
+            ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="median time (ms)",
+                   title=f"{time} time step{'s' if time > 1 else ''}")
+            ax.set_xticks(sorted({b for (t, _), points in lines.items() if t == time for b, _ in points}))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{KERNEL_PASSES[pass_name]}, {dtype}, input {input_dim}, units {units}")
+        fig.tight_layout()
+        path = pathlib.Path(out_dir) / f"{pass_name}-{dtype}-d{input_dim}-u{units}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def report(path, out_dir, plots=True):
+    """Writes ``out_dir``/bench-report.md (and the plots); returns the Markdown."""
+    rows = load(path)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = {}
+    with open(path) as f:
+        machine = json.load(f).get("machine_info", {})
+    sections = [f"Benchmarks of {path} ({machine.get('cpu', {}).get('brand_raw', machine.get('machine', '?'))}, "
+                f"Python {machine.get('python_version', '?')}); medians, ratios measured in the same run."]
+    for title, table in (("Kernels", kernel_table(rows)), ("Training", training_table(rows))):
+        if table:
+            sections += [f"## {title}", table]
+    if plots:
+        sections += ["## Plots", *(f"![{p.stem}]({p.name})" for p in plot(rows, out_dir))]
+    markdown = "\n\n".join(sections) + "\n"
+    (out_dir / "bench-report.md").write_text(markdown)
+    return markdown

@@ -1,0 +1,61 @@
+"""fastlstm bench-report, on a real (tiny) run of bench/ and on hand-made results."""
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from fastlstm import bench_report
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A --benchmark-json file of bench/, a few fastlstm-numpy and Keras shapes of the batch sweep."""
+    path = tmp_path_factory.mktemp("bench") / "results.json"
+    subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "bench" / "test_kernels.py"), "-q", "-p", "no:cacheprovider",
+         "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), "--benchmark-only",
+         "--benchmark-min-rounds=1", "--benchmark-max-time=0.01", "--benchmark-warmup=off",
+         f"--benchmark-json={path}", "-k", "(fastlstm-numpy or keras) and (b1-t1-d16 or b8-t1-d16 or b1-t25-d16)"],
+        check=True, capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=600)
+    return path
+
+
+def test_a_real_run_becomes_a_table_and_plots(results, tmp_path):
+    markdown = bench_report.report(results, tmp_path)
+    assert (tmp_path / "bench-report.md").read_text() == markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| float32")]
+    assert len(rows) == 6  # 3 shapes x 2 passes
+    assert all(line.split("|")[-2].strip().endswith("x") for line in rows)  # a speed-up over Keras in each
+    plots = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in plots] == ["forward-float32-d16-u32.png", "forward_backward-float32-d16-u32.png"]
+    assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 10_000 for p in plots)
+
+
+def _bench(implementation, baseline, median_seconds, batch, time=1):
+    return {"extra_info": {"implementation": implementation, "baseline": baseline, "pass_name": "forward",
+                           "batch": batch, "time": time, "input_dim": 1, "units": 8, "dtype": "float32"},
+            "stats": {"median": median_seconds}}
+
+
+def test_speedups_are_over_the_fastest_baseline(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmarks": [
+        _bench("fastlstm-numpy", False, 0.001, 1), _bench("keras", True, 0.004, 1), _bench("torch", True, 0.003, 1),
+    ]}))
+    table = bench_report.kernel_table(bench_report.load(path))
+    row = table.splitlines()[2].split("|")
+    assert [c.strip() for c in row[4:8]] == ["1.000", "4.000", "3.000", "3.00x"]
+
+
+def test_results_without_fastlstm_benchmarks_are_refused(tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps({"benchmarks": [{"extra_info": {}, "stats": {"median": 1.0}}]}))
+    result = subprocess.run(["fastlstm", "bench-report", str(path)], capture_output=True, text=True,
+                            cwd=tempfile.gettempdir())
+    assert result.returncode == 2 and "holds no fastlstm benchmarks" in result.stderr
