@@ -1,0 +1,37 @@
+"""pytest plugin (``-p keras_suite_plugin``): Keras's own LSTM tests against the drop-in.
+
+Keras's test module (``keras/src/layers/rnn/lstm_test.py``, run from the installed wheel,
+unchanged) builds every layer as ``keras.src.layers.LSTM``; this plugin points that name at
+``fastlstm.keras.LSTM`` before the module is collected. At the end it reports how many fused
+calls fastlstm ran and which arguments sent calls to Keras's own implementation, so that the
+caller can tell the drop-in was really exercised.
+"""
+import keras.src.layers
+
+import fastlstm.keras
+
+fused_calls = 0
+fallbacks = set()
+
+
+def pytest_configure(config):
+    keras.src.layers.LSTM = fastlstm.keras.LSTM
+    original = fastlstm.keras.FusedCall.__init__
+
+    def counting(self, *args, **kwargs):
+        global fused_calls
+        fused_calls += 1
+        original(self, *args, **kwargs)
+
+    fastlstm.keras.FusedCall.__init__ = counting
+
+
+def pytest_warning_recorded(warning_message, when, nodeid, location):
+    message = str(warning_message.message)
+    if message.startswith("fastlstm.keras.LSTM: fastlstm does not implement "):
+        fallbacks.add(message.split("does not implement ")[1].split("=")[0])
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"fastlstm fused calls: {fused_calls}; Keras's implementation for: "
+                                + (", ".join(sorted(fallbacks)) or "nothing"))

@@ -1,0 +1,333 @@
+"""fastlstm.keras.LSTM against keras.layers.LSTM on the Keras backend of this process.
+
+KERAS_BACKEND must be set before keras is imported, so tests/test_keras_layer.py runs this file
+once per installed backend, each in its own process (its name keeps the main run from
+collecting it). The same model is built twice, once with each layer, with the same weights:
+outputs, final states and the gradients of the inputs, the initial state and every weight must
+agree within TOLERANCE, measured as max|drop-in - keras| / max(1, max|keras|) per array; so must
+the loss at each of 20 training steps (LOSS_TOLERANCE, relative) and the weights after them.
+"""
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import fastlstm.keras
+from fastlstm.keras import LSTM, reset_states, with_batch_size
+
+BACKEND = keras.backend.backend()
+assert BACKEND == os.environ["KERAS_BACKEND"], "run by tests/test_keras_layer.py with KERAS_BACKEND set"
+# Measured over the cases below on TensorFlow, PyTorch and JAX (CPU): float32 median 2.4e-7,
+# worst 6.9e-7 (a recurrent-kernel gradient, go_backwards, TensorFlow); float64 worst 4.3e-16.
+# Training: the loss within 2.0e-7 relative at every step, the weights within 7.3e-7 after 20
+# Adam steps.
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+LOSS_TOLERANCE = 1e-6
+WEIGHT_TOLERANCE = 1e-5
+
+SHAPE = (6, 7, 3)  # [batch, time, features]
+UNITS = 8
+# Each row of a mask marks a sample's valid steps; the masked ones are zeros in the data, which
+# a Masking layer turns into the layer's mask.
+MASKS = {
+    "right_padded": [[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4, [1] * 5 + [0] * 2, [1] + [0] * 6, [1] * 7],
+    "left_padded": [[1] * 7, [0] * 2 + [1] * 5, [0] * 4 + [1] * 3, [0] * 6 + [1], [0] * 2 + [1] * 5, [1] * 7],
+    "holes": [[1, 0, 1, 1, 0, 0, 1], [0, 1, 1, 0, 1, 1, 0], [0] * 7, [1] * 7, [0, 0, 0, 1, 0, 0, 0], [1, 0, 1, 1, 0, 0, 1]],
+}
+CASES = {
+    "plain": dict(),
+    "return_sequences": dict(return_sequences=True),
+    "go_backwards": dict(go_backwards=True, return_sequences=True),
+    "no_bias": dict(use_bias=False),
+    "initial_state": dict(initial_state=True, return_sequences=True),
+    "activations": dict(activation="relu", recurrent_activation="hard_sigmoid", return_sequences=True),
+    "softsign_linear": dict(activation="softsign", recurrent_activation=None),
+    # use_cudnn=False: Keras's own fused path on PyTorch (taken with use_cudnn='auto', on a CPU
+    # too) reads the state variable that the call then assigns in place, which breaks Keras's
+    # backward; the drop-in runs fastlstm either way.
+    "stateful": dict(stateful=True, return_sequences=True, use_cudnn=False),
+    "dropout": dict(dropout=0.4, seed=3, training=True, return_sequences=True),
+    "recurrent_dropout_inference": dict(recurrent_dropout=0.4, training=False),
+    "float64": dict(dtype="float64", return_sequences=True),
+    "right_padded": dict(mask="right_padded", return_sequences=True),
+    "right_padded_last": dict(mask="right_padded"),
+    "left_padded": dict(mask="left_padded", go_backwards=True, return_sequences=True),
+    "holes": dict(mask="holes", return_sequences=True, initial_state=True),
+    "holes_zero_output": dict(mask="holes", zero_output_for_mask=True, return_sequences=True),
+    "holes_zero_output_last": dict(mask="holes", zero_output_for_mask=True, go_backwards=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """The same initial weights in every run."""
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts fastlstm's fused calls: a test that means to compare fastlstm with Keras checks
+    that fastlstm really ran (and Keras's fallback did not stand in for it)."""
+    calls = []
+    original = fastlstm.keras.FusedCall.__init__
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[0])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastlstm.keras.FusedCall, "__init__", counting)
+    return calls
+
+
+def case_inputs(rng, dtype="float32", mask=None, initial_state=False):
+    """[x (, h0, c0)]: x zero at the steps the mask hides."""
+    x = rng.standard_normal(SHAPE).astype(dtype)
+    if mask is not None:
+        x *= np.array(MASKS[mask], dtype)[:, :, None]
+    states = [rng.standard_normal((SHAPE[0], UNITS)).astype(dtype) for _ in range(2)] if initial_state else []
+    return [x, *states]
+
+
+def build(layer_class, mask=None, initial_state=False, dtype="float32", **options):
+    """A functional model: [x (, h0, c0)] -> the layer's [outputs, h, c]."""
+    x = keras.Input(batch_shape=SHAPE, dtype=dtype)
+    states = [keras.Input(batch_shape=(SHAPE[0], UNITS), dtype=dtype) for _ in range(2)] if initial_state else []
+    sequence = keras.layers.Masking(0.0, dtype=dtype)(x) if mask else x
+    layer = layer_class(UNITS, return_state=True, dtype=dtype, **options)
+    outputs = layer(sequence, initial_state=states or None)
+    return keras.Model([x, *states], outputs)
+
+
+def forward_and_gradients(model, inputs, probes, training):
+    """The model's outputs, and the gradients of sum(probe * output) with respect to each input
+    and each trainable weight, as NumPy arrays."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        inputs = [tf.constant(a) for a in inputs]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = model(inputs, training=training)
+            loss = sum(tf.reduce_sum(o * p) for o, p in zip(outputs, probes))
+        grads = tape.gradient(loss, [*inputs, *model.trainable_weights])
+    elif BACKEND == "torch":
+        import torch
+
+        inputs = [torch.tensor(a, requires_grad=True) for a in inputs]
+        outputs = model(inputs, training=training)
+        sum((o * torch.tensor(p)).sum() for o, p in zip(outputs, probes)).backward()
+        grads = [*(a.grad for a in inputs), *(w.value.grad for w in model.trainable_weights)]
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss(inputs, trainable):
+            outputs, _ = model.stateless_call(trainable, non_trainable, inputs, training=training)
+            return sum(jnp.sum(o * p) for o, p in zip(outputs, probes)), outputs
+
+        (_, outputs), (d_inputs, d_weights) = jax.value_and_grad(loss, (0, 1), has_aux=True)(inputs, trainable)
+        grads = [*d_inputs, *d_weights]
+    return [keras.ops.convert_to_numpy(a) for a in (*outputs, *grads)]
+
+
+def relative_error(mine, reference):
+    assert mine.shape == reference.shape and mine.dtype == reference.dtype
+    return float(np.abs(mine - reference).max() / max(1.0, np.abs(reference).max()))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_outputs_states_and_gradients_match_keras(name, fused_calls):
+    options = dict(CASES[name])
+    training = options.pop("training", None)
+    rng = np.random.default_rng(list(map(ord, name)))
+    inputs = case_inputs(rng, options.get("dtype", "float32"), options.get("mask"), options.get("initial_state", False))
+    theirs_model, ours_model = build(keras.layers.LSTM, **options), build(LSTM, **options)
+    ours_model.set_weights(theirs_model.get_weights())
+    probes = [rng.standard_normal(o.shape).astype(inputs[0].dtype) for o in theirs_model.outputs]
+    # A stateful layer's second call starts from the state the first left.
+    for _ in range(2 if options.get("stateful") else 1):
+        theirs = forward_and_gradients(theirs_model, inputs, probes, training)
+        ours = forward_and_gradients(ours_model, inputs, probes, training)
+    names = ["outputs", "h", "c", *(f"d{n}" for n in ["x", "h0", "c0"][:len(inputs)]),
+             *(f"d{w.name}" for w in theirs_model.trainable_weights)]
+    errors = {n: relative_error(m, r) for n, m, r in zip(names, ours, theirs)}
+    worst = max(errors, key=errors.get)
+    print(f"{BACKEND} {name}: worst {worst} {errors[worst]:.1e}")
+    assert len(errors) == len(names) == len(ours)
+    # (JAX computes float64 in float32 unless jax_enable_x64 is set: the outputs' dtype says which.)
+    assert errors[worst] <= TOLERANCE[theirs[0].dtype.name], f"{worst} differs by {errors[worst]:.2e}: {errors}"
+    assert fused_calls
+
+
+def classifier(layer_class, batch_shape, **options):
+    """Masking, LSTM(16) and Dense(4, softmax), compiled with Adam."""
+    model = keras.Sequential([
+        keras.Input(batch_shape=batch_shape),
+        keras.layers.Masking(0.0),
+        layer_class(16, **options),
+        keras.layers.Dense(4, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
+    return model
+
+
+def train(model, batches):
+    """The loss at each training step; a stateful model's state is reset every 5 steps."""
+    losses = []
+    for step, (x, y) in enumerate(batches):
+        losses.append(float(model.train_on_batch(x, y)))
+        if step % 5 == 4:
+            reset_states(model)
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(stateful=True), dict(mask=True), dict(dropout=0.3, seed=5)],
+                         ids=["plain", "stateful", "masked", "dropout"])
+def test_training_for_20_steps_matches_keras(options, fused_calls):
+    rng = np.random.default_rng(20)
+    options = dict(options)
+    masked = options.pop("mask", False)
+    batches = []
+    for _ in range(20):
+        x = rng.standard_normal((8, 5, 3)).astype("float32")
+        if masked:  # every sample padded to its own length, left or right
+            lengths = rng.integers(1, 6, size=8)
+            steps = np.arange(5)
+            x *= np.where(rng.random((8, 1)) < 0.5, steps < lengths[:, None], steps >= 5 - lengths[:, None])[..., None]
+        y = keras.utils.to_categorical(2 * (x[:, :, 0].sum(1) > 0) + (x[:, :, 1].sum(1) > 0), 4)  # learnable
+        batches.append((x, y))
+    theirs, ours = (classifier(layer_class, batches[0][0].shape, **options) for layer_class in (keras.layers.LSTM, LSTM))
+    ours.set_weights(theirs.get_weights())
+    theirs_loss, ours_loss = train(theirs, batches), train(ours, batches)
+    loss_error = float(np.abs(ours_loss / theirs_loss - 1).max())
+    weight_error = max(relative_error(m, r) for m, r in zip(ours.get_weights(), theirs.get_weights()))
+    print(f"{BACKEND} training {options}: loss {loss_error:.1e}, weights {weight_error:.1e}")
+    assert loss_error <= LOSS_TOLERANCE and weight_error <= WEIGHT_TOLERANCE
+    assert theirs_loss[-5:].mean() < theirs_loss[:5].mean()  # it learned something
+    assert fused_calls
+
+
+def outcome(layer, x, training):
+    """The layer's output as a NumPy array, or the message of the ValueError it raised."""
+    try:
+        return keras.ops.convert_to_numpy(layer(x, training=training))
+    except ValueError as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("argument, options, training", [
+    ("recurrent_dropout", dict(recurrent_dropout=0.5, seed=1), True),
+    ("unroll", dict(unroll=True), False),
+    ("activation", dict(activation="elu"), False),
+    ("recurrent_activation", dict(recurrent_activation=lambda z: keras.ops.clip(0.2 * z + 0.5, 0.0, 1.0)), False),
+    # Keras 3.15's cuDNN attempt breaks on implementation=1 with dropout: use_cudnn=False avoids it.
+    ("implementation", dict(implementation=1, dropout=0.5, seed=1, use_cudnn=False), True),
+    ("dtype", dict(dtype="mixed_bfloat16"), False),
+    ("use_cudnn", dict(use_cudnn=True), False),  # without cuDNN, Keras's error, as Keras raises it
+])
+def test_what_fastlstm_lacks_falls_back_to_keras_with_one_warning(argument, options, training, monkeypatch,
+                                                                    fused_calls):
+    monkeypatch.setattr(fastlstm.keras, "_warned", set())
+    x = np.random.default_rng(1).standard_normal((4, 5, 3)).astype("float32")
+    theirs, ours = keras.layers.LSTM(6, **options), LSTM(6, **options)
+    theirs.build(x.shape)
+    ours.build(x.shape)
+    ours.set_weights(theirs.get_weights())
+    expected = [outcome(theirs, x, training) for _ in range(2)]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        results = [outcome(ours, x, training) for _ in range(2)]  # the second draws new dropout masks
+    messages = [str(w.message) for w in record if "fastlstm" in str(w.message)]
+    assert len(messages) == 1  # once per process
+    assert messages[0].startswith(f"fastlstm.keras.LSTM: fastlstm does not implement {argument}=")
+    assert "keras.layers.LSTM's own implementation" in messages[0]
+    np.testing.assert_equal(results, expected)
+    assert not fused_calls
+
+
+def test_config_names_and_weights_are_keras_own():
+    options = dict(units=5, activation="relu", recurrent_activation="hard_sigmoid", use_bias=False,
+                   unit_forget_bias=False, kernel_regularizer="l2", dropout=0.1, recurrent_dropout=0.2, seed=3,
+                   return_sequences=True, return_state=True, go_backwards=True, stateful=True, unroll=False,
+                   zero_output_for_mask=True, implementation=1, use_cudnn=False)
+    keras.utils.clear_session()
+    theirs = keras.layers.LSTM(**options)
+    theirs.build((2, 3, 4))
+    keras.utils.clear_session()
+    ours = LSTM(**options)
+    ours.build((2, 3, 4))
+    assert isinstance(ours, keras.layers.LSTM) and ours.name == theirs.name == "lstm"
+    assert ours.get_config() == theirs.get_config()
+    assert [w.path for w in ours.weights] == [w.path for w in theirs.weights]
+    assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
+    assert type(LSTM.from_config(ours.get_config())) is LSTM
+    assert keras.saving.get_registered_name(LSTM) == "fastlstm>LSTM"
+
+
+def test_saved_models_and_weights_move_between_the_two_layers(tmp_path, monkeypatch):
+    x = np.random.default_rng(2).standard_normal((3, 4, 2)).astype("float32")
+
+    def model(layer_class):
+        return keras.Sequential([keras.Input((4, 2)), layer_class(3), keras.layers.Dense(2)])
+
+    ours, theirs = model(LSTM), model(keras.layers.LSTM)
+    ours.save(tmp_path / "ours.keras")
+    theirs.save(tmp_path / "theirs.keras")
+    # A Keras model's file into the same model with the import swapped:
+    swapped = model(LSTM)
+    swapped.load_weights(tmp_path / "theirs.keras")
+    # The drop-in's file: as it is where fastlstm.keras was imported, and in a plain Keras that never
+    # imported it with custom_objects.
+    loaded = keras.saving.load_model(tmp_path / "ours.keras")
+    monkeypatch.delitem(keras.saving.get_custom_objects(), "fastlstm>LSTM")
+    plain = keras.saving.load_model(tmp_path / "ours.keras", custom_objects={"fastlstm>LSTM": keras.layers.LSTM})
+    for copy, original, layer_class in [(swapped, theirs, LSTM), (loaded, ours, LSTM), (plain, ours, keras.layers.LSTM)]:
+        assert type(copy.layers[0]) is layer_class
+        np.testing.assert_allclose(copy.predict(x, verbose=0), original.predict(x, verbose=0), rtol=0, atol=1e-6)
+
+
+def test_reset_states_resets_every_stateful_layer_of_a_model():
+    inner = keras.Sequential([keras.Input(batch_shape=(5, 3, 2)), LSTM(4, stateful=True)])
+    x = keras.Input(batch_shape=(5, 3, 2))
+    model = keras.Model(x, keras.layers.Dense(2)(inner(x)))  # the stateful layer inside a nested model
+    data = np.random.default_rng(3).standard_normal((5, 3, 2)).astype("float32")
+    # Direct calls: Keras 3 carries a stateful layer's state through predict() on TensorFlow and
+    # PyTorch, not on JAX, with its own LSTM as with this one.
+    first, carried = (keras.ops.convert_to_numpy(model(data)) for _ in range(2))
+    reset_states(model)
+    again = keras.ops.convert_to_numpy(model(data))
+    assert np.abs(carried - first).max() > 1e-3  # the state carried over between batches
+    np.testing.assert_array_equal(again, first)
+
+
+def test_with_batch_size_copies_a_stateful_model_for_one_sample_at_a_time():
+    model = keras.Sequential([keras.Input(batch_shape=(5, 3, 2)), LSTM(4, stateful=True), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(4).standard_normal((5, 3, 2)).astype("float32")
+    model.train_on_batch(x, np.ones((5, 2), "float32"))
+    reset_states(model)
+    expected = model.predict_on_batch(x)
+    copy = with_batch_size(model, 1)
+    assert copy.inputs[0].shape == (1, 3, 2) and copy.compiled
+    assert [layer.name for layer in copy.layers] == [layer.name for layer in model.layers]
+    assert type(copy.layers[0]) is LSTM
+    for mine, original in zip(copy.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(mine, original)
+    for i in range(5):
+        reset_states(copy)
+        np.testing.assert_allclose(copy.predict_on_batch(x[i:i + 1]), expected[i:i + 1], rtol=0, atol=1e-6)
+
+
+def test_keras_compiles_with_xla_only_where_the_layer_supports_it(fused_calls):
+    model = keras.Sequential([keras.Input((3, 2)), LSTM(4), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", jit_compile=True)  # Keras drops it where a layer cannot
+    model.fit(np.ones((4, 3, 2), "float32"), np.ones((4, 1), "float32"), verbose=0)
+    # JAX runs the layer's callback under jax.jit; tf.numpy_function has no XLA form, and
+    # torch.compile would break its graph at the callback.
+    assert model.jit_compile == (BACKEND == "jax")
+    assert fused_calls
