@@ -3,9 +3,12 @@ import math
 
 import numpy as np
 
-from fastlstm import lstm_backward, lstm_forward
+from fastlstm import available_backends, lstm_backward, lstm_forward
 
 ARGUMENTS = ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0")
+# The CPU backends that work here (numba_cpu where numba is installed, as the test extra does):
+# the reference and parity tests run on each.
+CPU_BACKENDS = [s.name for s in available_backends() if s.available and s.name in ("numba_cpu", "numpy")]
 
 
 def random_inputs(rng, batch, time, input_dim, units, dtype=np.float64, bias=True, state=True, scale=0.5):

@@ -33,12 +33,13 @@ def test_numpy_backend_is_available_and_auto_picks_the_best_that_works():
     assert backends.get_backend("auto") is backends.get_backend(best)
 
 
-def test_explicit_numpy_backend_gives_the_same_answer_as_auto():
+def test_explicit_numpy_backend_agrees_with_auto():
     rng = np.random.default_rng(1)
     x, k, r = rng.random((2, 3, 1)), rng.random((1, 8)), rng.random((2, 8))
     auto = fastlstm.lstm_forward(x, k, r)
     numpy = fastlstm.lstm_forward(x, k, r, backend="numpy")
-    np.testing.assert_array_equal(auto.outputs, numpy.outputs)
+    # auto may be another backend (numba_cpu): the same math, rounded in another order.
+    np.testing.assert_allclose(auto.outputs, numpy.outputs, rtol=1e-12, atol=1e-14)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Training-trajectory parity of fastlstm.nn with Keras 3 (TensorFlow backend, CPU), float32.
+"""Training-trajectory parity of fastlstm.nn with Keras 3 (TensorFlow backend, CPU), float32, for
+each CPU backend (numba_cpu trains these models with its fused pass).
 
 The models of the tutorial's alphabet experiments start from the same weights (copied with
 get_weights/set_weights), get the same batches in the same order and train with Adam; the loss
@@ -7,9 +8,10 @@ of every step and every weight after 50 steps must agree within
 - LOSS_RTOL: |loss_fastlstm - loss_keras| <= LOSS_RTOL * |loss_keras| at every step;
 - WEIGHT_RTOL: max|w_fastlstm - w_keras| <= WEIGHT_RTOL * max|w_keras| for every weight array.
 
-Measured (Keras 3.15.1, TensorFlow 2.21, CPU): at most 1.5e-7 relative on the loss (every
+Measured (Keras 3.15.1, TensorFlow 2.21, CPU), numpy: at most 1.5e-7 relative on the loss (every
 step, every experiment) and 4.9e-7 on the weights (the Dense bias of the batch-25 model; 2e-7 or
-less elsewhere), so the tolerances leave a margin of about 7 and 10.
+less elsewhere), so the tolerances leave a margin of about 7 and 10; numba_cpu: at most 2.2e-7
+on the loss and 3.2e-7 on the weights.
 """
 import os
 
@@ -21,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
 from fastlstm.nn import LSTM, Dense, Sequential  # noqa: E402
-from test_nn import alphabet  # noqa: E402  (the tutorial's data; tests/ is on the path)
+from lstm_testing import CPU_BACKENDS  # noqa: E402  (tests/ is on the path)
+from test_nn import alphabet  # noqa: E402  (the tutorial's data)
 
 pytestmark = pytest.mark.parity
 LOSS_RTOL = 1e-6
@@ -37,14 +40,14 @@ EXPERIMENTS = [
 ]
 
 
-def twin_models(units, window, batch, stateful):
+def twin_models(units, window, batch, stateful, backend="auto"):
     """A compiled Keras 3 model and the same fastlstm model with the Keras model's weights."""
     if stateful:
         keras_input = keras.Input(batch_shape=(batch, window, 1))
-        lstm = LSTM(units, stateful=True, batch_input_shape=(batch, window, 1))
+        lstm = LSTM(units, stateful=True, batch_input_shape=(batch, window, 1), backend=backend)
     else:
         keras_input = keras.Input(shape=(window, 1))
-        lstm = LSTM(units, input_shape=(window, 1))
+        lstm = LSTM(units, input_shape=(window, 1), backend=backend)
     keras.utils.set_random_seed(units)
     keras_model = keras.Sequential([
         keras_input, keras.layers.LSTM(units, stateful=stateful), keras.layers.Dense(26, activation="softmax"),
@@ -70,10 +73,11 @@ def assert_weights_close(keras_model, model):
 
 @pytest.mark.parametrize("units, window, batch, stateful", [e[1:] for e in EXPERIMENTS],
                          ids=[e[0] for e in EXPERIMENTS])
-def test_training_trajectory_matches_keras(units, window, batch, stateful):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_training_trajectory_matches_keras(units, window, batch, stateful, backend):
     """50 train_on_batch steps on both, batches in order; a stateful pair resets after each epoch."""
     x, y = alphabet(window)
-    keras_model, model = twin_models(units, window, batch, stateful)
+    keras_model, model = twin_models(units, window, batch, stateful, backend)
     batches = [slice(i, i + batch) for i in range(0, len(x), batch)]
     step = 0
     while step < STEPS:
@@ -89,10 +93,11 @@ def test_training_trajectory_matches_keras(units, window, batch, stateful):
     assert_weights_close(keras_model, model)
 
 
-def test_stateful_fit_matches_keras():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_stateful_fit_matches_keras(backend):
     """The tutorial's stateful loop: fit one epoch (batch 1, no shuffling), reset, repeat."""
     x, y = alphabet(1)
-    keras_model, model = twin_models(50, 1, 1, stateful=True)
+    keras_model, model = twin_models(50, 1, 1, stateful=True, backend=backend)
     for _ in range(2):
         keras_history = keras_model.fit(x, y, epochs=1, batch_size=1, shuffle=False, verbose=0)
         history = model.fit(x, y, epochs=1, batch_size=1, shuffle=False, verbose=0)

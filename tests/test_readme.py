@@ -11,6 +11,6 @@ def _readme_commands():
 
 def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     main_job, tests = _readme_commands()
-    assert main_job == "pip install . && fastlstm alphabet"
+    assert main_job == 'pip install ".[numba]" && fastlstm alphabet'
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert ci[-1] == tests

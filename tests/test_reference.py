@@ -1,5 +1,5 @@
-"""The NumPy reference LSTM against first principles: finite differences, a plain loop,
-stateful chunking, and numerical stability."""
+"""The CPU backends (the NumPy reference, and numba_cpu where numba is installed) against first
+principles: finite differences, a plain loop, stateful chunking, and numerical stability."""
 import itertools
 import warnings
 
@@ -8,7 +8,7 @@ import pytest
 
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.activations import ACTIVATIONS
-from lstm_testing import ARGUMENTS, ProbeLoss, loop_reference, random_inputs
+from lstm_testing import ARGUMENTS, CPU_BACKENDS, ProbeLoss, loop_reference, random_inputs
 
 OPTION_COMBINATIONS = [
     dict(activation=a, recurrent_activation=r, return_sequences=rs, go_backwards=gb, bias=bias, state=state)
@@ -47,8 +47,10 @@ def _central_differences(loss, inputs, eps=1e-6):
     "combination", OPTION_COMBINATIONS,
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
 )
-def test_float64_gradients_match_central_differences(combination):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float64_gradients_match_central_differences(combination, backend):
     make, options = _split(combination)
+    options["backend"] = backend
     rng = np.random.default_rng(len(repr(combination)))
     inputs = random_inputs(rng, batch=2, time=3, input_dim=2, units=2, **make)
     loss = ProbeLoss(rng, inputs, options)
@@ -68,10 +70,11 @@ def test_float64_gradients_match_central_differences(combination):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("combination", OPTION_COMBINATIONS[::7], ids=str)
-def test_forward_matches_plain_loop(combination, dtype):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_forward_matches_plain_loop(combination, dtype, backend):
     make, options = _split(combination)
     inputs = random_inputs(np.random.default_rng(3), batch=3, time=4, input_dim=2, units=3, dtype=dtype, **make)
-    result = lstm_forward(**inputs, **options)
+    result = lstm_forward(**inputs, **options, backend=backend)
     expected = loop_reference(inputs, **options)
     tolerance = 1e-6 if dtype == np.float32 else 1e-12
     for got, want in zip(result[:3], expected):
@@ -81,9 +84,10 @@ def test_forward_matches_plain_loop(combination, dtype):
 
 @pytest.mark.parametrize("chunks", [[1] * 12, [5, 7], [3, 3, 3, 3], [11, 1], [12]])
 @pytest.mark.parametrize("recurrent_activation", ["sigmoid", "hard_sigmoid_keras2"])
-def test_stateful_chunks_equal_the_whole_sequence(chunks, recurrent_activation):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_stateful_chunks_equal_the_whole_sequence(chunks, recurrent_activation, backend):
     inputs = random_inputs(np.random.default_rng(5), batch=3, time=12, input_dim=2, units=4)
-    options = dict(recurrent_activation=recurrent_activation, return_sequences=True)
+    options = dict(recurrent_activation=recurrent_activation, return_sequences=True, backend=backend)
     whole = lstm_forward(**inputs, **options)
     h, c, outputs, start = inputs["h0"], inputs["c0"], [], 0
     for length in chunks:
@@ -104,12 +108,14 @@ SATURATING = ["hard_sigmoid", "hard_sigmoid_keras2", "sigmoid", "softsign", "tan
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", SATURATING)
 @pytest.mark.parametrize("recurrent_activation", SATURATING)
-def test_huge_preactivations_raise_no_warning_and_stay_finite(activation, recurrent_activation, dtype):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_huge_preactivations_raise_no_warning_and_stay_finite(activation, recurrent_activation, dtype, backend):
     rng = np.random.default_rng(11)
     inputs = random_inputs(rng, batch=2, time=3, input_dim=1, units=2, dtype=dtype)
     inputs["x"] = np.array([1e4, -1e4, 1e4], dtype)[None, :, None].repeat(2, axis=0)
     inputs["kernel"] = np.sign(inputs["kernel"]).astype(dtype)  # so |z| is about 1e4
-    options = dict(activation=activation, recurrent_activation=recurrent_activation, return_sequences=True)
+    options = dict(activation=activation, recurrent_activation=recurrent_activation, return_sequences=True,
+                   backend=backend)
     # Underflow (exp(-1e4) -> 0) is exact for these functions; anything else is an error.
     with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
         warnings.simplefilter("error")
@@ -121,24 +127,27 @@ def test_huge_preactivations_raise_no_warning_and_stay_finite(activation, recurr
     assert (np.abs(result.outputs) <= 1).all()
 
 
-def test_backward_with_no_incoming_gradient_is_zero():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_backward_with_no_incoming_gradient_is_zero(backend):
     inputs = random_inputs(np.random.default_rng(2), batch=2, time=3, input_dim=2, units=3)
-    grads = lstm_backward(lstm_forward(**inputs).cache)
+    grads = lstm_backward(lstm_forward(**inputs, backend=backend).cache)
     assert all(not g.any() for g in grads)
     assert [g.shape for g in grads] == [inputs[name].shape for name in ARGUMENTS]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_keep_the_input_dtype(dtype):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_results_keep_the_input_dtype(dtype, backend):
     inputs = random_inputs(np.random.default_rng(4), batch=2, time=3, input_dim=2, units=3, dtype=dtype)
-    result = lstm_forward(**inputs, return_sequences=True)
+    result = lstm_forward(**inputs, return_sequences=True, backend=backend)
     grads = lstm_backward(result.cache, np.ones_like(result.outputs), np.ones_like(result.h))
     assert {a.dtype for a in (*result[:3], *grads)} == {np.dtype(dtype)}
 
 
-def test_outputs_do_not_alias_the_cache():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_outputs_do_not_alias_the_cache(backend):
     inputs = random_inputs(np.random.default_rng(6), batch=2, time=3, input_dim=2, units=3)
-    result = lstm_forward(**inputs, return_sequences=True)
+    result = lstm_forward(**inputs, return_sequences=True, backend=backend)
     dy = np.ones_like(result.outputs)
     before = lstm_backward(result.cache, dy)
     result.outputs[...] = 0

@@ -51,9 +51,10 @@ class BackendStatus(NamedTuple):
 MODULES = {
     "cupy": "fastlstm.backends.cupy",
     "numba_cuda": "fastlstm.backends.numba_cuda",
+    "numba_cpu": "fastlstm.backends.numba_cpu",
     "numpy": "fastlstm.backends.numpy",
 }
-PREFERENCE = ("numpy",)
+PREFERENCE = ("numba_cpu", "numpy")
 
 
 @functools.cache

@@ -7,7 +7,9 @@
 
 Weights come in Keras 3's layout and order, so ``model.set_weights(keras_model.get_weights())``
 works both ways for the same architecture. Everything is NumPy; the LSTM runs on
-:func:`fastlstm.ops.lstm_forward` / :func:`fastlstm.ops.lstm_backward`.
+:func:`fastlstm.ops.lstm_forward` / :func:`fastlstm.ops.lstm_backward`, except that training an
+LSTM (last output) + softmax Dense model takes the backend's fused pass where it has one
+(numba_cpu: forward, loss, backward and Adam for every batch of an epoch in one compiled call).
 """
 from fastlstm.nn.layers import LSTM, Dense, Layer
 from fastlstm.nn.losses import CategoricalCrossentropy

@@ -4,8 +4,9 @@ import time
 
 import numpy as np
 
+from fastlstm.backends import get_backend
 from fastlstm.nn import losses
-from fastlstm.nn.layers import Layer, as_shape, unique_name
+from fastlstm.nn.layers import LSTM, Dense, Layer, as_shape, unique_name
 from fastlstm.nn.optimizers import Adam
 
 METRICS = ("accuracy", "acc", "categorical_accuracy")  # all categorical accuracy, as Keras resolves them
@@ -262,8 +263,7 @@ class Sequential:
         alone without metrics) of the batch, as computed before the step."""
         self._require_compiled("train_on_batch")
         x, y = self._check_data(x, y)
-        self._batches(len(x), len(x))  # checks a stateful model's batch size
-        return _results(self._run(x, y, [slice(None)], train=True))
+        return _results(self._run(x, y, self._batches(len(x), len(x)), train=True))
 
     def _forward(self, x, training):
         for layer in self.layers:
@@ -282,8 +282,22 @@ class Sequential:
         return loss, y_pred
 
     def _run(self, x, y, batches, train):
-        """One pass over the batches, training or not; the loss and metrics averaged over samples."""
-        total_loss = correct = count = 0
+        """One pass over the batches, training or not; the loss and metrics averaged over samples.
+        Training takes the backend's fused pass where there is one for this model."""
+        train_epoch = self._fused_training() if train else None
+        if train_epoch:
+            total_loss, correct = self._train_fused(train_epoch, x, y, batches[0].stop)
+        else:
+            total_loss, correct = self._run_batches(x, y, batches, train)
+        logs = {"loss": total_loss / len(x)}
+        for metric in self.metrics:
+            logs[metric] = correct / (y.size // y.shape[-1])
+        return logs
+
+    def _run_batches(self, x, y, batches, train):
+        """One pass, a layer at a time; (the sum of each batch's loss times its size, the number
+        of correct predictions)."""
+        total_loss = correct = 0
         for s in batches:
             xb, yb = x[s], y[s]
             if train:
@@ -294,13 +308,34 @@ class Sequential:
                 loss = self.loss(yb, self.layers[-1].logits)
             total_loss += loss * len(xb)
             if self.metrics:
-                matches = y_pred.argmax(axis=-1) == yb.argmax(axis=-1)
-                correct += int(matches.sum())
-                count += matches.size
-        logs = {"loss": total_loss / len(x)}
-        for metric in self.metrics:
-            logs[metric] = correct / count
-        return logs
+                correct += int((y_pred.argmax(axis=-1) == yb.argmax(axis=-1)).sum())
+        return total_loss, correct
+
+    def _fused_training(self):
+        """The backend's fused training pass (its ``train_epoch``) if it offers one and this model
+        is the one it trains: an LSTM returning its last output, then the softmax Dense, with
+        categorical cross-entropy and Adam. None otherwise."""
+        if len(self.layers) != 2 or not isinstance(self.optimizer, Adam) \
+                or not isinstance(self.loss, losses.CategoricalCrossentropy):
+            return None
+        lstm, dense = self.layers
+        if not isinstance(lstm, LSTM) or lstm.return_sequences or not isinstance(dense, Dense):
+            return None
+        return getattr(get_backend(lstm.backend), "train_epoch", None)
+
+    def _train_fused(self, train_epoch, x, y, batch_size):
+        """The pass of :meth:`_run_batches` in one call of the backend's fused ``train_epoch``:
+        the same steps on the same weights, gradients, Adam moments and LSTM state."""
+        lstm, dense = self.layers
+        adam = self.optimizer
+        (m, v), = adam.moments([(self._grads, self._weights)])
+        result = train_epoch(
+            x, y, batch_size, lstm.weights, dense.weights, lstm.grads, dense.grads,
+            (self._weights, self._grads, m, v), (adam.constants(self.dtype.type), adam.iterations),
+            lstm.states if lstm.stateful else None, lstm.activation, lstm.recurrent_activation, lstm.go_backwards,
+        )
+        adam.iterations += len(range(0, len(x), batch_size))
+        return result
 
     # -- argument checks ----------------------------------------------------------------------
 
@@ -334,7 +369,8 @@ class Sequential:
         return x, y
 
     def _batches(self, n, batch_size):
-        """The slices of the batches of ``n`` samples; refuses a batch size a stateful layer cannot take."""
+        """The slices of the batches of ``n`` samples, the first ``slice(0, batch_size)``; refuses a
+        batch size a stateful layer cannot take."""
         if batch_size is None:
             batch_size = self.input_shape[0] or DEFAULT_BATCH_SIZE
         batch_size = _count(batch_size, "batch_size", low=1)

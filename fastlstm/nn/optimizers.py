@@ -45,6 +45,40 @@ class Adam:
         ``(gradient, variable)`` array pairs, in place. Every call must pass the same variables
         in the same order (the moment estimates are kept per position)."""
         pairs = list(grads_and_vars)
+        slots = self._slots_for(pairs)
+        self.iterations += 1
+        for (g, w), (m, v, t, u) in zip(pairs, slots):
+            dtype = w.dtype.type
+            learning_rate, beta_1, beta_2, epsilon, one_minus_beta_1, one_minus_beta_2 = self.constants(dtype)
+            step = dtype(self.iterations)
+            alpha = learning_rate * np.sqrt(1 - beta_2 ** step) / (1 - beta_1 ** step)
+            # In place, in the order Keras computes it, so the results round the same way.
+            np.subtract(g, m, out=t)
+            t *= one_minus_beta_1
+            m += t
+            np.multiply(g, g, out=t)
+            t -= v
+            t *= one_minus_beta_2
+            v += t
+            np.sqrt(v, out=t)
+            t += epsilon
+            np.multiply(m, alpha, out=u)
+            u /= t
+            w -= u
+
+    def moments(self, grads_and_vars):
+        """The moment estimates ``(m, v)`` of each variable of ``grads_and_vars`` (zeros before
+        the first step), for a fused training step that updates them in place and then adds
+        its steps to ``iterations``."""
+        return [slots[:2] for slots in self._slots_for(list(grads_and_vars))]
+
+    def constants(self, dtype):
+        """``(learning_rate, beta_1, beta_2, epsilon, 1 - beta_1, 1 - beta_2)`` rounded to ``dtype``."""
+        return tuple(dtype(value) for value in (self.learning_rate, self.beta_1, self.beta_2, self.epsilon,
+                                                1 - self.beta_1, 1 - self.beta_2))
+
+    def _slots_for(self, pairs):
+        """Per variable (m, v, scratch, scratch), created on first use; refuses other variables."""
         if self._slots is None:
             self._slots = [tuple(np.zeros_like(w) for _ in range(4)) for _, w in pairs]
         if len(pairs) != len(self._slots) or any(w.shape != s[0].shape for (_, w), s in zip(pairs, self._slots)):
@@ -52,22 +86,4 @@ class Adam:
                 f"this Adam instance was built for variables of shapes {[s[0].shape for s in self._slots]}, "
                 f"got {[w.shape for _, w in pairs]}: use one optimizer instance per model"
             )
-        self.iterations += 1
-        for (g, w), (m, v, t, u) in zip(pairs, self._slots):
-            dtype = w.dtype.type
-            step = dtype(self.iterations)
-            beta_1_power, beta_2_power = dtype(self.beta_1) ** step, dtype(self.beta_2) ** step
-            alpha = dtype(self.learning_rate) * np.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-            # In place, in the order Keras computes it, so the results round the same way.
-            np.subtract(g, m, out=t)
-            t *= dtype(1 - self.beta_1)
-            m += t
-            np.multiply(g, g, out=t)
-            t -= v
-            t *= dtype(1 - self.beta_2)
-            v += t
-            np.sqrt(v, out=t)
-            t += dtype(self.epsilon)
-            np.multiply(m, alpha, out=u)
-            u /= t
-            w -= u
+        return self._slots

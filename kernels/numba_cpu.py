@@ -1,0 +1,472 @@
+"""Numba CPU kernels of the ``numba_cpu`` backend (imported by it alone, never by ``import fastlstm``).
+
+Layout, as the NumPy backend's: ``zx, gates, dz [batch, time, 4*units]`` (gates i, f, c, o),
+``h, c [batch, time + 1, units]`` (time index 0: the initial state), ``act_c [batch, time, units]``
+(``activation(c_t)``).
+
+- :func:`forward_sequence`, :func:`backward_sequence`: the recurrence over every step in one call,
+  the recurrent products as loops; for the small shapes, where a BLAS call per step costs more
+  than its work.
+- :func:`forward_step`, :func:`backward_step`: one step's pointwise work for the whole batch,
+  around one BLAS product per step made by the caller (on every core); for the large shapes.
+- :func:`train_epoch`: a pass of an LSTM + Dense(softmax) model over its batches, each batch's
+  forward, categorical cross-entropy, backward and Adam update in the same call.
+
+Each operation is done in the arrays' dtype (float32 or float64) in the order the NumPy backend
+and ``fastlstm.nn`` write it (no ``fastmath`` but for the sums of :func:`_matvec`), so only sums
+of products (another summation order than BLAS's) and exp (vectorisable code instead of libm's,
+within an ulp) round differently.
+Compiled on first use for each dtype and cached on disk (``cache=True``).
+"""
+import math
+import platform
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# error_model='numpy': division by zero gives inf/NaN rather than raising, which lets loops vectorise.
+FLAGS = dict(cache=True, nogil=True, error_model="numpy")
+
+# Activation codes: the index of each name.
+ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "hard_sigmoid_keras2", "relu", "softsign", "linear")
+TANH, SIGMOID, HARD_SIGMOID, HARD_SIGMOID_KERAS2, RELU, SOFTSIGN, LINEAR = range(len(ACTIVATIONS))
+
+# exp(x) = 2**k * exp(r), x = k ln2 + r, |r| <= ln2/2. ln2 split so that k * LN2_HI is exact.
+LOG2_E = 1.4426950408889634
+LN2_HI = 0.693145751953125
+LN2_LO = 1.428606820309417232e-06
+# expm1(r) = r + r**2 * (1/2! + r/3! + ... + r**(n-2)/n!) for |r| <= ln2/2: the first term left
+# out, r**(n+1)/(n+1)!, is below half an ulp with n = 7 in float32 and n = 13 in float64.
+TAYLOR = {bits: tuple(1 / math.factorial(n) for n in range(last, 1, -1)) for bits, last in ((32, 7), (64, 13))}
+
+
+@intrinsic
+def _pow2(typingctx, k):
+    """2.0**k in k's float type, for a float k holding an integer below the exponent's maximum;
+    0 below the smallest normal number (so exp flushes to 0 where it would be subnormal)."""
+    if not isinstance(k, types.Float):
+        return None
+    width, mantissa = (32, 23) if k == types.float32 else (64, 52)
+    bias = (1 << (width - mantissa - 2)) - 1
+
+    def codegen(context, builder, signature, args):
+        integer = ir.IntType(width)
+        n = builder.fptosi(args[0], integer)
+        bits = builder.shl(builder.add(n, ir.Constant(integer, bias)), ir.Constant(integer, mantissa))
+        bits = builder.select(builder.icmp_signed("<", n, ir.Constant(integer, 1 - bias)), ir.Constant(integer, 0), bits)
+        return builder.bitcast(bits, context.get_value_type(k))
+
+    return k(k), codegen
+
+
+# MXCSR, the x86 SSE/AVX control register: flush subnormal results to zero and read subnormal
+# inputs as zero. Each subnormal costs a microcode assist of about a hundred cycles otherwise.
+FLUSH_SUBNORMALS = 0x8040
+
+
+@intrinsic
+def _exchange_mxcsr(typingctx, keep, set_bits):
+    """Sets the MXCSR register to (MXCSR & keep) | set_bits; returns its value before. Does
+    nothing (and returns 0) off x86."""
+    if not (isinstance(keep, types.Integer) and isinstance(set_bits, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            return ir.Constant(ir.IntType(64), 0)
+        int32 = ir.IntType(32)
+        slot = builder.alloca(int32)
+        pointer = builder.bitcast(slot, ir.IntType(8).as_pointer())
+        access = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+        builder.call(builder.module.declare_intrinsic("llvm.x86.sse.stmxcsr", fnty=access), [pointer])
+        before = builder.load(slot)
+        keep_bits, new_bits = (builder.trunc(a, int32) for a in args)
+        builder.store(builder.or_(builder.and_(before, keep_bits), new_bits), slot)
+        builder.call(builder.module.declare_intrinsic("llvm.x86.sse.ldmxcsr", fnty=access), [pointer])
+        return builder.zext(before, ir.IntType(64))
+
+    return types.int64(keep, set_bits), codegen
+
+
+def _taylor(T):
+    """The coefficients TAYLOR[bits] for the float type T, highest first (picked at compile time)."""
+
+
+@overload(_taylor, inline="always")
+def _taylor_for(T):
+    coefficients = TAYLOR[T.instance_type.bitwidth]
+    return lambda T: coefficients
+
+
+@njit(inline="always")
+def _exp_split(x, T):
+    """(2**k, expm1(r)) with exp(x) = 2**k * (1 + expm1(r)), for x <= 0 of float type T. Plain
+    arithmetic, so that loops over it vectorise (libm's exp is one call per element)."""
+    x = T(-1e4) if x < T(-1e4) else x  # past underflow in both dtypes; NaN passes
+    k = np.floor(x * T(LOG2_E) + T(0.5))
+    r = (x - k * T(LN2_HI)) - k * T(LN2_LO)
+    coefficients = _taylor(T)
+    p = T(coefficients[0])
+    for coefficient in coefficients[1:]:
+        p = p * r + T(coefficient)
+    return _pow2(k), r + r * r * p
+
+
+@njit(inline="always")
+def _exp(x, T):
+    """exp(x) for x <= 0."""
+    scale, expm1_r = _exp_split(x, T)
+    return scale * (expm1_r + T(1))
+
+
+@njit(inline="always")
+def _activation(code, z, T):
+    """The activation ``code`` of z, as fastlstm.activations defines it."""
+    if code == TANH:
+        scale, expm1_r = _exp_split(T(-2) * abs(z), T)
+        e = scale * expm1_r + (scale - T(1))  # expm1(-2|z|), exact near 0
+        return math.copysign(-e / (T(2) + e), z)
+    if code == SIGMOID:
+        e = _exp(-abs(z), T)
+        return (T(1) if z >= T(0) else e) / (T(1) + e)
+    if code == HARD_SIGMOID:
+        return min(max(z + T(3), T(0)), T(6)) / T(6)
+    if code == HARD_SIGMOID_KERAS2:
+        return min(max(T(0.2) * z + T(0.5), T(0)), T(1))
+    if code == RELU:
+        return max(z, T(0))
+    if code == SOFTSIGN:
+        return z / (T(1) + abs(z))
+    return z
+
+
+@njit(inline="always")
+def _derivative(code, y, T):
+    """The derivative of the activation ``code`` from its output y."""
+    if code == TANH:
+        return T(1) - y * y
+    if code == SIGMOID:
+        return y * (T(1) - y)
+    if code == HARD_SIGMOID:
+        return T(1 / 6) if T(0) < y < T(1) else T(0)
+    if code == HARD_SIGMOID_KERAS2:
+        return T(0.2) if T(0) < y < T(1) else T(0)
+    if code == RELU:
+        return T(1) if y > T(0) else T(0)
+    if code == SOFTSIGN:
+        return (T(1) - abs(y)) * (T(1) - abs(y))
+    return T(1)
+
+
+@njit(inline="always")
+def _map(function, code, a, out):
+    """out[j] = function(code, a[j]) for vectors a and out. tanh and sigmoid (the defaults, and
+    the costly ones) get loops of their own with the code a constant in them, so that they
+    vectorise: LLVM does not reliably split one loop on a choice made at run time. One loop for
+    all seven would make compiling the kernels several times slower."""
+    T = a.dtype.type
+    if code == TANH:
+        for j in range(a.size):
+            out[j] = function(TANH, a[j], T)
+    elif code == SIGMOID:
+        for j in range(a.size):
+            out[j] = function(SIGMOID, a[j], T)
+    else:
+        for j in range(a.size):
+            out[j] = function(code, a[j], T)
+
+
+@njit(inline="always")
+def _activate(code, a):
+    """Applies the activation ``code`` to the vector a in place."""
+    _map(_activation, code, a, a)
+
+
+@njit(inline="always")
+def _derivatives(code, y, out):
+    """out = the derivative of the activation ``code`` from its outputs y (vectors)."""
+    _map(_derivative, code, y, out)
+
+
+@njit(inline="always")
+def _add_product(v, m, out):
+    """out += v @ m for v [n] and m [n, k], each element summed in the order of i. Four rows of
+    m per pass over out (the same sums, a quarter of the loads and stores of out); the inner
+    loops run along m's rows, with no reduction, so they vectorise."""
+    n = v.size
+    quad = n - n % 4
+    for i in range(0, quad, 4):
+        v0, v1, v2, v3 = v[i], v[i + 1], v[i + 2], v[i + 3]
+        for j in range(out.size):
+            out[j] = (((out[j] + v0 * m[i, j]) + v1 * m[i + 1, j]) + v2 * m[i + 2, j]) + v3 * m[i + 3, j]
+    for i in range(quad, n):
+        vi = v[i]
+        for j in range(out.size):
+            out[j] += vi * m[i, j]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _matvec(m, v, out):
+    """out = m @ v for m [n, k] and v [k]: a dot product along each row of m, summed in whatever
+    order vectorises (the one place where the order of a sum is left to the compiler)."""
+    for i in range(out.size):
+        total = v.dtype.type(0)
+        for j in range(v.size):
+            total += m[i, j] * v[j]
+        out[i] = total
+
+
+@njit(inline="always")
+def _cell_forward(z, c_prev, c, act_c, h, activation, recurrent_activation):
+    """One step of one sample. z [4*units]: pre-activations, activated in place (the gates);
+    c_prev [units]: the previous cell state; fills c, act_c = activation(c) and h [units]."""
+    units = c.size
+    _activate(recurrent_activation, z[:2 * units])
+    _activate(activation, z[2 * units:3 * units])
+    _activate(recurrent_activation, z[3 * units:])
+    for u in range(units):
+        c[u] = z[units + u] * c_prev[u] + z[u] * z[2 * units + u]
+    act_c[:] = c
+    _activate(activation, act_c)
+    for u in range(units):
+        h[u] = z[3 * units + u] * act_c[u]
+
+
+@njit(inline="always")
+def _cell_backward(gates, c_prev, act_c, dh, dc, dz, activation, recurrent_activation):
+    """One step back for one sample: from dh and dc, the gradients w.r.t. h_t and c_t, fills dz
+    [4*units], the gradient w.r.t. the step's pre-activations, and turns dc into the gradient
+    w.r.t. c_prev through the forget gate (the caller adds dz @ recurrent_kernel.T to dh)."""
+    units = dc.size
+    # dz is scratch first: the derivative of activation(c_t), then each gate's activation derivative.
+    _derivatives(activation, act_c, dz[:units])
+    for u in range(units):
+        dc[u] += dh[u] * gates[3 * units + u] * dz[u]
+    _derivatives(recurrent_activation, gates[:2 * units], dz[:2 * units])
+    _derivatives(activation, gates[2 * units:3 * units], dz[2 * units:3 * units])
+    _derivatives(recurrent_activation, gates[3 * units:], dz[3 * units:])
+    for u in range(units):
+        i, f, g = gates[u], gates[units + u], gates[2 * units + u]
+        dz[u] *= dc[u] * g
+        dz[units + u] *= dc[u] * c_prev[u]
+        dz[2 * units + u] *= dc[u] * i
+        dz[3 * units + u] *= dh[u] * act_c[u]
+        dc[u] *= f
+
+
+@njit(**FLAGS)
+def forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation):
+    """Every step of the recurrence, one sample after another.
+
+    zx [batch, time, 4*units]: ``x_t @ kernel + bias``; h, c [batch, time + 1, units]: the
+    initial state at time index 0 on entry, every step's state on return; fills gates
+    [batch, time, 4*units] (activated; may be zx itself) and act_c [batch, time, units].
+    Activations are codes (indices into ACTIVATIONS).
+    """
+    recurrent_part = np.empty(zx.shape[2], zx.dtype)
+    for b in range(zx.shape[0]):
+        for t in range(zx.shape[1]):
+            # zx + (h @ recurrent_kernel), as the NumPy backend adds them: the small terms of the
+            # product summed first, then the larger zx (2x closer to float64 than summing into zx).
+            recurrent_part[:] = 0
+            _add_product(h[b, t], recurrent_kernel, recurrent_part)
+            for j in range(recurrent_part.size):
+                gates[b, t, j] = zx[b, t, j] + recurrent_part[j]
+            _cell_forward(gates[b, t], c[b, t], c[b, t + 1], act_c[b, t], h[b, t + 1], activation,
+                          recurrent_activation)
+
+
+@njit(**FLAGS)
+def forward_step(zx, recurrent_part, h, c, gates, act_c, t, activation, recurrent_activation):
+    """Step t of the recurrence for the whole batch, arrays as in :func:`forward_sequence`;
+    recurrent_part [batch, 4*units] is ``h_{t-1} @ recurrent_kernel``, the caller's BLAS product."""
+    for b in range(zx.shape[0]):
+        z = gates[b, t]
+        for j in range(z.size):
+            z[j] = zx[b, t, j] + recurrent_part[b, j]
+        _cell_forward(z, c[b, t], c[b, t + 1], act_c[b, t], h[b, t + 1], activation, recurrent_activation)
+
+
+@njit(**FLAGS)
+def backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation):
+    """Every step of the recurrence backwards, one sample after another.
+
+    gates, c, act_c: as :func:`forward_sequence` left them; recurrent_kernel [units, 4*units];
+    dy [batch, time, units]: the gradient w.r.t. every step's output, or [batch, 0, units] when
+    only the last step's (which the caller adds to dh); dh, dc [batch, units]: the gradients
+    w.r.t. the final state on entry, w.r.t. the initial state on return; fills dz
+    [batch, time, 4*units], the gradient w.r.t. every pre-activation.
+    """
+    for b in range(gates.shape[0]):
+        for t in range(gates.shape[1] - 1, -1, -1):
+            if dy.shape[1]:
+                dh[b] += dy[b, t]
+            _cell_backward(gates[b, t], c[b, t], act_c[b, t], dh[b], dc[b], dz[b, t], activation,
+                           recurrent_activation)
+            _matvec(recurrent_kernel, dz[b, t], dh[b])
+
+
+@njit(**FLAGS)
+def backward_step(gates, c, act_c, dh, dc, dz, t, activation, recurrent_activation):
+    """Step t of the recurrence backwards for the whole batch, arrays as in
+    :func:`backward_sequence`: fills dz[:, t] and leaves in dc the gradient w.r.t. c_{t-1};
+    the caller sets dh = dz[:, t] @ recurrent_kernel.T (a BLAS product)."""
+    for b in range(gates.shape[0]):
+        _cell_backward(gates[b, t], c[b, t], act_c[b, t], dh[b], dc[b], dz[b, t], activation, recurrent_activation)
+
+
+@njit(inline="always")
+def _softmax_cross_entropy(logits, target, exps):
+    """Turns logits [classes] into the softmax's probabilities in place, using exps [classes] as
+    scratch; returns the categorical cross-entropy ``sum(target * (logsumexp(z) - z))`` with z
+    the logits less their maximum, as Keras computes it (and fastlstm.nn.CategoricalCrossentropy)."""
+    T = logits.dtype.type
+    logits -= logits.max()
+    for j in range(logits.size):
+        exps[j] = _exp(logits[j], T)
+    total = T(0)
+    for j in range(logits.size):
+        total += exps[j]
+    log_sum = T(math.log(total))
+    loss = T(0)
+    for j in range(logits.size):
+        loss += target[j] * (log_sum - logits[j])
+    for j in range(logits.size):
+        logits[j] = exps[j] / total
+    return loss
+
+
+@njit(inline="always")
+def _add_outer(a, b, out):
+    """out += outer(a, b) for a [n], b [k] and out [n, k]."""
+    for i in range(a.size):
+        ai = a[i]
+        for j in range(b.size):
+            out[i, j] += ai * b[j]
+
+
+@njit(inline="always")
+def _adam(w, g, m, v, step, adam):
+    """Adam step number ``step`` on the flat w with gradient g and moments m, v, in Keras 3's
+    order of operations (as fastlstm.nn.Adam); adam = (learning_rate, beta_1, beta_2, epsilon,
+    1 - beta_1, 1 - beta_2), each rounded to w's dtype."""
+    T = w.dtype.type
+    learning_rate, beta_1, beta_2, epsilon, one_minus_beta_1, one_minus_beta_2 = adam
+    t = T(step)
+    alpha = learning_rate * np.sqrt(T(1) - beta_2 ** t) / (T(1) - beta_1 ** t)
+    for i in range(w.size):
+        m[i] += (g[i] - m[i]) * one_minus_beta_1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_beta_2
+        w[i] -= m[i] * alpha / (np.sqrt(v[i]) + epsilon)
+
+
+@njit(inline="always")
+def _carve(scratch, offset, shape):
+    """A C-contiguous array of ``shape`` from the flat scratch at offset, and the offset after it."""
+    size = 1
+    for n in shape:
+        size *= n
+    return scratch[offset:offset + size].reshape(shape), offset + size
+
+
+@njit(**FLAGS)
+def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, adam, iterations, state, options):
+    """Trains an LSTM (last output only) + Dense(softmax) model with categorical cross-entropy
+    and Adam on the batches of x [samples, time, features] and y [samples, classes], in order:
+    per batch the forward pass, the loss, the backward pass and one Adam step.
+
+    lstm: (kernel, recurrent_kernel, bias) and dense: (kernel, bias), the weights (a bias of
+    size 0 for none); lstm_grads and dense_grads shaped alike; all views into flat = (weights,
+    gradients, m, v): the model's flat buffers and Adam's moments, updated in place. adam:
+    Adam's constants as :func:`_adam` takes them; iterations: the Adam steps taken before. state:
+    (h, c) [batch_size, units], the initial state of every batch for a stateful model, which
+    carries it on from batch to batch (zeros are used otherwise); options: (stateful,
+    go_backwards, activation, recurrent_activation).
+
+    Returns (the sum over batches of each batch's mean loss times its size, in float64, as
+    fastlstm.nn sums them; the number of samples whose most probable class is the target's).
+
+    Subnormal numbers (below 1.2e-38 in float32) are flushed to zero meanwhile, as TensorFlow does
+    on the CPU: saturated gates make them by the thousand late in training, and each is slow.
+    """
+    stateful, go_backwards, activation, recurrent_activation = options
+    kernel, recurrent_kernel, bias = lstm
+    dense_kernel, dense_bias = dense
+    dkernel, drecurrent_kernel, dbias = lstm_grads
+    ddense_kernel, ddense_bias = dense_grads
+    samples, time, _ = x.shape
+    units, classes = dense_kernel.shape
+    T = x.dtype.type
+    scratch = np.empty(batch_size * (time * 9 * units + (time + 1) * 2 * units + classes + 2 * units), x.dtype)
+    exps = np.empty(classes, x.dtype)
+    total_loss, correct = 0.0, 0
+    mxcsr = _exchange_mxcsr(-1, FLUSH_SUBNORMALS)
+    for start in range(0, samples, batch_size):
+        rows = min(batch_size, samples - start)
+        gates, offset = _carve(scratch, 0, (rows, time, 4 * units))
+        dz, offset = _carve(scratch, offset, (rows, time, 4 * units))
+        h, offset = _carve(scratch, offset, (rows, time + 1, units))
+        c, offset = _carve(scratch, offset, (rows, time + 1, units))
+        act_c, offset = _carve(scratch, offset, (rows, time, units))
+        probs, offset = _carve(scratch, offset, (rows, classes))
+        dh, offset = _carve(scratch, offset, (rows, units))
+        dc, offset = _carve(scratch, offset, (rows, units))
+        # Forward: the input projection, then the recurrence from the state.
+        for b in range(rows):
+            inputs = x[start + b, ::-1] if go_backwards else x[start + b, ::1]  # [time, features] in processing order
+            for t in range(time):
+                gates[b, t] = 0
+                _add_product(inputs[t], kernel, gates[b, t])
+                if bias.size:
+                    gates[b, t] += bias
+        if stateful:
+            h[:, 0] = state[0]
+            c[:, 0] = state[1]
+        else:
+            h[:, 0] = 0
+            c[:, 0] = 0
+        forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation)
+        if stateful:
+            state[0][:] = h[:, time]
+            state[1][:] = c[:, time]
+        # Dense, softmax and the loss; probs becomes the gradient w.r.t. the logits, (probs - y) / rows.
+        batch_loss = T(0)
+        for b in range(rows):
+            target = y[start + b]
+            probs[b] = 0
+            _add_product(h[b, time], dense_kernel, probs[b])
+            probs[b] += dense_bias
+            batch_loss += _softmax_cross_entropy(probs[b], target, exps)
+            correct += np.argmax(probs[b]) == np.argmax(target)
+            for j in range(classes):
+                probs[b, j] = (probs[b, j] - target[j]) * T(1 / rows)
+        total_loss += float(batch_loss / T(rows)) * rows
+        # Backward: Dense, the recurrence, then the LSTM's weight gradients.
+        ddense_kernel[:] = 0
+        ddense_bias[:] = 0
+        dc[:] = 0
+        for b in range(rows):
+            _add_outer(h[b, time], probs[b], ddense_kernel)
+            ddense_bias += probs[b]
+            _matvec(dense_kernel, probs[b], dh[b])
+        backward_sequence(gates, c, act_c, recurrent_kernel, dz[:, :0], dh, dc, dz, activation,
+                          recurrent_activation)
+        dkernel[:] = 0
+        drecurrent_kernel[:] = 0
+        dbias[:] = 0
+        for b in range(rows):
+            # Row by row, summed over time: kernel[d] += x[:, d] @ dz, recurrent_kernel[u] += h[:, u] @ dz.
+            inputs = x[start + b, ::-1] if go_backwards else x[start + b, ::1]
+            for d in range(kernel.shape[0]):
+                _add_product(inputs[:, d], dz[b], dkernel[d])
+            for u in range(units):
+                _add_product(h[b, :time, u], dz[b], drecurrent_kernel[u])
+            if dbias.size:
+                for t in range(time):
+                    dbias += dz[b, t]
+        iterations += 1
+        _adam(flat[0], flat[1], flat[2], flat[3], iterations, adam)
+    _exchange_mxcsr(0, mxcsr)
+    return total_loss, correct

@@ -1,0 +1,190 @@
+"""The numba_cpu backend on its own: its activations, its two recurrence paths against the NumPy
+reference, the fused training pass against the layer-by-layer one, and its absence without numba.
+The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")  # the 'test' extra installs it; CI runs these
+
+from numba import njit  # noqa: E402
+
+from fastlstm import lstm_backward, lstm_forward  # noqa: E402
+from fastlstm.activations import ACTIVATIONS  # noqa: E402
+from fastlstm.backends import get_backend, numba_cpu  # noqa: E402
+from fastlstm.kernels import numba_cpu as kernels  # noqa: E402
+from fastlstm.nn import LSTM, Dense, Sequential, set_random_seed  # noqa: E402
+from lstm_testing import random_inputs  # noqa: E402
+from test_nn import alphabet  # noqa: E402
+
+
+@njit
+def _activate(code, a):
+    kernels._activate(code, a)
+
+
+@njit
+def _derivatives(code, y, out):
+    kernels._derivatives(code, y, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", kernels.ACTIVATIONS)
+def test_activations_match_fastlstm_activations(name, dtype):
+    """Within 4 ulps of NumPy's (tanh and sigmoid use a vectorisable exp of the kernels' own;
+    measured at most 2.4 ulps from the float64 value in float32, 3 in float64; exp flushes to 0
+    below the smallest normal number); derivatives exactly NumPy's."""
+    z = np.concatenate([np.linspace(-30, 30, 20001), [-1e4, 1e4, -200, 200, 90, -90, 710, -710, 0, 1e-30]])
+    z = z.astype(dtype)
+    y = z.copy()
+    _activate(kernels.ACTIVATIONS.index(name), y)
+    finfo = np.finfo(dtype)
+    np.testing.assert_allclose(y, ACTIVATIONS[name].fn(z), rtol=4 * finfo.eps, atol=finfo.tiny)
+    derivative = np.empty_like(y)
+    _derivatives(kernels.ACTIVATIONS.index(name), y, derivative)
+    np.testing.assert_array_equal(derivative, ACTIVATIONS[name].grad_from_output(y))
+
+
+@pytest.fixture(params=["sequence", "stepwise"])
+def path(request, monkeypatch):
+    """Runs numba_cpu's recurrence as one compiled loop over the sequence, or as a BLAS product
+    and a parallel pointwise step per time step, whatever the shape."""
+    monkeypatch.setattr(numba_cpu, "STEPWISE_WORK", 1 << 62 if request.param == "sequence" else 0)
+    return request.param
+
+
+OPTIONS = [
+    dict(activation=a, recurrent_activation=r, return_sequences=rs, go_backwards=gb)
+    for a, r, rs, gb in [
+        ("tanh", "sigmoid", False, False), ("tanh", "sigmoid", True, True),
+        ("softsign", "hard_sigmoid", True, False), ("relu", "hard_sigmoid_keras2", False, True),
+        ("sigmoid", "tanh", True, False), ("linear", "softsign", False, False),
+        ("hard_sigmoid_keras2", "relu", True, True), ("hard_sigmoid", "linear", False, True),
+    ]
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
+@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (5, 3, 4, 33), (1, 1, 1, 8)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
+    """Outputs, states and every gradient against the NumPy backend, both paths, units that are
+    and are not a multiple of the vector width, with bias and state or without. Tolerance,
+    relative to max(1, |reference|): 1e-5 in float32, 1e-12 in float64."""
+    rng = np.random.default_rng(list(shape))
+    inputs = random_inputs(rng, *shape, dtype=dtype, bias=shape[0] != 3, state=shape[0] != 5)
+    results = {}
+    for backend in ("numpy", "numba_cpu"):
+        r = lstm_forward(**inputs, **options, backend=backend)
+        dy, dh, dc = (np.random.default_rng(1).standard_normal(a.shape).astype(dtype) for a in r[:3])
+        results[backend] = (*r[:3], *lstm_backward(r.cache, dy, dh, dc))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for ours, reference in zip(results["numba_cpu"], results["numpy"]):
+        assert (ours is None) == (reference is None)
+        if reference is not None:
+            assert ours.dtype == dtype and ours.shape == reference.shape
+            assert np.abs(ours - reference).max() <= tolerance * max(1, np.abs(reference).max())
+
+
+# -- the fused training pass ---------------------------------------------------------------------
+
+def _model(units=6, window=3, stateful=False, batch=1, dtype="float64", **lstm):
+    set_random_seed(11)
+    shape = dict(batch_input_shape=(batch, window, 1)) if stateful else dict(input_shape=(window, 1))
+    model = Sequential([LSTM(units, stateful=stateful, backend="numba_cpu", **shape, **lstm),
+                        Dense(26, activation="softmax")], dtype=dtype)
+    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    return model
+
+
+MODELS = {
+    "shuffled-batch-4": (dict(), dict(batch_size=4, shuffle=True)),
+    "stateful": (dict(stateful=True, batch=1), dict(batch_size=1, shuffle=False)),
+    "stateful-batch-23": (dict(stateful=True, batch=23), dict(batch_size=23, shuffle=False)),
+    "backwards-no-bias": (dict(go_backwards=True, use_bias=False), dict(batch_size=5, shuffle=True)),
+    "keras2-softsign": (dict(recurrent_activation="hard_sigmoid_keras2", activation="softsign"),
+                        dict(batch_size=2, shuffle=False)),
+}
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("model_options, fit_options", MODELS.values(), ids=MODELS)
+def test_fused_training_takes_the_steps_of_the_layer_by_layer_path(model_options, fit_options, dtype, rtol):
+    """The same model trained by the fused pass and layer by layer (the fused pass switched off)
+    on numba_cpu: the same batches from the same random draws, the same Adam steps and state,
+    so the same losses and weights up to round-off. Measured after 3 epochs, relative (weights
+    to their largest value): float64 losses equal, weights within 1.1e-15; float32 losses within
+    7.3e-8, weights within 7e-7."""
+    x, y = alphabet(3)
+    runs = []
+    for fused in (True, False):
+        model = _model(dtype=dtype, **model_options)
+        if not fused:
+            model._fused_training = lambda: None
+        np.random.seed(5)
+        history = model.fit(x, y, epochs=3, verbose=0, **fit_options)
+        runs.append((model, history.history, np.random.get_state()[1].copy()))
+    (fused, fused_history, fused_random), (layered, layered_history, layered_random) = runs
+    np.testing.assert_array_equal(fused_random, layered_random)  # the same shuffles, nothing more drawn
+    assert fused.optimizer.iterations == layered.optimizer.iterations
+    np.testing.assert_allclose(fused_history["loss"], layered_history["loss"], rtol=rtol)
+    assert fused_history["accuracy"] == layered_history["accuracy"]
+    for ours, theirs in zip(fused.get_weights() + list(fused.layers[0].states or ()),
+                            layered.get_weights() + list(layered.layers[0].states or ())):
+        assert np.abs(ours - theirs).max() <= rtol * np.abs(theirs).max()
+
+
+def test_fit_in_one_call_equals_one_call_per_batch_bit_for_bit():
+    """A stateful epoch in one fused call against the same batches one train_on_batch each."""
+    x, y = alphabet(1)
+    fitted, stepped = _model(window=1, stateful=True, dtype="float32"), _model(window=1, stateful=True, dtype="float32")
+    history = fitted.fit(x, y, epochs=1, batch_size=1, shuffle=False, verbose=0)
+    losses = [stepped.train_on_batch(x[i:i + 1], y[i:i + 1])[0] for i in range(len(x))]
+    assert history.history["loss"][0] == pytest.approx(np.mean(losses), rel=1e-7)
+    for a, b in zip(fitted.get_weights() + list(fitted.layers[0].states),
+                    stepped.get_weights() + list(stepped.layers[0].states)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_fused_pass_flushes_subnormal_numbers_only_while_it_runs():
+    x, y = alphabet(3)
+    _model(dtype="float32").fit(x, y, epochs=1, verbose=0)
+    assert np.float32(1e-38) * np.float32(0.01) > 0  # NumPy's arithmetic keeps its subnormals
+
+
+def test_the_fused_pass_is_taken_only_for_an_lstm_then_a_softmax_dense(monkeypatch):
+    calls = []
+    monkeypatch.setattr(numba_cpu, "train_epoch", lambda *args, **kwargs: calls.append(1) or (0.0, 0))
+    x, y = alphabet(3)
+    _model().fit(x, y, epochs=1, verbose=0)
+    assert len(calls) == 1
+    for layers in (
+        [LSTM(4, return_sequences=True, backend="numba_cpu"), LSTM(4, backend="numba_cpu"), Dense(26, activation="softmax")],
+        [LSTM(4, backend="numba_cpu"), Dense(8, activation="tanh"), Dense(26, activation="softmax")],
+        [LSTM(4, backend="numpy"), Dense(26, activation="softmax")],
+    ):
+        model = Sequential(layers)
+        model.compile()
+        history = model.fit(x, y, epochs=1, verbose=0)
+        assert len(calls) == 1 and np.isfinite(history.history["loss"][0])
+    assert not hasattr(get_backend("numpy"), "train_epoch")
+
+
+def test_without_numba_the_backend_is_reported_missing_and_auto_takes_numpy():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['numba'] = None  # as if numba were not installed\n"
+        "warnings.simplefilter('error')\n"
+        "import fastlstm\n"
+        "from fastlstm.backends import get_backend\n"
+        "print([str(s) for s in fastlstm.available_backends() if s.name == 'numba_cpu'][0])\n"
+        "print(get_backend('auto').__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tempfile.gettempdir()).stdout  # the installed package, not the checkout
+    status, auto = out.splitlines()
+    assert status.startswith("numba_cpu: unavailable (not installed")
+    assert auto == "fastlstm.backends.numpy"
