@@ -4,6 +4,7 @@
     pytest bench/ --benchmark-only --bench-grid=full    # every shape of the grid
     pytest bench/ --benchmark-disable                   # each once, as a test (CI)
 """
+import functools
 import itertools
 
 import numpy as np
@@ -44,13 +45,7 @@ def pytest_generate_tests(metafunc):
                              ids=[f"{i.name}-{shape_id(s)}-{d.name}" for i, s, d in cases])
 
 
-_found = []
-
-
-def _implementations():
-    if not _found:
-        _found.extend(implementations())
-    return _found
+_implementations = functools.cache(implementations)  # built once per session
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ Each takes the same Keras-layout weights. ``prepare(inputs)`` builds, outside th
 both are layout-free, so every implementation's result can be checked against the reference.
 Each runner finishes its work before returning (it synchronises a GPU), so the time is the work.
 """
+import functools
 import importlib.metadata
 import os
 import platform
@@ -206,6 +207,7 @@ def implementations():
     return found
 
 
+@functools.cache
 def versions():
     return {package: _version(package) for package in ("fastlstm", "numpy", "numba", "cupy-cuda13x", "keras",
                                                        "tensorflow-cpu", "tensorflow", "torch") if _version(package)}

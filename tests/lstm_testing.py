@@ -1,5 +1,8 @@
 """Helpers shared by the LSTM tests: random inputs, an independent loop reference, a probe loss."""
 import math
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
@@ -93,3 +96,10 @@ class ProbeLoss:
     def gradients(self, inputs):
         r = lstm_forward(**inputs, **self.options)
         return lstm_backward(r.cache, self.wy, self.wh, self.wc)
+
+
+def run_python(code):
+    """The stdout of ``python -c code``, run from a neutral directory so that it imports the
+    installed fastlstm, not the checkout's."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=tempfile.gettempdir()).stdout

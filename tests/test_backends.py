@@ -1,7 +1,5 @@
 """The backend registry: lazy probing, honest reports, 'auto' and its warnings."""
-import subprocess
 import sys
-import tempfile
 import types
 import warnings
 
@@ -10,6 +8,7 @@ import pytest
 
 import fastlstm
 from fastlstm import backends
+from lstm_testing import run_python
 
 
 def test_import_needs_numpy_alone_and_probes_nothing():
@@ -20,8 +19,7 @@ def test_import_needs_numpy_alone_and_probes_nothing():
         "probed = [m for m in sys.modules if m.startswith('fastlstm.backends.')]\n"
         "print(heavy, probed)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=tempfile.gettempdir()).stdout  # the installed package, not the checkout
+    out = run_python(code)
     assert out.strip() == "[] []"
 
 

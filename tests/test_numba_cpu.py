@@ -1,9 +1,7 @@
 """The numba_cpu backend on its own: its activations, its two recurrence paths against the NumPy
 reference, the fused training pass against the layer-by-layer one, and its absence without numba.
 The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from fastlstm.activations import ACTIVATIONS  # noqa: E402
 from fastlstm.backends import get_backend, numba_cpu  # noqa: E402
 from fastlstm.kernels import numba_cpu as kernels  # noqa: E402
 from fastlstm.nn import LSTM, Dense, Sequential, set_random_seed  # noqa: E402
-from lstm_testing import random_inputs  # noqa: E402
+from lstm_testing import random_inputs, run_python  # noqa: E402
 from test_nn import alphabet  # noqa: E402
 
 
@@ -183,8 +181,7 @@ def test_without_numba_the_backend_is_reported_missing_and_auto_takes_numpy():
         "print([str(s) for s in fastlstm.available_backends() if s.name == 'numba_cpu'][0])\n"
         "print(get_backend('auto').__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=tempfile.gettempdir()).stdout  # the installed package, not the checkout
+    out = run_python(code)
     status, auto = out.splitlines()
     assert status.startswith("numba_cpu: unavailable (not installed")
     assert auto == "fastlstm.backends.numpy"
