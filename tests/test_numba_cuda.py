@@ -2,28 +2,37 @@
 must be switched on before numba is imported) and its compile gate.
 
 Compile gate: every kernel signature the backend can request, compiled by numba.cuda.compile_ptx
-for compute capability 8.0 and 9.0 and assembled by ptxas -v. Fails on an error, a spill, local
-memory, more registers than the largest block the plan launches allows, shared memory over the
-48 KB the backend plans with, or any float64 instruction in a float32 kernel. Compute capability
-7.0 is not gated: numba-cuda on CUDA 13 refuses it (CUDA 13 dropped Volta), and a CUDA 12 Numba
-stack cannot share this environment.
+for compute capability 7.0, 8.0 and 9.0 and assembled by ptxas -v. Fails on an error, a spill,
+local memory, more registers than the largest block the plan launches allows, shared memory over
+the 48 KB the backend plans with, or any float64 instruction in a float32 kernel. numba-cuda on
+CUDA 13 refuses compute capability 7.0 (CUDA 13 dropped Volta), so sm_70 is compiled and assembled
+by a CUDA 12 Numba stack, as a Volta user would have, in a virtual environment of its own that
+the test makes under build/ (tests/numba_ptx.py runs there).
 """
+import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 import pytest
-from numba import cuda, float32, float64, int64
 
 from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, DEFAULT_SHARED_MEMORY, DeviceLimits, plan_lstm
-from fastlstm.kernels.numba_cuda import LAUNCH_BOUNDS, kernels
+from fastlstm.kernels import numba_cuda
+
+from numba_ptx import write_ptx
 
 TESTS = pathlib.Path(__file__).parent
 REGISTERS_PER_BLOCK = 65536
+CUDA12_PACKAGES = ["numpy", "numba", "numba-cuda[cu12]"]
+# Fails unless Numba runs on cuda-bindings 12; prints CUDA 12's ptxas.
+CUDA12_PROBE = ("import cuda.bindings, numba.cuda, nvidia.cuda_nvcc as nvcc; "
+                "assert cuda.bindings.__version__.startswith('12.'), cuda.bindings.__version__; "
+                "print(list(nvcc.__path__)[0] + '/bin/ptxas')")
 
 
 def test_simulator_suite_passes_in_its_own_process():
@@ -40,15 +49,16 @@ def test_simulator_suite_passes_in_its_own_process():
 
 
 def _signatures(dtype):
-    """The argument types the backend passes: C-contiguous arrays and Python ints."""
-    T = {np.float32: float32, np.float64: float64}[dtype]
-    a2, a3, i = T[:, ::1], T[:, :, ::1], int64
-    return {
+    """The argument types the backend passes, as Numba signature strings (which tests/numba_ptx.py
+    takes to a CUDA 12 Numba): C-contiguous arrays and Python ints."""
+    T = np.dtype(dtype).name
+    a2, a3, i = f"{T}[:, ::1]", f"{T}[:, :, ::1]", "int64"
+    return {function: ", ".join(types) for function, types in {
         "persistent_forward": (a3, a2, a3, a3, a3, i, i, i, i, i, i),
         "persistent_backward": (a2, a3, a3, a3, i, a2, a2, a3, a2, a2, i, i, i, i, i, i),
         "stepwise_forward": (a3, a2, a3, a3, a3, i, i, i, i, i, i),
         "stepwise_backward": (a3, a3, a3, i, a2, a2, a3, i, i, i, i, i, i),
-    }
+    }.items()}
 
 
 def _largest_block(function, dtype):
@@ -60,29 +70,68 @@ def _largest_block(function, dtype):
                if launch.kernel.endswith(name))
 
 
-GATED = {"sm_80": (8, 0), "sm_90": (9, 0)}
+def _run(command, failure):
+    """The stdout of ``command``; the test fails with ``failure`` and the output if it fails."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        pytest.fail(f"{failure} ({' '.join(command)}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def cuda12(request):
+    """(python, ptxas) of a CUDA 12 Numba stack in a virtual environment of its own,
+    build/numba-cuda12: numba-cuda[cu12] brings cuda-bindings 12 and CUDA 12's NVVM, NVRTC and
+    ptxas, as a Volta user would have. Made on first use (about 15 s and 0.8 GB) and reused while it
+    works; the test fails, not skips, where it cannot be made."""
+    venv = request.config.rootpath / "build" / "numba-cuda12"
+    python = str(venv / "bin" / "python")
+    probe = [python, "-I", "-c", CUDA12_PROBE]
+    if not (venv.exists() and subprocess.run(probe, capture_output=True).returncode == 0):
+        shutil.rmtree(venv, ignore_errors=True)
+        _run([sys.executable, "-m", "venv", str(venv)], "could not make the CUDA 12 Numba stack for sm_70")
+        _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *CUDA12_PACKAGES],
+             "could not install the CUDA 12 Numba stack for sm_70")
+    return python, _run(probe, "the CUDA 12 Numba stack for sm_70 does not work").strip()
+
+
+def _assemble_and_check(ptx, arch, ptxas, function, dtype):
+    """Assembles the PTX file ``ptx`` of ``function`` with ``ptxas -v`` for ``arch`` and checks
+    what the module docstring says."""
+    if dtype == np.float32:
+        assert ".f64" not in ptx.read_text(), f"{function}: float64 arithmetic in a float32 kernel"
+    result = subprocess.run([ptxas, f"-arch={arch}", "-v", "-warn-spills", "-warn-lmem-usage", str(ptx),
+                             "-o", str(ptx.with_suffix(".cubin"))], capture_output=True, text=True)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "warning" not in log, f"{function} {arch}:\n{log}"
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert spills and spills.groups() == ("0", "0"), log
+    registers = int(re.search(r"Used (\d+) registers", log).group(1))
+    static_shared = re.search(r"(\d+) bytes smem", log)
+    static_shared = int(static_shared.group(1)) if static_shared else 0
+    threads = _largest_block(function, dtype)
+    assert -(-registers // 8) * 8 * -(-threads // 32) * 32 <= REGISTERS_PER_BLOCK, f"{function}: {registers} x {threads}"
+    assert static_shared + DEFAULT_SHARED_MEMORY <= ARCHITECTURES[arch].shared_memory_per_block_optin
+    print(f"{arch} {function}<{C_TYPES[np.dtype(dtype)]}>: {registers} registers, block up to {threads}, "
+          f"{static_shared} bytes static shared memory")
+
+
+GATED = {"sm_70": (7, 0), "sm_80": (8, 0), "sm_90": (9, 0)}
+# CUDA 13, this environment's, no longer targets Volta: sm_70 is compiled and assembled by the
+# CUDA 12 Numba stack of the cuda12 fixture.
+CUDA12_ARCHITECTURES = {"sm_70"}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("arch", sorted(GATED))
-def test_every_kernel_compiles_without_spills_or_float64_in_float32(arch, dtype, tmp_path):
-    for function, signature in _signatures(dtype).items():
-        ptx, _ = cuda.compile_ptx(kernels(dtype)[function].py_func, signature, cc=GATED[arch],
-                                  launch_bounds=LAUNCH_BOUNDS.get(function))
-        if dtype == np.float32:
-            assert ".f64" not in ptx, f"{function}: float64 arithmetic in a float32 kernel"
-        source = tmp_path / f"{function}.ptx"
-        source.write_text(ptx)
-        result = subprocess.run(["ptxas", f"-arch={arch}", "-v", "-warn-spills", "-warn-lmem-usage", str(source),
-                                 "-o", str(source.with_suffix(".cubin"))], capture_output=True, text=True)
-        log = result.stdout + result.stderr
-        assert result.returncode == 0 and "warning" not in log, f"{function} {arch}:\n{log}"
-        spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-        assert spills and spills.groups() == ("0", "0"), log
-        registers = int(re.search(r"Used (\d+) registers", log).group(1))
-        static_shared = re.search(r"(\d+) bytes smem", log)
-        threads = _largest_block(function, dtype)
-        assert -(-registers // 8) * 8 * -(-threads // 32) * 32 <= REGISTERS_PER_BLOCK, f"{function}: {registers} x {threads}"
-        assert (int(static_shared.group(1)) if static_shared else 0) + DEFAULT_SHARED_MEMORY <= \
-            ARCHITECTURES[arch].shared_memory_per_block_optin
-        print(f"{arch} {function}<{C_TYPES[np.dtype(dtype)]}>: {registers} registers, block up to {threads}")
+def test_every_kernel_compiles_without_spills_or_float64_in_float32(arch, dtype, tmp_path, request):
+    signatures = _signatures(dtype)
+    if arch in CUDA12_ARCHITECTURES:
+        python, ptxas = request.getfixturevalue("cuda12")
+        _run([python, "-I", str(TESTS / "numba_ptx.py"), numba_cuda.__file__, "%d.%d" % GATED[arch],
+              np.dtype(dtype).name, json.dumps(signatures), str(tmp_path)], f"numba-cuda (CUDA 12) failed for {arch}")
+    else:
+        ptxas = "ptxas"
+        write_ptx(numba_cuda, GATED[arch], dtype, signatures, tmp_path)
+    for function in signatures:
+        _assemble_and_check(tmp_path / f"{function}.ptx", arch, ptxas, function, dtype)

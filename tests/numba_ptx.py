@@ -1,0 +1,35 @@
+"""Writes the PTX of the Numba CUDA kernels (kernels/numba_cuda.py) for one compute capability.
+
+The compile gate (tests/test_numba_cuda.py) calls write_ptx in its own process for cc 8.0 and 9.0,
+and runs this file with the Python of a CUDA 12 Numba stack for cc 7.0, which numba-cuda on
+CUDA 13 refuses:
+
+    python numba_ptx.py KERNELS_FILE MAJOR.MINOR DTYPE SIGNATURES_JSON DIRECTORY
+
+It loads the kernels file by path and imports nothing of fastlstm (that file needs only numba and
+numpy).
+"""
+import importlib.util
+import json
+import pathlib
+import sys
+
+import numpy as np
+from numba import cuda
+
+
+def write_ptx(module, cc, dtype, signatures, directory):
+    """Writes directory/NAME.ptx for each {NAME: Numba signature string} of ``module.kernels(dtype)``,
+    with the module's launch bounds."""
+    for function, signature in signatures.items():
+        ptx, _ = cuda.compile_ptx(module.kernels(dtype)[function].py_func, signature, cc=cc,
+                                  launch_bounds=module.LAUNCH_BOUNDS.get(function))
+        (pathlib.Path(directory) / f"{function}.ptx").write_text(ptx)
+
+
+if __name__ == "__main__":
+    path, cc, dtype, signatures, directory = sys.argv[1:]
+    spec = importlib.util.spec_from_file_location("numba_cuda_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    write_ptx(module, tuple(map(int, cc.split("."))), np.dtype(dtype), json.loads(signatures), directory)
