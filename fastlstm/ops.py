@@ -122,8 +122,10 @@ def lstm_forward(
     if bias is not None:
         bias = _checked(bias, "bias", x.dtype, shape=(4 * units,))
     state_shape = (batch, units)
-    h0 = _state(h0, "h0", x, state_shape)
-    c0 = _state(c0, "c0", x, state_shape)
+    if h0 is not None:
+        h0 = _checked(h0, "h0", x.dtype, shape=state_shape)
+    if c0 is not None:
+        c0 = _checked(c0, "c0", x.dtype, shape=state_shape)
     options = LSTMOptions(
         activation_name(activation, "activation"),
         activation_name(recurrent_activation, "recurrent_activation"),
@@ -131,9 +133,14 @@ def lstm_forward(
         bool(go_backwards),
     )
     if check_finite:
+        all_finite = getattr(impl, "all_finite", _all_finite)  # a backend may check faster
         for name, a in (("x", x), ("kernel", kernel), ("recurrent_kernel", recurrent_kernel),
                         ("bias", bias), ("h0", h0), ("c0", c0)):
-            _check_finite(a, name)
+            if a is not None and not all_finite(a):
+                _refuse_non_finite(a, name)
+    if h0 is None or c0 is None:
+        zeros = np.zeros_like(x, shape=state_shape)  # x's array type and dtype; backends only read states
+        h0, c0 = (zeros if a is None else a for a in (h0, c0))
 
     outputs, h, c, saved = impl.forward(x, kernel, recurrent_kernel, bias, h0, c0, options)
     cache = LSTMCache(impl, options, tuple(outputs.shape), state_shape, x.dtype, saved)
@@ -188,16 +195,13 @@ def _checked(a, name, dtype, ndim=None, shape=None):
     return a
 
 
-def _state(a, name, x, shape):
-    if a is None:
-        return np.zeros_like(x, shape=shape)  # same array type and dtype as x
-    return _checked(a, name, x.dtype, shape=shape)
+def _all_finite(a):
+    return bool(np.isfinite(a).all())
 
 
-def _check_finite(a, name):
-    if a is not None and not bool(np.isfinite(a).all()):
-        n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
-        raise ValueError(
-            f"{name} contains {n_nan} NaN and {n_inf} inf values; an LSTM cannot continue from "
-            "them (pass check_finite=False to skip this check)"
-        )
+def _refuse_non_finite(a, name):
+    n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+    raise ValueError(
+        f"{name} contains {n_nan} NaN and {n_inf} inf values; an LSTM cannot continue from "
+        "them (pass check_finite=False to skip this check)"
+    )

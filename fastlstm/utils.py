@@ -4,7 +4,10 @@
 - :func:`pad_sequences`: a list of variable-length sequences to one ``[samples, maxlen, ...]`` array.
 - :func:`set_random_seed`: seeds Python's and NumPy's global random state, which every random
   draw of :mod:`fastlstm.nn` (weight initializers, shuffling in ``fit``) takes from.
+
+And :func:`usable_cores`, for whatever spreads work over the cores.
 """
+import os
 import random
 
 import numpy as np
@@ -112,3 +115,11 @@ def set_random_seed(seed):
         raise ValueError(f"seed must be an integer, got {seed!r} of type {type(seed).__name__}")
     random.seed(int(seed))
     np.random.seed(int(seed))
+
+
+def usable_cores():
+    """How many cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on macOS and Windows
+        return os.cpu_count() or 1

@@ -4,11 +4,13 @@ Layout, as the NumPy backend's: ``zx, gates, dz [batch, time, 4*units]`` (gates 
 ``h, c [batch, time + 1, units]`` (time index 0: the initial state), ``act_c [batch, time, units]``
 (``activation(c_t)``).
 
-- :func:`forward_sequence`, :func:`backward_sequence`: the recurrence over every step in one call,
-  the recurrent products as loops; for the small shapes, where a BLAS call per step costs more
-  than its work.
-- :func:`forward_step`, :func:`backward_step`: one step's pointwise work for the whole batch,
-  around one BLAS product per step made by the caller (on every core); for the large shapes.
+- :func:`forward`, :func:`backward`: a whole layer in one call, the input projection, the
+  recurrence (:func:`forward_sequence`, :func:`backward_sequence`) and the weight gradients as
+  loops; for the small shapes, where a BLAS call per step, or any call at all, costs more than
+  its work.
+- :func:`forward_step`, :func:`backward_step`: one step's pointwise work for a slice of the batch,
+  around one BLAS product per step made by the caller; for the large shapes (the caller runs a
+  slice of the samples on each core).
 - :func:`train_epoch`: a pass of an LSTM + Dense(softmax) model over its batches, each batch's
   forward, categorical cross-entropy, backward and Adam update in the same call.
 
@@ -218,6 +220,17 @@ def _matvec(m, v, out):
         out[i] = total
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def all_finite(a):
+    """Whether the vector a holds no NaN and no inf: v - v is NaN for those alone, and one NaN
+    makes the sum NaN, whatever order the (vectorised) sum takes. Only 'reassoc': with 'nsz' or
+    'nnan' LLVM may fold v - v to 0."""
+    total = a.dtype.type(0)
+    for i in range(a.size):
+        total += a[i] - a[i]
+    return total == 0
+
+
 @njit(inline="always")
 def _cell_forward(z, c_prev, c, act_c, h, activation, recurrent_activation):
     """One step of one sample. z [4*units]: pre-activations, activated in place (the gates);
@@ -279,13 +292,18 @@ def forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, activation, recur
 
 
 @njit(**FLAGS)
-def forward_step(zx, recurrent_part, h, c, gates, act_c, t, activation, recurrent_activation):
-    """Step t of the recurrence for the whole batch, arrays as in :func:`forward_sequence`;
+def forward_step(gates, recurrent_part, bias, h, c, act_c, t, activation, recurrent_activation):
+    """Step t of the recurrence for every sample of the arrays, as in :func:`forward_sequence`,
+    but gates[:, t] holds ``x_t @ kernel`` on entry, without the bias (empty for none), and
     recurrent_part [batch, 4*units] is ``h_{t-1} @ recurrent_kernel``, the caller's BLAS product."""
-    for b in range(zx.shape[0]):
+    for b in range(gates.shape[0]):
         z = gates[b, t]
-        for j in range(z.size):
-            z[j] = zx[b, t, j] + recurrent_part[b, j]
+        if bias.size:
+            for j in range(z.size):
+                z[j] = (z[j] + bias[j]) + recurrent_part[b, j]
+        else:
+            for j in range(z.size):
+                z[j] = z[j] + recurrent_part[b, j]
         _cell_forward(z, c[b, t], c[b, t + 1], act_c[b, t], h[b, t + 1], activation, recurrent_activation)
 
 
@@ -310,11 +328,79 @@ def backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activat
 
 @njit(**FLAGS)
 def backward_step(gates, c, act_c, dh, dc, dz, t, activation, recurrent_activation):
-    """Step t of the recurrence backwards for the whole batch, arrays as in
+    """Step t of the recurrence backwards for every sample of the arrays, as in
     :func:`backward_sequence`: fills dz[:, t] and leaves in dc the gradient w.r.t. c_{t-1};
     the caller sets dh = dz[:, t] @ recurrent_kernel.T (a BLAS product)."""
     for b in range(gates.shape[0]):
         _cell_backward(gates[b, t], c[b, t], act_c[b, t], dh[b], dc[b], dz[b, t], activation, recurrent_activation)
+
+
+@njit(inline="always")
+def _project(x, kernel, bias, zx):
+    """zx[b, t] = x[b, t] @ kernel + bias for x [batch, time, features] (processing order) and
+    zx [batch, time, 4*units]; bias may be empty (none)."""
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            zx[b, t] = 0
+            _add_product(x[b, t], kernel, zx[b, t])
+            if bias.size:
+                zx[b, t] += bias
+
+
+@njit(inline="always")
+def _add_weight_gradients(x, h, dz, dkernel, drecurrent_kernel, dbias):
+    """Adds the gradients w.r.t. kernel, recurrent_kernel and bias (if not empty) of every sample
+    and step: x [batch, time, features] and h [batch, time + 1, units] as the forward pass read
+    them, dz [batch, time, 4*units] from :func:`backward_sequence`."""
+    time = dz.shape[1]
+    for b in range(dz.shape[0]):
+        # Row by row, summed over time: kernel[d] += x[:, d] @ dz, recurrent_kernel[u] += h[:, u] @ dz.
+        for d in range(dkernel.shape[0]):
+            _add_product(x[b, :, d], dz[b], dkernel[d])
+        for u in range(drecurrent_kernel.shape[0]):
+            _add_product(h[b, :time, u], dz[b], drecurrent_kernel[u])
+        if dbias.size:
+            for t in range(time):
+                dbias += dz[b, t]
+
+
+@njit(**FLAGS)
+def forward(x, kernel, recurrent_kernel, bias, h0, c0, activation, recurrent_activation):
+    """A whole LSTM layer forward: x [batch, time, features] in processing order, bias empty for
+    none, h0, c0 [batch, units]. Returns h, c [batch, time + 1, units] (h0, c0 at time index 0),
+    gates [batch, time, 4*units] (activated) and act_c [batch, time, units]."""
+    batch, time, _ = x.shape
+    units = recurrent_kernel.shape[0]
+    h = np.empty((batch, time + 1, units), x.dtype)
+    c = np.empty_like(h)
+    gates = np.empty((batch, time, 4 * units), x.dtype)
+    act_c = np.empty((batch, time, units), x.dtype)
+    h[:, 0] = h0
+    c[:, 0] = c0
+    _project(x, kernel, bias, gates)
+    forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation)
+    return h, c, gates, act_c
+
+
+@njit(**FLAGS)
+def backward(x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, dy, dh, dc, activation,
+             recurrent_activation):
+    """A whole LSTM layer backward, from what :func:`forward` made (and x, kernel,
+    recurrent_kernel as it had them); dy, dh, dc as :func:`backward_sequence` takes them (dh, dc
+    hold the gradients w.r.t. h0, c0 on return). Returns the gradients w.r.t. x [batch, time,
+    features] (processing order), kernel, recurrent_kernel and bias (empty when has_bias is
+    False)."""
+    dz = np.empty_like(gates)
+    backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation)
+    dkernel = np.zeros_like(kernel)
+    drecurrent_kernel = np.zeros_like(recurrent_kernel)
+    dbias = np.zeros(gates.shape[2] if has_bias else 0, x.dtype)
+    _add_weight_gradients(x, h, dz, dkernel, drecurrent_kernel, dbias)
+    dx = np.empty_like(x)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            _matvec(kernel, dz[b, t], dx[b, t])
+    return dx, dkernel, drecurrent_kernel, dbias
 
 
 @njit(inline="always")
@@ -414,13 +500,8 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         dh, offset = _carve(scratch, offset, (rows, units))
         dc, offset = _carve(scratch, offset, (rows, units))
         # Forward: the input projection, then the recurrence from the state.
-        for b in range(rows):
-            inputs = x[start + b, ::-1] if go_backwards else x[start + b, ::1]  # [time, features] in processing order
-            for t in range(time):
-                gates[b, t] = 0
-                _add_product(inputs[t], kernel, gates[b, t])
-                if bias.size:
-                    gates[b, t] += bias
+        inputs = x[start:start + rows, ::-1] if go_backwards else x[start:start + rows, ::1]  # processing order
+        _project(inputs, kernel, bias, gates)
         if stateful:
             h[:, 0] = state[0]
             c[:, 0] = state[1]
@@ -456,16 +537,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         dkernel[:] = 0
         drecurrent_kernel[:] = 0
         dbias[:] = 0
-        for b in range(rows):
-            # Row by row, summed over time: kernel[d] += x[:, d] @ dz, recurrent_kernel[u] += h[:, u] @ dz.
-            inputs = x[start + b, ::-1] if go_backwards else x[start + b, ::1]
-            for d in range(kernel.shape[0]):
-                _add_product(inputs[:, d], dz[b], dkernel[d])
-            for u in range(units):
-                _add_product(h[b, :time, u], dz[b], drecurrent_kernel[u])
-            if dbias.size:
-                for t in range(time):
-                    dbias += dz[b, t]
+        _add_weight_gradients(inputs, h, dz, dkernel, drecurrent_kernel, dbias)
         iterations += 1
         _adam(flat[0], flat[1], flat[2], flat[3], iterations, adam)
     _exchange_mxcsr(0, mxcsr)

@@ -46,11 +46,29 @@ def test_activations_match_fastlstm_activations(name, dtype):
     np.testing.assert_array_equal(derivative, ACTIVATIONS[name].grad_from_output(y))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_finds_every_nan_and_inf_wherever_it_is(dtype):
+    """The compiled check behind ops' check_finite: vectorised, so each position of a vector
+    block (and of the remainder after the last one) is tried; the largest finite values pass."""
+    big = np.finfo(dtype).max
+    for shape in [(1,), (7,), (64,), (1000,), (3, 50, 17)]:
+        a = np.full(shape, big, dtype)
+        a.flat[::2] = -big
+        assert numba_cpu.all_finite(a) and numba_cpu.all_finite(a.T)  # .T: not contiguous
+        for position in sorted({0, 1, a.size // 2, a.size - 2, a.size - 1} & set(range(a.size))):
+            for bad in (np.nan, np.inf, -np.inf):
+                spoiled = a.copy()
+                spoiled.flat[position] = bad
+                assert not numba_cpu.all_finite(spoiled) and not numba_cpu.all_finite(spoiled.T)
+
+
 @pytest.fixture(params=["sequence", "stepwise"])
 def path(request, monkeypatch):
-    """Runs numba_cpu's recurrence as one compiled loop over the sequence, or as a BLAS product
-    and a parallel pointwise step per time step, whatever the shape."""
+    """Runs numba_cpu's layer as one compiled call, or as a BLAS product and a compiled pointwise
+    step per time step, whatever the shape; stepwise, in three slices of the samples (on two
+    threads or more) wherever the batch has three samples, whatever the machine's cores."""
     monkeypatch.setattr(numba_cpu, "STEPWISE_WORK", 1 << 62 if request.param == "sequence" else 0)
+    monkeypatch.setattr(numba_cpu, "usable_cores", lambda: 3)
     return request.param
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fastlstm import lstm_backward, lstm_forward
-from lstm_testing import random_inputs
+from lstm_testing import CPU_BACKENDS, random_inputs
 
 
 @pytest.fixture
@@ -57,22 +57,24 @@ def test_unknown_names_are_refused_with_the_choices(inputs, option, value, words
         assert word in str(info.value)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)  # numba_cpu checks in a compiled pass of its own
 @pytest.mark.parametrize("name", ["x", "kernel", "recurrent_kernel", "bias", "h0", "c0"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_input_is_refused_unless_the_check_is_off(inputs, name, bad):
+def test_non_finite_input_is_refused_unless_the_check_is_off(inputs, name, bad, backend):
     inputs[name].flat[1] = bad
     with pytest.raises(ValueError) as info:
-        lstm_forward(**inputs)
+        lstm_forward(**inputs, backend=backend)
     message = str(info.value)
     assert message.startswith(f"{name} contains") and "check_finite=False" in message
     assert ("1 NaN" if np.isnan(bad) else "1 inf") in message
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("name", ["x", "kernel", "recurrent_kernel", "bias", "h0", "c0"])
-def test_check_finite_false_lets_nan_through(inputs, name):
+def test_check_finite_false_lets_nan_through(inputs, name, backend):
     inputs[name].flat[1] = np.nan
     with np.errstate(invalid="ignore"):
-        result = lstm_forward(**inputs, check_finite=False)
+        result = lstm_forward(**inputs, check_finite=False, backend=backend)
     assert np.isnan(result.c).any()
 
 

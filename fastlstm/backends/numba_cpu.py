@@ -1,29 +1,57 @@
 """The numba_cpu backend: the LSTM recurrence as fused loops compiled by Numba, on the CPU.
 
-The input projection ``x @ kernel + bias``, the weight gradients and ``dx`` are single BLAS
-products over all time steps (NumPy's, on every core). The recurrence runs in one compiled call
-for the whole sequence when a step's work is small (the alphabet's shapes: a BLAS call per step
-would cost more than the step), else as one BLAS product per step and a compiled pointwise step
-with the samples in parallel. Kernels: :mod:`fastlstm.kernels.numba_cpu`, compiled on first use
+When a step's work is small (the alphabet's shapes, where a BLAS call per step would cost more
+than the step), the whole layer runs in one compiled call: the input projection, the recurrence
+and the weight gradients as loops. Otherwise the input projection ``x @ kernel + bias``, the
+weight gradients and ``dx`` are single BLAS products over all time steps (NumPy's, on every
+core), and the recurrence is one BLAS product per step and a compiled pointwise step with the
+samples in parallel. Kernels: :mod:`fastlstm.kernels.numba_cpu`, compiled on first use
 per dtype and cached on disk.
 
 Beyond the backend contract it offers :func:`train_epoch`, the fused training pass of an LSTM +
 Dense(softmax) model that :class:`fastlstm.nn.Sequential` uses where it applies.
 """
+import concurrent.futures
+import functools
+
 import numba
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from fastlstm.backends import sequence
 from fastlstm.backends.numpy import Saved  # the same arrays in the same layout
 from fastlstm.kernels import numba_cpu as kernels
+from fastlstm.utils import usable_cores
 
 # From this many multiply-adds per step (batch * units * 4 * units), a BLAS product per step and
 # the samples in parallel beat the single-threaded loops (measured: 32 x 32 units is below it).
 STEPWISE_WORK = 1 << 18
 
 
+@functools.cache
+def _threads():
+    """(a pool of one thread per core, the BLAS thread controller), made on first use."""
+    return concurrent.futures.ThreadPoolExecutor(usable_cores(), thread_name_prefix="fastlstm"), ThreadpoolController()
+
+
+def _on_every_core(work, batch):
+    """Runs ``work(samples)`` for a slice of the batch per core, at once, each with a
+    single-threaded BLAS: the slices' recurrences are independent, so they need no
+    synchronisation, and the BLAS threads would otherwise fight them for the cores."""
+    pool, blas = _threads()
+    bounds = np.linspace(0, batch, min(usable_cores(), batch) + 1).astype(int)
+    with blas.limit(limits=1, user_api="blas"):
+        for done in [pool.submit(work, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]:
+            done.result()
+
+
 def probe():
     return f"CPU, Numba {numba.__version__}, {numba.get_num_threads()} threads"
+
+
+def all_finite(a):
+    """Whether the array a holds no NaN and no inf (for ops' check, in one compiled pass)."""
+    return kernels.all_finite(a.reshape(-1))
 
 
 def _codes(activation, recurrent_activation):
@@ -36,21 +64,40 @@ def _stepwise(batch, units):
 
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     codes = _codes(options.activation, options.recurrent_activation)
-    units = recurrent_kernel.shape[0]
-    recurrent_kernel = np.ascontiguousarray(recurrent_kernel)
-    x, zx, h, c, gates = sequence.start(np, x, kernel, bias, h0, c0, units, options.go_backwards)
+    x = sequence.in_processing_order(np, x, options.go_backwards)
     batch, time, _ = x.shape
-    act_c = np.empty((batch, time, units), x.dtype)
+    units = recurrent_kernel.shape[0]
+    kernel, recurrent_kernel = np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel)
+    bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
     if _stepwise(batch, units):
-        recurrent_part = np.empty((batch, 4 * units), x.dtype)
-        for t in range(time):
-            np.matmul(h[:, t], recurrent_kernel, out=recurrent_part)
-            kernels.forward_step(zx, recurrent_part, h, c, gates, act_c, t, *codes)
+        h, c = sequence.states(np, h0, c0, time)
+        gates, act_c = _forward_stepwise(x, kernel, recurrent_kernel, bias_or_empty, h, c, codes)
     else:
-        kernels.forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, *codes)
+        h, c, gates, act_c = kernels.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
     outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
     saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
+
+
+def _forward_stepwise(x, kernel, recurrent_kernel, bias, h, c, codes):
+    """The forward recurrence as BLAS products and compiled steps, a slice of the samples per core,
+    each slice's input projection included. Fills h, c; returns gates and act_c."""
+    batch, time, input_dim = x.shape
+    units = recurrent_kernel.shape[0]
+    gates = np.empty((batch, time, 4 * units), x.dtype)
+    act_c = np.empty((batch, time, units), x.dtype)
+
+    def recurrence(samples):
+        count = samples.stop - samples.start
+        zx = gates[samples]  # contiguous: the reshape below is a view of it
+        np.matmul(x[samples].reshape(count * time, input_dim), kernel, out=zx.reshape(count * time, 4 * units))
+        recurrent_part = np.empty((count, 4 * units), x.dtype)
+        for t in range(time):
+            np.matmul(h[samples, t], recurrent_kernel, out=recurrent_part)
+            kernels.forward_step(zx, recurrent_part, bias, h[samples], c[samples], act_c[samples], t, *codes)
+
+    _on_every_core(recurrence, batch)
+    return gates, act_c
 
 
 def backward(saved, dy, dhT, dcT):
@@ -64,16 +111,25 @@ def backward(saved, dy, dhT, dcT):
     every_step = dy is not None and options.return_sequences
     if dy is not None and not every_step:
         dh += dy
+    if not _stepwise(batch, units):
+        dy_steps = np.ascontiguousarray(dy) if every_step else np.empty((batch, 0, units), x.dtype)
+        dx, dkernel, drecurrent_kernel, dbias = kernels.backward(
+            x, np.ascontiguousarray(kernel), recurrent_kernel, has_bias, h, c, gates, act_c, dy_steps, dh, dc,
+            *codes)
+        dx = sequence.in_processing_order(np, dx, options.go_backwards)  # reversing again restores the order
+        return dx, dkernel, drecurrent_kernel, dbias if has_bias else None, dh, dc
     dz = np.empty_like(gates)
-    if _stepwise(batch, units):
+    recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
+
+    def recurrence(samples):
         for t in reversed(range(time)):
             if every_step:
-                dh += dy[:, t]
-            kernels.backward_step(gates, c, act_c, dh, dc, dz, t, *codes)
-            np.matmul(dz[:, t], recurrent_kernel.T, out=dh)
-    else:
-        dy_steps = np.ascontiguousarray(dy) if every_step else np.empty((batch, 0, units), x.dtype)
-        kernels.backward_sequence(gates, c, act_c, recurrent_kernel, dy_steps, dh, dc, dz, *codes)
+                dh[samples] += dy[samples, t]
+            kernels.backward_step(gates[samples], c[samples], act_c[samples], dh[samples], dc[samples],
+                                  dz[samples], t, *codes)
+            np.matmul(dz[samples, t], recurrent_kernel_t, out=dh[samples])
+
+    _on_every_core(recurrence, batch)
     return (*sequence.weight_gradients(np, x, kernel, h, dz, has_bias, options.go_backwards), dh, dc)
 
 

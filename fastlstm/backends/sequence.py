@@ -3,6 +3,12 @@
 as whole-sequence matrix products after it."""
 
 
+def in_processing_order(xp, x, go_backwards):
+    """``x`` [batch, time, ...] as a contiguous array in processing order: reversed in time for
+    go_backwards."""
+    return xp.ascontiguousarray(x[:, ::-1] if go_backwards else x)
+
+
 def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
     """The inputs in processing order and the arrays the recurrence fills.
 
@@ -10,15 +16,20 @@ def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
     ``zx = x @ kernel + bias`` [batch, time, 4*units], and empty ``h``, ``c``
     [batch, time + 1, units] holding h0, c0 at index 0, and ``gates`` [batch, time, 4*units].
     """
-    x = xp.ascontiguousarray(x[:, ::-1] if go_backwards else x)
+    x = in_processing_order(xp, x, go_backwards)
     batch, time, input_dim = x.shape
     zx = xp.matmul(x.reshape(batch * time, input_dim), kernel).reshape(batch, time, 4 * units)
     if bias is not None:
         zx += bias
-    h = xp.empty((batch, time + 1, units), x.dtype)
+    return x, zx, *states(xp, h0, c0, time), xp.empty_like(zx)
+
+
+def states(xp, h0, c0, time):
+    """Empty ``h``, ``c`` [batch, time + 1, units] holding h0, c0 [batch, units] at time index 0."""
+    h = xp.empty((h0.shape[0], time + 1, h0.shape[1]), h0.dtype)
     c = xp.empty_like(h)
     h[:, 0], c[:, 0] = h0, c0
-    return x, zx, h, c, xp.empty_like(zx)
+    return h, c
 
 
 def weight_gradients(xp, x, kernel, h, dz, has_bias, go_backwards):
@@ -31,4 +42,4 @@ def weight_gradients(xp, x, kernel, h, dz, has_bias, go_backwards):
     drecurrent_kernel = xp.matmul(h[:, :time].reshape(batch * time, units).T, dz_flat)
     dbias = dz_flat.sum(axis=0) if has_bias else None
     dx = xp.matmul(dz_flat, kernel.T).reshape(batch, time, input_dim)
-    return xp.ascontiguousarray(dx[:, ::-1] if go_backwards else dx), dkernel, drecurrent_kernel, dbias
+    return in_processing_order(xp, dx, go_backwards), dkernel, drecurrent_kernel, dbias
