@@ -1,15 +1,20 @@
 """The ``fastlstm`` command: ``fastlstm alphabet`` (the tutorial's experiments) and
 ``fastlstm backends`` (what runs here)."""
 import argparse
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
 
 from fastlstm import bench_report, experiments
 from fastlstm.activations import ACTIVATIONS
 from fastlstm.backends import BackendUnavailable, available_backends
+from fastlstm.utils import usable_cores
 
 
 def backends_report():
@@ -17,17 +22,18 @@ def backends_report():
 
 
 class Progress:
-    """An in-place 'epoch i/n' line on a terminal; silent when the output is not one."""
+    """An in-place 'label: epoch i/n' line on a terminal (``counts`` words the count); silent when
+    the output is not one."""
 
-    def __init__(self, label, stream=sys.stderr):
-        self.label, self.stream = label, stream
+    def __init__(self, label, stream=sys.stderr, counts="epoch {}/{}"):
+        self.label, self.stream, self.counts = label, stream, counts
         self.enabled = stream.isatty()
         self.shown_at = 0.0
 
-    def __call__(self, epoch, epochs):
+    def __call__(self, done, total):
         now = time.monotonic()
-        if self.enabled and (now - self.shown_at > 0.1 or epoch == epochs):
-            self.stream.write(f"\r{self.label}: epoch {epoch}/{epochs}\033[K")
+        if self.enabled and (now - self.shown_at > 0.1 or done == total):
+            self.stream.write(f"\r{self.label}: {self.counts.format(done, total)}\033[K")
             self.stream.flush()
             self.shown_at = now
 
@@ -96,11 +102,103 @@ def frameworks(args):
     return chosen
 
 
-def alphabet(args, frameworks):
-    seeds = range(args.seed, args.seed + args.seeds)
-    print(backends_report())
-    print(f"fastlstm backend: {frameworks[0].backend}; seeds {seeds.start}..{seeds.stop - 1}; "
-          f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}")
+# How many threads OpenMP, OpenBLAS, MKL and Numba start in a process: read once, when each loads.
+_ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"), "1")
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """``os.environ`` with ``values`` set inside the block, restored when the block is left."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def start_in_workers(jobs, function, calls, initializer=None, initargs=()):
+    """A ProcessPoolExecutor of ``jobs`` worker processes of one thread each, given
+    ``function(*call)`` for every call in ``calls`` at once, and the futures of the calls in their
+    order; ``initializer(*initargs)`` runs first in every worker. Shutting it down is the caller's.
+
+    The workers are spawned: forking a process whose BLAS or Numba threads already run is unsafe.
+    A spawned worker imports this program's main module, and NumPy and its BLAS with it, before an
+    initializer could run, so the one-thread limits go into the environment it starts with. The
+    executor starts its processes inside ``submit``, and none later (a worker that dies breaks the
+    pool instead of being replaced), so the limits are set around the submissions only and this
+    process's environment is restored after them.
+    """
+    executor = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=initializer, initargs=initargs)
+    with _environment(_ONE_THREAD):
+        futures = [executor.submit(function, *call) for call in calls]
+    return executor, futures
+
+
+def wait_for(futures, label):
+    """The results of ``futures`` in their order, once all are done, with the number done on a
+    progress line meanwhile; a worker's exception is raised as soon as it comes back, with the
+    worker's traceback as its cause."""
+    progress = Progress(label, counts="{}/{} runs done")
+    try:
+        progress(0, len(futures))
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            future.result()
+            progress(done, len(futures))
+    finally:
+        progress.close()
+    return [future.result() for future in futures]
+
+
+class Workers:
+    """fastlstm's runs of every requested experiment and seed in ``jobs`` worker processes, all
+    submitted at once so that every core stays busy from one experiment to the next. Each worker
+    first warms up as the main process did, so that no run's time includes loading the kernels.
+    Leaving the ``with`` block cancels the runs not started yet."""
+
+    def __init__(self, args, framework, seeds, jobs):
+        options = (args.recurrent_activation, args.epsilon)
+        calls = [(number, framework, seed, *options, args.epochs) for number in args.experiment for seed in seeds]
+        self.executor, futures = start_in_workers(jobs, experiments.run, calls, experiments.warm_up,
+                                                  (args.experiment, framework, *options))
+        self.futures = {number: futures[i * len(seeds):(i + 1) * len(seeds)]
+                        for i, number in enumerate(args.experiment)}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.executor.shutdown(cancel_futures=True)
+
+    def results(self, number):
+        """The Results of experiment ``number``, in seed order, once all its runs are done."""
+        return wait_for(self.futures[number], f"experiment {number}")
+
+    def finish(self):
+        """Waits for every run."""
+        for number in self.futures:
+            self.results(number)
+
+
+def _run_here(args, framework, number, seeds):
+    """Yields the Results of experiment ``number`` over ``seeds``, run in this process one after
+    another with an epoch progress line."""
+    for seed in seeds:
+        progress = Progress(f"experiment {number}, seed {seed}, {framework.name}")
+        result = experiments.run(number, framework, seed, args.recurrent_activation, args.epsilon,
+                                 args.epochs, progress)
+        progress.close()
+        yield result
+
+
+def _run_all(args, frameworks, seeds, workers):
+    """Every experiment on every framework over ``seeds``, each Result printed as it comes (fastlstm's
+    from ``workers`` where there are some): (the Results, the rows of the table)."""
     results, rows = [], []
     for number in args.experiment:
         experiment = experiments.EXPERIMENTS[number]
@@ -109,11 +207,8 @@ def alphabet(args, frameworks):
         summaries = []
         for framework in frameworks:
             runs = []
-            for seed in seeds:
-                progress = Progress(f"experiment {number}, seed {seed}, {framework.name}")
-                result = experiments.run(number, framework, seed, args.recurrent_activation, args.epsilon,
-                                         args.epochs, progress)
-                progress.close()
+            in_workers = workers and framework is frameworks[0]
+            for result in workers.results(number) if in_workers else _run_here(args, framework, number, seeds):
                 print(_describe(result), flush=True)
                 if len(seeds) == 1:
                     print("\n".join(_demonstration_lines(result)))
@@ -121,11 +216,31 @@ def alphabet(args, frameworks):
             results += runs
             summaries.append(experiments.summarize(runs))
         rows.append((experiment, summaries[0], summaries[1] if args.keras else None))
+    return results, rows
+
+
+def alphabet(args, frameworks):
+    seeds = range(args.seed, args.seed + args.seeds)
+    fastlstm = frameworks[0]
+    jobs = min(args.jobs or usable_cores(), len(args.experiment) * len(seeds))
+    print(backends_report())
+    print(f"fastlstm backend: {fastlstm.backend}; seeds {seeds.start}..{seeds.stop - 1}; "
+          f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}; "
+          + ("runs in this process" if jobs == 1 else f"runs in {jobs} worker processes"))
+    warm_up = experiments.warm_up(args.experiment, fastlstm, args.recurrent_activation, args.epsilon)
+    print(f"{fastlstm.backend} kernels ready in {warm_up:.1f} s (untimed warm-up, one epoch of each experiment; "
+          "a compiling backend compiles its kernels on first use and caches them on disk, later runs load them)",
+          flush=True)
+    with Workers(args, fastlstm, seeds, jobs) if jobs > 1 else contextlib.nullcontext() as workers:
+        if workers and args.keras:
+            workers.finish()  # so that Keras's runs, in this process, share no core with fastlstm's
+        results, rows = _run_all(args, frameworks, seeds, workers)
     print()
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arguments": {k: v for k, v in vars(args).items() if k != "command"},
+                       "jobs": jobs, "warm_up_seconds": warm_up,
                        "results": [dataclasses.asdict(r) for r in results],
                        "summaries": [{"experiment": e.number, "fastlstm": o, "keras": k} for e, o, k in rows]},
                       f, indent=1)
@@ -160,6 +275,10 @@ def main(argv=None):
     run.add_argument("--epsilon", type=float, default=1e-7, help="Adam epsilon (Keras 3: 1e-7; Keras 2: 1e-8)")
     run.add_argument("--epochs", type=_positive, help="override every experiment's number of epochs (for quick runs)")
     run.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
+    run.add_argument("--jobs", type=_positive, metavar="N",
+                     help="run fastlstm's runs in N worker processes of one thread each (Keras's stay in this "
+                          "process); default the cores this process may use, at most one per run; 1 runs "
+                          "them all here, with an epoch progress line")
     args = parser.parse_args(argv)
 
     if args.command == "backends":

@@ -208,6 +208,16 @@ def run(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", ep
     return result
 
 
+def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7):
+    """Runs experiments ``numbers`` for one epoch each, untimed, so that the backend compiles its
+    kernels, or loads them from its on-disk cache, for every path their runs take (training,
+    evaluate and predict, stateful or not) before a run is timed. Returns the seconds it took."""
+    start = time.perf_counter()
+    for number in numbers:
+        run(number, framework, DEFAULT_SEED, recurrent_activation, epsilon, epochs=1)
+    return time.perf_counter() - start
+
+
 def prepare(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", epsilon=1e-7):
     """(experiment, data, compiled model, random state) of experiment ``number`` on ``framework``,
     before training. The random state is the tutorial's ``numpy.random.seed(seed)`` stream after the

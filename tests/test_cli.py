@@ -1,23 +1,31 @@
 """The installed ``fastlstm`` command."""
 import io
 import json
+import math
+import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 
+import numba
 import pytest
 
-from fastlstm.cli import Progress
+from fastlstm.cli import Progress, start_in_workers, wait_for
+from fastlstm.utils import usable_cores
 
 
 NEUTRAL = tempfile.gettempdir()  # run from here, so `python -m fastlstm` finds the installed package
+# The command installed beside this interpreter, found without its environment on PATH.
+FASTLSTM = shutil.which("fastlstm", path=os.path.dirname(sys.executable)) or "fastlstm"
 
 
 def run(*args):
     return subprocess.run(args, capture_output=True, text=True, check=True, cwd=NEUTRAL).stdout
 
 
-@pytest.mark.parametrize("command", [["fastlstm"], [sys.executable, "-m", "fastlstm"]])
+@pytest.mark.parametrize("command", [[FASTLSTM], [sys.executable, "-m", "fastlstm"]])
 def test_backends_lists_each_backend_with_its_status(command):
     out = run(*command, "backends")
     assert any(line.startswith("numpy: ok (CPU, NumPy ") for line in out.splitlines())
@@ -27,11 +35,12 @@ def test_backends_lists_each_backend_with_its_status(command):
 
 def test_alphabet_over_seeds_reports_the_spread_and_writes_json(tmp_path):
     path = tmp_path / "out.json"
-    out = run("fastlstm", "alphabet", "--experiment", "3", "4", "--epochs", "2", "--seeds", "3",
+    out = run(FASTLSTM, "alphabet", "--experiment", "3", "4", "--epochs", "2", "--seeds", "3",
               "--backend", "numpy", "--json", str(path))
     report = json.loads(path.read_text())
     results = report["results"]
     assert [(r["experiment"], r["seed"]) for r in results] == [(3, 7), (3, 8), (3, 9), (4, 7), (4, 8), (4, 9)]
+    assert report["jobs"] == min(usable_cores(), 6)  # by default a worker a core, at most one a run
     for summary in report["summaries"]:
         accuracies = [r["accuracy"] for r in results if r["experiment"] == summary["experiment"]]
         assert summary["fastlstm"]["min"] == min(accuracies) and summary["fastlstm"]["runs"] == 3
@@ -44,7 +53,7 @@ def test_alphabet_over_seeds_reports_the_spread_and_writes_json(tmp_path):
 
 def test_alphabet_with_keras_shows_both_frameworks_side_by_side(tmp_path):
     path = tmp_path / "out.json"
-    out = run("fastlstm", "alphabet", "--keras", "--experiment", "5", "--epochs", "2", "--json", str(path))
+    out = run(FASTLSTM, "alphabet", "--keras", "--experiment", "5", "--epochs", "2", "--json", str(path))
     frameworks = [r["framework"] for r in json.loads(path.read_text())["results"]]
     assert frameworks == ["fastlstm", "keras"]
     assert "experiment 5, seed 7, keras (tensorflow): accuracy" in out
@@ -52,13 +61,55 @@ def test_alphabet_with_keras_shows_both_frameworks_side_by_side(tmp_path):
     assert row.startswith("| 5 | stateful") and row.rstrip(" |").endswith("x")  # the speed-up column
 
 
+def _alphabet_in(jobs, path):
+    out = run(FASTLSTM, "alphabet", "--experiment", "5", "6", "--epochs", "2", "--seeds", "2",
+              "--jobs", str(jobs), "--json", str(path))
+    return out, json.loads(path.read_text())
+
+
+def test_worker_processes_give_the_same_runs_as_this_process(tmp_path):
+    here, here_report = _alphabet_in(1, tmp_path / "here.json")
+    workers, workers_report = _alphabet_in(2, tmp_path / "workers.json")
+    assert "; runs in this process" in here and "; runs in 2 worker processes" in workers
+    assert (here_report["jobs"], workers_report["jobs"]) == (1, 2)
+    runs = [[(r["experiment"], r["seed"], r["accuracy"], r["loss"], r["demonstrations"]) for r in report["results"]]
+            for report in (here_report, workers_report)]
+    assert runs[0] == runs[1] and [run[:2] for run in runs[0]] == [(5, 7), (5, 8), (6, 7), (6, 8)]
+    assert len({run[3] for run in runs[0]}) == 4  # the seeds' losses differ: not one run repeated
+    for out, report in ((here, here_report), (workers, workers_report)):
+        # The warm-up's line comes before the first run's, its time in the JSON.
+        line = next(line for line in out.splitlines() if " kernels ready in " in line)
+        assert re.fullmatch(r"\w+ kernels ready in \d+\.\d s \(untimed warm-up, .*\)", line)
+        assert out.index(line) < out.index("== experiment 5")
+        assert report["warm_up_seconds"] > 0 and f" in {report['warm_up_seconds']:.1f} s " in line
+
+
+def test_workers_run_one_thread_each_and_leave_this_process_as_it_was():
+    before = dict(os.environ)
+    executor, futures = start_in_workers(2, os.getenv, [("OPENBLAS_NUM_THREADS",), ("OMP_NUM_THREADS",)])
+    with executor:
+        assert wait_for(futures, "threads") == ["1", "1"]
+    assert dict(os.environ) == before
+    executor, futures = start_in_workers(1, numba.get_num_threads, [()])
+    with executor:
+        assert wait_for(futures, "numba") == [1]
+
+
+def test_a_workers_exception_is_raised_with_its_traceback():
+    executor, futures = start_in_workers(2, math.sqrt, [(4.0,), (-1.0,), (9.0,)])
+    with executor, pytest.raises(ValueError, match="math domain error") as raised:
+        wait_for(futures, "square roots")
+    assert "Traceback" in str(raised.value.__cause__)  # the worker's, not only this process's
+    assert futures[0].result() == 2.0
+
+
 @pytest.mark.parametrize(
     "args, words",
     [(["--backend", "nope"], ["'nope'"]), (["--experiment", "8"], ["invalid choice", "8"]),
-     (["--seeds", "0"], ["--seeds", "at least 1"])],
+     (["--seeds", "0"], ["--seeds", "at least 1"]), (["--jobs", "0"], ["--jobs", "at least 1"])],
 )
 def test_bad_arguments_are_errors_that_name_them(args, words):
-    result = subprocess.run(["fastlstm", "alphabet", *args], capture_output=True, text=True, cwd=NEUTRAL)
+    result = subprocess.run([FASTLSTM, "alphabet", *args], capture_output=True, text=True, cwd=NEUTRAL)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert all(w in result.stderr for w in words)
 
@@ -80,3 +131,10 @@ def test_progress_rewrites_one_line_on_a_terminal_and_stays_silent_elsewhere():
     assert "epoch 500/500" in shown and "\n" not in shown and shown.endswith("\r\033[K")
     assert shown.count("\r") < 20  # throttled, not one write per epoch
     assert log.getvalue() == ""
+
+
+def test_progress_counts_runs_in_its_own_words():
+    terminal = _Terminal()
+    progress = Progress("experiment 6", terminal, counts="{}/{} runs done")
+    progress(37, 100)
+    assert terminal.getvalue() == "\rexperiment 6: 37/100 runs done\033[K"

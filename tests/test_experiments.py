@@ -54,6 +54,22 @@ def test_every_experiment_runs_shortened_with_its_demonstrations(number):
         assert all(len(p) >= 1 and q in ALPHABET and e in ALPHABET + "?" for p, q, e in rows)
 
 
+class _CountingEpochs(experiments.FastLSTM):
+    def __init__(self):
+        super().__init__("numpy")
+        self.fits = []
+
+    def fit(self, model, data, experiment, epochs, on_epoch_end):
+        self.fits.append((experiment.number, epochs))
+        super().fit(model, data, experiment, epochs, on_epoch_end)
+
+
+def test_warm_up_runs_one_epoch_of_each_experiment_asked_for():
+    framework = _CountingEpochs()
+    assert experiments.warm_up([4, 5, 7], framework) > 0
+    assert framework.fits == [(4, 1), (5, 1), (7, 1)]
+
+
 def test_a_seed_reproduces_its_run_exactly():
     first, second = (experiments.run(1, experiments.FastLSTM("numpy"), seed=3, epochs=5) for _ in range(2))
     assert (first.loss, first.accuracy, first.demonstrations) == (second.loss, second.accuracy, second.demonstrations)
