@@ -23,8 +23,9 @@ from fastlstm.backends.numpy import Saved  # the same arrays in the same layout
 from fastlstm.kernels import numba_cpu as kernels
 from fastlstm.utils import usable_cores
 
-# From this many multiply-adds per step (batch * units * 4 * units), a BLAS product per step and
-# the samples in parallel beat the single-threaded loops (measured: 32 x 32 units is below it).
+# From this many multiply-adds per step (batch * units * 4 * units), and 16 times as many over the
+# sequence, BLAS products per step and the samples on every core beat the one compiled call
+# (measured: 32 x 32 units is below it; at one step, starting the threads costs more than they save).
 STEPWISE_WORK = 1 << 18
 
 
@@ -58,8 +59,9 @@ def _codes(activation, recurrent_activation):
     return kernels.ACTIVATIONS.index(activation), kernels.ACTIVATIONS.index(recurrent_activation)
 
 
-def _stepwise(batch, units):
-    return batch * units * 4 * units >= STEPWISE_WORK
+def _stepwise(batch, time, units):
+    step = batch * units * 4 * units
+    return step >= STEPWISE_WORK and step * time >= 16 * STEPWISE_WORK
 
 
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
@@ -69,7 +71,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     units = recurrent_kernel.shape[0]
     kernel, recurrent_kernel = np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel)
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
-    if _stepwise(batch, units):
+    if _stepwise(batch, time, units):
         h, c = sequence.states(np, h0, c0, time)
         gates, act_c = _forward_stepwise(x, kernel, recurrent_kernel, bias_or_empty, h, c, codes)
     else:
@@ -111,7 +113,7 @@ def backward(saved, dy, dhT, dcT):
     every_step = dy is not None and options.return_sequences
     if dy is not None and not every_step:
         dh += dy
-    if not _stepwise(batch, units):
+    if not _stepwise(batch, time, units):
         dy_steps = np.ascontiguousarray(dy) if every_step else np.empty((batch, 0, units), x.dtype)
         dx, dkernel, drecurrent_kernel, dbias = kernels.backward(
             x, np.ascontiguousarray(kernel), recurrent_kernel, has_bias, h, c, gates, act_c, dy_steps, dh, dc,
