@@ -47,7 +47,7 @@ def _on_every_core(work, batch):
 
 
 def probe():
-    return f"CPU, Numba {numba.__version__}, {numba.get_num_threads()} threads"
+    return f"CPU, Numba {numba.__version__}, {usable_cores()} cores"
 
 
 def all_finite(a):
