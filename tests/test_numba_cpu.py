@@ -105,6 +105,24 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
             assert np.abs(ours - reference).max() <= tolerance * max(1, np.abs(reference).max())
 
 
+def test_results_and_caches_outlive_later_calls_whose_memory_is_recycled(path):
+    """Two layers of one shape, both forward before either backward, and every result kept: no
+    later call writes over an earlier call's outputs, cache or gradients (the stepwise path makes
+    its large arrays in recycled memory)."""
+    shape, options = (6, 4, 3, 5), dict(return_sequences=True)
+    inputs = [random_inputs(np.random.default_rng(seed), *shape, dtype=np.float64) for seed in (1, 2)]
+    dy = np.random.default_rng(3).standard_normal((6, 4, 5))
+    expected = [(*r[:3], *lstm_backward(r.cache, dy)) for r in
+                (lstm_forward(**i, **options, backend="numpy") for i in inputs)]
+    forwards = [lstm_forward(**i, **options, backend="numba_cpu") for i in inputs]
+    gradients = [lstm_backward(r.cache, dy) for r in forwards]
+    lstm_backward(forwards[0].cache, -dy)  # once more, results dropped
+    for r, g, reference in zip(forwards, gradients, expected):
+        for ours, theirs in zip((*r[:3], *g), reference):
+            if theirs is not None:
+                np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
 # -- the fused training pass ---------------------------------------------------------------------
 
 def _model(units=6, window=3, stateful=False, batch=1, dtype="float64", **lstm):

@@ -2,11 +2,12 @@
 
 When a step's work is small (the alphabet's shapes, where a BLAS call per step would cost more
 than the step), the whole layer runs in one compiled call: the input projection, the recurrence
-and the weight gradients as loops. Otherwise the input projection ``x @ kernel + bias``, the
-weight gradients and ``dx`` are single BLAS products over all time steps (NumPy's, on every
-core), and the recurrence is one BLAS product per step and a compiled pointwise step with the
-samples in parallel. Kernels: :mod:`fastlstm.kernels.numba_cpu`, compiled on first use
-per dtype and cached on disk.
+and the weight gradients as loops. Otherwise each core takes a slice of the samples and runs, with
+a single-threaded BLAS, the slice's input projection ``x @ kernel`` as one product over all time
+steps, the recurrence as one product and one compiled pointwise step per time step, and its dx and
+share of the weight gradients as products over all time steps again; the large arrays reuse the
+memory of earlier calls' (:data:`MEMORY`). Kernels: :mod:`fastlstm.kernels.numba_cpu`, compiled
+on first use per dtype and cached on disk.
 
 Beyond the backend contract it offers :func:`train_epoch`, the fused training pass of an LSTM +
 Dense(softmax) model that :class:`fastlstm.nn.Sequential` uses where it applies.
@@ -19,6 +20,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from fastlstm.backends import sequence
+from fastlstm.backends.memory import Pool
 from fastlstm.backends.numpy import Saved  # the same arrays in the same layout
 from fastlstm.kernels import numba_cpu as kernels
 from fastlstm.utils import usable_cores
@@ -27,6 +29,10 @@ from fastlstm.utils import usable_cores
 # sequence, BLAS products per step and the samples on every core beat the one compiled call
 # (measured: 32 x 32 units is below it; at one step, starting the threads costs more than they save).
 STEPWISE_WORK = 1 << 18
+
+# The large shapes' arrays reuse the memory of earlier calls' (see fastlstm.backends.memory): a
+# forward and backward pass at batch 1024, 25 steps, 64 inputs, 128 units takes about 180 MB.
+MEMORY = Pool(capacity=256 << 20)
 
 
 @functools.cache
@@ -37,13 +43,14 @@ def _threads():
 
 def _on_every_core(work, batch):
     """Runs ``work(samples)`` for a slice of the batch per core, at once, each with a
-    single-threaded BLAS: the slices' recurrences are independent, so they need no
-    synchronisation, and the BLAS threads would otherwise fight them for the cores."""
+    single-threaded BLAS; returns their results. The slices' recurrences are independent, so they
+    need no synchronisation, and BLAS threads would fight them for the cores. Nothing of this
+    backend runs a multi-threaded BLAS product: OpenBLAS's threads spin for tens of milliseconds
+    after one, and the next recurrence took 60 % longer for it (256 x 25 steps x 128 units)."""
     pool, blas = _threads()
     bounds = np.linspace(0, batch, min(usable_cores(), batch) + 1).astype(int)
     with blas.limit(limits=1, user_api="blas"):
-        for done in [pool.submit(work, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]:
-            done.result()
+        return [done.result() for done in [pool.submit(work, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]]
 
 
 def probe():
@@ -71,12 +78,17 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     units = recurrent_kernel.shape[0]
     kernel, recurrent_kernel = np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel)
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
-    if _stepwise(batch, time, units):
-        h, c = sequence.states(np, h0, c0, time)
+    stepwise = _stepwise(batch, time, units)
+    if stepwise:
+        h, c = sequence.states(np, h0, c0, time, MEMORY.empty)
         gates, act_c = _forward_stepwise(x, kernel, recurrent_kernel, bias_or_empty, h, c, codes)
     else:
         h, c, gates, act_c = kernels.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
-    outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
+    if options.return_sequences:
+        outputs = (MEMORY.empty if stepwise else np.empty)((batch, time, units), x.dtype)
+        outputs[...] = h[:, 1:]
+    else:
+        outputs = h[:, time].copy()
     saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
 
@@ -86,14 +98,15 @@ def _forward_stepwise(x, kernel, recurrent_kernel, bias, h, c, codes):
     each slice's input projection included. Fills h, c; returns gates and act_c."""
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
-    gates = np.empty((batch, time, 4 * units), x.dtype)
-    act_c = np.empty((batch, time, units), x.dtype)
+    gates = MEMORY.empty((batch, time, 4 * units), x.dtype)
+    act_c = MEMORY.empty((batch, time, units), x.dtype)
+    recurrent_parts = MEMORY.empty((batch, 4 * units), x.dtype)
 
     def recurrence(samples):
         count = samples.stop - samples.start
         zx = gates[samples]  # contiguous: the reshape below is a view of it
         np.matmul(x[samples].reshape(count * time, input_dim), kernel, out=zx.reshape(count * time, 4 * units))
-        recurrent_part = np.empty((count, 4 * units), x.dtype)
+        recurrent_part = recurrent_parts[samples]
         for t in range(time):
             np.matmul(h[samples, t], recurrent_kernel, out=recurrent_part)
             kernels.forward_step(zx, recurrent_part, bias, h[samples], c[samples], act_c[samples], t, *codes)
@@ -120,19 +133,30 @@ def backward(saved, dy, dhT, dcT):
             *codes)
         dx = sequence.in_processing_order(np, dx, options.go_backwards)  # reversing again restores the order
         return dx, dkernel, drecurrent_kernel, dbias if has_bias else None, dh, dc
-    dz = np.empty_like(gates)
+    input_dim = x.shape[2]
+    dz = MEMORY.empty(gates.shape, gates.dtype)
+    dx = MEMORY.empty(x.shape, x.dtype)
+    h_prev = MEMORY.empty((batch, time, units), x.dtype)
     recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
 
     def recurrence(samples):
+        """The slice's recurrence, its dx and its share of the weight gradients."""
         for t in reversed(range(time)):
             if every_step:
                 dh[samples] += dy[samples, t]
             kernels.backward_step(gates[samples], c[samples], act_c[samples], dh[samples], dc[samples],
                                   dz[samples], t, *codes)
             np.matmul(dz[samples, t], recurrent_kernel_t, out=dh[samples])
+        rows = (samples.stop - samples.start) * time
+        dz_rows = dz[samples].reshape(rows, 4 * units)
+        np.matmul(dz_rows, kernel.T, out=dx[samples].reshape(rows, input_dim))
+        h_prev[samples] = h[samples, :time]
+        return (x[samples].reshape(rows, input_dim).T @ dz_rows, h_prev[samples].reshape(rows, units).T @ dz_rows,
+                dz_rows.sum(axis=0) if has_bias else None)
 
-    _on_every_core(recurrence, batch)
-    return (*sequence.weight_gradients(np, x, kernel, h, dz, has_bias, options.go_backwards), dh, dc)
+    dkernel, drecurrent_kernel, dbias = (None if parts[0] is None else sum(parts[1:], parts[0])
+                                         for parts in zip(*_on_every_core(recurrence, batch)))
+    return sequence.in_processing_order(np, dx, options.go_backwards), dkernel, drecurrent_kernel, dbias, dh, dc
 
 
 def train_epoch(x, y, batch_size, lstm_weights, dense_weights, lstm_grads, dense_grads, flat, adam, state,

@@ -24,10 +24,12 @@ def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
     return x, zx, *states(xp, h0, c0, time), xp.empty_like(zx)
 
 
-def states(xp, h0, c0, time):
-    """Empty ``h``, ``c`` [batch, time + 1, units] holding h0, c0 [batch, units] at time index 0."""
-    h = xp.empty((h0.shape[0], time + 1, h0.shape[1]), h0.dtype)
-    c = xp.empty_like(h)
+def states(xp, h0, c0, time, empty=None):
+    """Empty ``h``, ``c`` [batch, time + 1, units] holding h0, c0 [batch, units] at time index 0;
+    made by ``empty(shape, dtype)`` (default ``xp.empty``)."""
+    empty = empty or xp.empty
+    h = empty((h0.shape[0], time + 1, h0.shape[1]), h0.dtype)
+    c = empty(h.shape, h.dtype)
     h[:, 0], c[:, 0] = h0, c0
     return h, c
 

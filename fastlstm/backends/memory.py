@@ -1,0 +1,66 @@
+"""Memory that outlives a call: the large arrays of one call are made in the memory of an earlier
+call's arrays once those are gone.
+
+Why: glibc gives a freed block of megabytes back to the system, and the next call's array of the
+same size then takes it back page by page, each page zeroed by the kernel. Measured on the
+numba_cpu backend at batch 256, 25 steps, 64 inputs, 128 units: 12 ms a forward pass that way,
+7 ms with its memory reused.
+"""
+import contextlib
+import math
+import mmap
+import threading
+import weakref
+
+import numpy as np
+
+
+class Pool:
+    """Recycles memory for ``empty()``'s arrays, holding at most ``capacity`` bytes in all.
+
+    Each array handed out is made over a block the pool keeps, an anonymous mmap. NumPy makes
+    every view of such an array refer to the array itself (the chain of bases stops where it
+    reaches a non-array), so the block is free again exactly when the array and all its views are
+    gone. A block is reused only for an array of its exact size. Blocks nobody uses are let go,
+    oldest first, to make room for a new one; an array that cannot fit even then gets memory of
+    its own, as ``np.empty`` gives it.
+    """
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self._blocks = []  # [block, weak reference to the array using it], oldest first
+        self._lock = threading.Lock()
+
+    def empty(self, shape, dtype):
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        with self._lock:
+            entry = next((e for e in self._blocks if len(e[0]) == nbytes and e[1]() is None), None)
+            if entry is None:
+                entry = self._new_block(nbytes)
+                if entry is None:
+                    return np.empty(shape, dtype)
+            array = np.ndarray(shape, dtype, buffer=entry[0])
+            entry[1] = weakref.ref(array)
+            return array
+
+    def held(self):
+        """The bytes the pool holds, in use or not."""
+        return sum(len(block) for block, _ in self._blocks)
+
+    def _new_block(self, nbytes):
+        free = [e for e in self._blocks if e[1]() is None]
+        while free and self.held() + nbytes > self.capacity:
+            self._blocks.remove(free.pop(0))
+        if nbytes == 0 or self.held() + nbytes > self.capacity:
+            return None
+        block = mmap.mmap(-1, nbytes)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            # As NumPy asks for its large arrays: the recurrence reads rows a time step apart, and
+            # with 4 KiB pages each row is a TLB miss (the backward recurrence took twice as long).
+            with contextlib.suppress(OSError):  # a kernel without transparent huge pages
+                block.madvise(mmap.MADV_HUGEPAGE)
+        entry = [block, lambda: None]
+        self._blocks.append(entry)
+        return entry
