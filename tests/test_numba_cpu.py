@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("numba")  # the 'test' extra installs it; CI runs these
 
+import numba  # noqa: E402
 from numba import njit  # noqa: E402
 
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
@@ -15,6 +16,7 @@ from fastlstm.activations import ACTIVATIONS  # noqa: E402
 from fastlstm.backends import get_backend, numba_cpu  # noqa: E402
 from fastlstm.kernels import numba_cpu as kernels  # noqa: E402
 from fastlstm.nn import LSTM, Dense, Sequential, set_random_seed  # noqa: E402
+from fastlstm.utils import usable_cores  # noqa: E402
 from lstm_testing import random_inputs, run_python  # noqa: E402
 from test_nn import alphabet  # noqa: E402
 
@@ -68,7 +70,7 @@ def path(request, monkeypatch):
     step per time step, whatever the shape; stepwise, in three slices of the samples (on two
     threads or more) wherever the batch has three samples, whatever the machine's cores."""
     monkeypatch.setattr(numba_cpu, "STEPWISE_WORK", 1 << 62 if request.param == "sequence" else 0)
-    monkeypatch.setattr(numba_cpu, "usable_cores", lambda: 3)
+    monkeypatch.setattr(numba_cpu, "_cores", lambda: 3)
     return request.param
 
 
@@ -103,6 +105,17 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
         if reference is not None:
             assert ours.dtype == dtype and ours.shape == reference.shape
             assert np.abs(ours - reference).max() <= tolerance * max(1, np.abs(reference).max())
+
+
+def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypatch):
+    """NUMBA_NUM_THREADS=1 (as in the --jobs workers) keeps the whole batch on one thread."""
+    slices = []
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    numba_cpu._on_every_core(slices.append, 10)
+    assert slices == [slice(0, 10)]
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
+    numba_cpu._on_every_core(slices.append, 10)
+    assert len(slices) == 1 + min(10, usable_cores())
 
 
 def test_results_and_caches_outlive_later_calls_whose_memory_is_recycled(path):

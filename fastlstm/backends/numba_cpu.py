@@ -35,10 +35,17 @@ STEPWISE_WORK = 1 << 18
 MEMORY = Pool(capacity=256 << 20)
 
 
+def _cores():
+    """How many threads the large shapes run on: one per core this process may use, and no more
+    than Numba's thread count (NUMBA_NUM_THREADS, which ``fastlstm alphabet --jobs`` sets to 1 in
+    its worker processes)."""
+    return min(usable_cores(), numba.config.NUMBA_NUM_THREADS)
+
+
 @functools.cache
 def _threads():
     """(a pool of one thread per core, the BLAS thread controller), made on first use."""
-    return concurrent.futures.ThreadPoolExecutor(usable_cores(), thread_name_prefix="fastlstm"), ThreadpoolController()
+    return concurrent.futures.ThreadPoolExecutor(_cores(), thread_name_prefix="fastlstm"), ThreadpoolController()
 
 
 def _on_every_core(work, batch):
@@ -48,13 +55,13 @@ def _on_every_core(work, batch):
     backend runs a multi-threaded BLAS product: OpenBLAS's threads spin for tens of milliseconds
     after one, and the next recurrence took 60 % longer for it (256 x 25 steps x 128 units)."""
     pool, blas = _threads()
-    bounds = np.linspace(0, batch, min(usable_cores(), batch) + 1).astype(int)
+    bounds = np.linspace(0, batch, min(_cores(), batch) + 1).astype(int)
     with blas.limit(limits=1, user_api="blas"):
         return [done.result() for done in [pool.submit(work, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]]
 
 
 def probe():
-    return f"CPU, Numba {numba.__version__}, {usable_cores()} cores"
+    return f"CPU, Numba {numba.__version__}, {_cores()} cores"
 
 
 def all_finite(a):
