@@ -140,29 +140,24 @@ def backward(saved, dy, dhT, dcT):
             *codes)
         dx = sequence.in_processing_order(np, dx, options.go_backwards)  # reversing again restores the order
         return dx, dkernel, drecurrent_kernel, dbias if has_bias else None, dh, dc
-    input_dim = x.shape[2]
     dz = MEMORY.empty(gates.shape, gates.dtype)
-    dx = MEMORY.empty(x.shape, x.dtype)
-    h_prev = MEMORY.empty((batch, time, units), x.dtype)
     recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
 
     def recurrence(samples):
-        """The slice's recurrence, its dx and its share of the weight gradients."""
+        """The slice's recurrence, then its dx and its share of the weight gradients."""
         for t in reversed(range(time)):
             if every_step:
                 dh[samples] += dy[samples, t]
             kernels.backward_step(gates[samples], c[samples], act_c[samples], dh[samples], dc[samples],
                                   dz[samples], t, *codes)
             np.matmul(dz[samples, t], recurrent_kernel_t, out=dh[samples])
-        rows = (samples.stop - samples.start) * time
-        dz_rows = dz[samples].reshape(rows, 4 * units)
-        np.matmul(dz_rows, kernel.T, out=dx[samples].reshape(rows, input_dim))
-        h_prev[samples] = h[samples, :time]
-        return (x[samples].reshape(rows, input_dim).T @ dz_rows, h_prev[samples].reshape(rows, units).T @ dz_rows,
-                dz_rows.sum(axis=0) if has_bias else None)
+        return sequence.weight_gradients(np, x[samples], kernel, h[samples], dz[samples], has_bias, False,
+                                         MEMORY.empty)
 
-    dkernel, drecurrent_kernel, dbias = (None if parts[0] is None else sum(parts[1:], parts[0])
-                                         for parts in zip(*_on_every_core(recurrence, batch)))
+    parts = _on_every_core(recurrence, batch)  # per slice: dx, dkernel, drecurrent_kernel, dbias
+    dx = np.concatenate([part[0] for part in parts], out=MEMORY.empty(x.shape, x.dtype))
+    dkernel, drecurrent_kernel = (sum(part[i] for part in parts) for i in (1, 2))
+    dbias = sum(part[3] for part in parts) if has_bias else None
     return sequence.in_processing_order(np, dx, options.go_backwards), dkernel, drecurrent_kernel, dbias, dh, dc
 
 

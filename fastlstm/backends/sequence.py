@@ -34,14 +34,19 @@ def states(xp, h0, c0, time, empty=None):
     return h, c
 
 
-def weight_gradients(xp, x, kernel, h, dz, has_bias, go_backwards):
+def weight_gradients(xp, x, kernel, h, dz, has_bias, go_backwards, empty=None):
     """(dx, dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz``
-    [batch, time, 4*units] of the whole sequence; ``x`` and ``h`` as :func:`start` made them."""
+    [batch, time, 4*units] of the whole sequence; ``x`` and ``h`` as :func:`start` made them.
+    The arrays of the sequence's size (dx, and h without its last step) are made by
+    ``empty(shape, dtype)`` (default ``xp.empty``)."""
+    empty = empty or xp.empty
     batch, time, input_dim = x.shape
     units = h.shape[2]
     dz_flat = dz.reshape(batch * time, 4 * units)
     dkernel = xp.matmul(x.reshape(batch * time, input_dim).T, dz_flat)
-    drecurrent_kernel = xp.matmul(h[:, :time].reshape(batch * time, units).T, dz_flat)
+    h_prev = empty((batch * time, units), h.dtype)
+    h_prev.reshape(batch, time, units)[...] = h[:, :time]
+    drecurrent_kernel = xp.matmul(h_prev.T, dz_flat)
     dbias = dz_flat.sum(axis=0) if has_bias else None
-    dx = xp.matmul(dz_flat, kernel.T).reshape(batch, time, input_dim)
+    dx = xp.matmul(dz_flat, kernel.T, out=empty((batch * time, input_dim), x.dtype)).reshape(batch, time, input_dim)
     return in_processing_order(xp, dx, go_backwards), dkernel, drecurrent_kernel, dbias
