@@ -95,9 +95,9 @@ def lstm_forward(
     must have at least one time step: with none there is no last output to return.
     """
     impl = get_backend(backend)
-    prepare = getattr(impl, "prepare", _as_array)  # a GPU backend views device arrays as its own
-    x, kernel, recurrent_kernel, bias, h0, c0 = (
-        None if a is None else prepare(_as_array(a)) for a in (x, kernel, recurrent_kernel, bias, h0, c0))
+    prepare = _preparer(impl)
+    x, kernel, recurrent_kernel, bias, h0, c0 = [
+        None if a is None else prepare(a) for a in (x, kernel, recurrent_kernel, bias, h0, c0)]
     if x.ndim != 3:
         raise ValueError(f"x must be [batch, time, input_dim] (3-D), got shape {x.shape}")
     batch, time, input_dim = x.shape
@@ -133,14 +133,15 @@ def lstm_forward(
         bool(go_backwards),
     )
     if check_finite:
-        all_finite = getattr(impl, "all_finite", _all_finite)  # a backend may check faster
+        all_finite = _hook(impl, "all_finite", _all_finite)  # a backend may check faster
         for name, a in (("x", x), ("kernel", kernel), ("recurrent_kernel", recurrent_kernel),
                         ("bias", bias), ("h0", h0), ("c0", c0)):
             if a is not None and not all_finite(a):
                 _refuse_non_finite(a, name)
     if h0 is None or c0 is None:
-        zeros = np.zeros_like(x, shape=state_shape)  # x's array type and dtype; backends only read states
-        h0, c0 = (zeros if a is None else a for a in (h0, c0))
+        zeros = _zeros_like(x, state_shape)  # one array for both: backends only read states
+        h0 = zeros if h0 is None else h0
+        c0 = zeros if c0 is None else c0
 
     outputs, h, c, saved = impl.forward(x, kernel, recurrent_kernel, bias, h0, c0, options)
     cache = LSTMCache(impl, options, tuple(outputs.shape), state_shape, x.dtype, saved)
@@ -159,8 +160,8 @@ def lstm_backward(cache, dy=None, dhT=None, dcT=None):
     """
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache of an lstm_forward result, got {type(cache).__name__}")
-    prepare = getattr(cache.backend, "prepare", _as_array)
-    dy, dhT, dcT = (None if a is None else prepare(_as_array(a)) for a in (dy, dhT, dcT))
+    prepare = _preparer(cache.backend)
+    dy, dhT, dcT = [None if a is None else prepare(a) for a in (dy, dhT, dcT)]
     if dy is not None:
         dy = _checked(dy, "dy", cache.dtype, shape=cache.output_shape)
     if dhT is not None:
@@ -175,14 +176,35 @@ def _as_array(a):
     return a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a)
 
 
+def _hook(impl, name, default):
+    """The backend module's optional function ``name``, else ``default``. Not getattr(impl, name,
+    default): for a module without it, that raises and catches an AttributeError (about 0.7 µs)."""
+    return vars(impl).get(name, default)
+
+
+def _preparer(impl):
+    """What makes an argument the array the backend ``impl`` works on: :func:`_as_array`, then
+    the backend's own ``prepare`` where it has one (a GPU backend views device arrays as its own)."""
+    backend_prepare = _hook(impl, "prepare", None)
+    if backend_prepare is None:
+        return _as_array
+    return lambda a: backend_prepare(_as_array(a))
+
+
+def _zeros_like(a, shape):
+    """Zeros of ``a``'s array type (NumPy, CuPy, ...) and dtype."""
+    if type(a) is np.ndarray:
+        return np.zeros(shape, a.dtype)  # the same as below, without the cost of zeros_like's dispatch
+    return np.zeros_like(a, shape=shape)
+
+
 def _check_float(a, name):
     if np.dtype(a.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
 
 
 def _checked(a, name, dtype, ndim=None, shape=None):
-    a = _as_array(a)
-    if np.dtype(a.dtype) != dtype:
+    if a.dtype is not dtype and np.dtype(a.dtype) != dtype:  # `is`: the common case, at no cost
         _check_float(a, name)
         raise TypeError(
             f"{name} has dtype {a.dtype} but x has {dtype}: all arrays must share one dtype "
