@@ -23,12 +23,12 @@ from test_nn import alphabet  # noqa: E402
 
 @njit
 def _activate(code, a):
-    kernels._activate(code, a)
+    kernels._map(kernels._activation, code, a, a)
 
 
 @njit
 def _derivatives(code, y, out):
-    kernels._derivatives(code, y, out)
+    kernels._map(kernels._derivative, code, y, out)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

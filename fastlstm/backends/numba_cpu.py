@@ -3,9 +3,9 @@
 When a step's work is small (the alphabet's shapes, where a BLAS call per step would cost more
 than the step), the whole layer runs in one compiled call: the input projection, the recurrence
 and the weight gradients as loops. Otherwise each core takes a slice of the samples and runs, with
-a single-threaded BLAS, the slice's input projection ``x @ kernel`` as one product over all time
-steps, the recurrence as one product and one compiled pointwise step per time step, and its dx and
-share of the weight gradients as products over all time steps again; the large arrays reuse the
+a single-threaded BLAS, the forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel;
+recurrent_kernel]`` and one compiled pointwise step per time step, the backward one likewise, then
+its dx and share of the weight gradients as products over all time steps; the large arrays reuse the
 memory of earlier calls' (:data:`MEMORY`). Kernels: :mod:`fastlstm.kernels.numba_cpu`, compiled
 on first use per dtype and cached on disk.
 
@@ -101,22 +101,26 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
 
 
 def _forward_stepwise(x, kernel, recurrent_kernel, bias, h, c, codes):
-    """The forward recurrence as BLAS products and compiled steps, a slice of the samples per core,
-    each slice's input projection included. Fills h, c; returns gates and act_c."""
+    """The forward recurrence as one BLAS product and one compiled step per time step, a slice of
+    the samples per core. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
+    one product with the inputs' and the state's rows together runs faster than the input
+    projection over all steps and a product per step apart (measured: 6.9 ms against 8.5 ms for
+    128 samples, 25 steps, 64 inputs, 128 units on one core), whose few inputs make a thin product.
+    Fills h, c; returns gates and act_c."""
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
+    weights = np.concatenate([kernel, recurrent_kernel])
     gates = MEMORY.empty((batch, time, 4 * units), x.dtype)
     act_c = MEMORY.empty((batch, time, units), x.dtype)
-    recurrent_parts = MEMORY.empty((batch, 4 * units), x.dtype)
+    inputs = np.empty((batch, input_dim + units), x.dtype)  # [x_t, h_{t-1}] of each sample
+    z = np.empty((batch, 4 * units), x.dtype)
 
     def recurrence(samples):
-        count = samples.stop - samples.start
-        zx = gates[samples]  # contiguous: the reshape below is a view of it
-        np.matmul(x[samples].reshape(count * time, input_dim), kernel, out=zx.reshape(count * time, 4 * units))
-        recurrent_part = recurrent_parts[samples]
         for t in range(time):
-            np.matmul(h[samples, t], recurrent_kernel, out=recurrent_part)
-            kernels.forward_step(zx, recurrent_part, bias, h[samples], c[samples], act_c[samples], t, *codes)
+            inputs[samples, :input_dim] = x[samples, t]
+            inputs[samples, input_dim:] = h[samples, t]
+            np.matmul(inputs[samples], weights, out=z[samples])
+            kernels.forward_step(z[samples], bias, gates[samples], h[samples], c[samples], act_c[samples], t, *codes)
 
     _on_every_core(recurrence, batch)
     return gates, act_c
