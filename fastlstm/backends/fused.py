@@ -78,7 +78,8 @@ class FusedLSTM:
                 self.launcher(plan.backward, c, gates, dy, dy_per_step, dh0, dc0, dz,
                               batch, time, units, t, *activations)
                 xp.matmul(dz[:, t], recurrent_kernel_t, out=dh0)
-        return (*sequence.weight_gradients(xp, x, kernel, h, dz, has_bias, options.go_backwards), dh0, dc0)
+        inputs = sequence.step_inputs(xp, x, h)
+        return (*sequence.weight_gradients(xp, inputs, kernel, dz, has_bias, options.go_backwards), dh0, dc0)
 
 
 def _optional(xp, a, ndim, dtype):

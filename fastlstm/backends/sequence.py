@@ -1,6 +1,6 @@
 """What every backend does around its recurrence, written once against an array module ``xp``
 (NumPy or CuPy): the input projection over all time steps before it, and the weight gradients
-as whole-sequence matrix products after it."""
+as one whole-sequence matrix product after it."""
 
 
 def in_processing_order(xp, x, go_backwards):
@@ -34,19 +34,27 @@ def states(xp, h0, c0, time, empty=None):
     return h, c
 
 
-def weight_gradients(xp, x, kernel, h, dz, has_bias, go_backwards, empty=None):
-    """(dx, dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz``
-    [batch, time, 4*units] of the whole sequence; ``x`` and ``h`` as :func:`start` made them.
-    The arrays of the sequence's size (dx, and h without its last step) are made by
-    ``empty(shape, dtype)`` (default ``xp.empty``)."""
-    empty = empty or xp.empty
+def step_inputs(xp, x, h, empty=None):
+    """``[x_t, h_{t-1}]`` of every sample and step, ``[batch, time, input_dim + units]``: the rows
+    that multiply ``[kernel; recurrent_kernel]``, from ``x`` and ``h`` as :func:`start` made them;
+    made by ``empty(shape, dtype)`` (default ``xp.empty``)."""
     batch, time, input_dim = x.shape
-    units = h.shape[2]
-    dz_flat = dz.reshape(batch * time, 4 * units)
-    dkernel = xp.matmul(x.reshape(batch * time, input_dim).T, dz_flat)
-    h_prev = empty((batch * time, units), h.dtype)
-    h_prev.reshape(batch, time, units)[...] = h[:, :time]
-    drecurrent_kernel = xp.matmul(h_prev.T, dz_flat)
+    inputs = (empty or xp.empty)((batch, time, input_dim + h.shape[2]), x.dtype)
+    inputs[:, :, :input_dim] = x
+    inputs[:, :, input_dim:] = h[:, :time]
+    return inputs
+
+
+def weight_gradients(xp, inputs, kernel, dz, has_bias, go_backwards, empty=None):
+    """(dx, dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz``
+    [batch, time, 4*units] of the whole sequence and the :func:`step_inputs` of the forward pass:
+    the gradients of kernel and recurrent_kernel as one product, ``inputs^T @ dz``. dx
+    [batch, time, input_dim] is made by ``empty(shape, dtype)`` (default ``xp.empty``)."""
+    empty = empty or xp.empty
+    batch, time, _ = dz.shape
+    input_dim = kernel.shape[0]
+    dz_flat = dz.reshape(batch * time, dz.shape[2])
+    dweights = xp.matmul(inputs.reshape(batch * time, inputs.shape[2]).T, dz_flat)
     dbias = dz_flat.sum(axis=0) if has_bias else None
-    dx = xp.matmul(dz_flat, kernel.T, out=empty((batch * time, input_dim), x.dtype)).reshape(batch, time, input_dim)
-    return in_processing_order(xp, dx, go_backwards), dkernel, drecurrent_kernel, dbias
+    dx = xp.matmul(dz_flat, kernel.T, out=empty((batch * time, input_dim), dz.dtype)).reshape(batch, time, input_dim)
+    return in_processing_order(xp, dx, go_backwards), dweights[:input_dim], dweights[input_dim:], dbias
