@@ -39,8 +39,11 @@ def shape_id(shape):
 def pytest_generate_tests(metafunc):
     if {"implementation", "shape", "dtype"} <= set(metafunc.fixturenames):
         shapes = GRIDS[metafunc.config.getoption("--bench-grid")]
-        cases = [(impl, shape, np.dtype(dtype)) for impl in _implementations()
-                 for dtype in impl.dtypes for shape in (shapes if dtype == np.float32 else FLOAT64_SHAPES)]
+        # Shape by shape, every implementation one after another: this machine's speed drifts by
+        # tens of percent over minutes, so the implementations a ratio compares run seconds apart.
+        cases = [(impl, shape, np.dtype(dtype)) for dtype in (np.float32, np.float64)
+                 for shape in (shapes if dtype == np.float32 else FLOAT64_SHAPES)
+                 for impl in _implementations() if dtype in impl.dtypes]
         metafunc.parametrize(("implementation", "shape", "dtype"), cases,
                              ids=[f"{i.name}-{shape_id(s)}-{d.name}" for i, s, d in cases])
 
