@@ -259,10 +259,13 @@ def _cell_forward(z, c_prev, c, act_c, h, activation, recurrent_activation):
     c_prev [units]: the previous cell state; fills c, act_c = activation(c) and h [units]."""
     units = c.size
     i, f, g, o = z[:units], z[units:2 * units], z[2 * units:3 * units], z[3 * units:]
-    if activation == TANH and recurrent_activation == SIGMOID:  # Keras's default, vectorised
+    if activation == TANH and recurrent_activation == SIGMOID:  # Keras's default
         _activate_gates(i, f, g, o, TANH, SIGMOID)
-    else:
-        _activate_gates(i, f, g, o, activation, recurrent_activation)
+    else:  # a loop per activation, which LLVM splits by the code and vectorises (one loop it would not)
+        if_ = z[:2 * units]
+        _map(_activation, recurrent_activation, if_, if_)
+        _map(_activation, activation, g, g)
+        _map(_activation, recurrent_activation, o, o)
     for u in range(units):
         c[u] = f[u] * c_prev[u] + i[u] * g[u]
     _map(_activation, activation, c, act_c)
