@@ -253,7 +253,8 @@ class Sequential:
         starts from, and carries on, its current state."""
         x = self._check_x(x)
         start = time.perf_counter()
-        outputs = np.concatenate([self._forward(x[s], training=False) for s in self._batches(len(x), batch_size)])
+        starts = self._batches(len(x), batch_size)
+        outputs = np.concatenate([self._forward(x[i:i + starts.step], training=False) for i in starts])
         if _verbosity(verbose):
             _log(f"predict: {len(x)} samples in {time.perf_counter() - start:.2f}s")
         return outputs
@@ -282,11 +283,11 @@ class Sequential:
         return loss, y_pred
 
     def _run(self, x, y, batches, train):
-        """One pass over the batches, training or not; the loss and metrics averaged over samples.
-        Training takes the backend's fused pass where there is one for this model."""
+        """One pass over the batches (as :meth:`_batches` gives them), training or not; the loss
+        and metrics averaged over samples. Training takes the backend's fused pass where there is one for this model."""
         train_epoch = self._fused_training() if train else None
         if train_epoch:
-            total_loss, correct = self._train_fused(train_epoch, x, y, batches[0].stop)
+            total_loss, correct = self._train_fused(train_epoch, x, y, min(batches.step, len(x)))
         else:
             total_loss, correct = self._run_batches(x, y, batches, train)
         logs = {"loss": total_loss / len(x)}
@@ -298,8 +299,8 @@ class Sequential:
         """One pass, a layer at a time; (the sum of each batch's loss times its size, the number
         of correct predictions)."""
         total_loss = correct = 0
-        for s in batches:
-            xb, yb = x[s], y[s]
+        for start in batches:
+            xb, yb = x[start:start + batches.step], y[start:start + batches.step]
             if train:
                 loss, y_pred = self._backprop(xb, yb)
                 self.optimizer.apply_gradients([(self._grads, self._weights)])
@@ -369,8 +370,8 @@ class Sequential:
         return x, y
 
     def _batches(self, n, batch_size):
-        """The slices of the batches of ``n`` samples, the first ``slice(0, batch_size)``; refuses a
-        batch size a stateful layer cannot take."""
+        """The batches of ``n`` samples as the range of their first samples, its step the batch
+        size (the last batch may be shorter); refuses a batch size a stateful layer cannot take."""
         if batch_size is None:
             batch_size = self.input_shape[0] or DEFAULT_BATCH_SIZE
         batch_size = _count(batch_size, "batch_size", low=1)
@@ -378,7 +379,7 @@ class Sequential:
             if layer.stateful:
                 for size in {min(batch_size, n), n % batch_size} - {0}:
                     layer.check_batch_size(size)
-        return [slice(start, start + batch_size) for start in range(0, n, batch_size)]
+        return range(0, n, batch_size)
 
 
 def _flatten_into_views(layers, attribute, dtype):
