@@ -221,9 +221,21 @@ def _add_product(v, m, out):
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
 def _matvec(m, v, out):
     """out = m @ v for m [n, k] and v [k]: a dot product along each row of m, summed in whatever
-    order vectorises (the one place where the order of a sum is left to the compiler)."""
-    for i in range(out.size):
-        total = v.dtype.type(0)
+    order vectorises (the one place where the order of a sum is left to the compiler). Four rows
+    at a time: four independent sums in flight rather than one waiting on its own additions."""
+    T = v.dtype.type
+    n = out.size
+    quad = n - n % 4
+    for i in range(0, quad, 4):
+        total0 = total1 = total2 = total3 = T(0)
+        for j in range(v.size):
+            total0 += m[i, j] * v[j]
+            total1 += m[i + 1, j] * v[j]
+            total2 += m[i + 2, j] * v[j]
+            total3 += m[i + 3, j] * v[j]
+        out[i], out[i + 1], out[i + 2], out[i + 3] = total0, total1, total2, total3
+    for i in range(quad, n):
+        total = T(0)
         for j in range(v.size):
             total += m[i, j] * v[j]
         out[i] = total
