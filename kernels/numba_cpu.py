@@ -322,13 +322,14 @@ def _cell_backward(gates, c_prev, act_c, dh, dc, dz, activation, recurrent_activ
 
 
 @njit(**FLAGS)
-def forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation):
+def forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation, zero_state):
     """Every step of the recurrence, one sample after another.
 
     zx [batch, time, 4*units]: ``x_t @ kernel + bias``; h, c [batch, time + 1, units]: the
     initial state at time index 0 on entry, every step's state on return; fills gates
     [batch, time, 4*units] (activated; may be zx itself) and act_c [batch, time, units].
-    Activations are codes (indices into ACTIVATIONS).
+    Activations are codes (indices into ACTIVATIONS). zero_state: the initial state is zeros,
+    so step 0 skips the product with it, which adds nothing.
     """
     recurrent_part = np.empty(zx.shape[2], zx.dtype)
     for b in range(zx.shape[0]):
@@ -336,7 +337,8 @@ def forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, activation, recur
             # zx + (h @ recurrent_kernel), as the NumPy backend adds them: the small terms of the
             # product summed first, then the larger zx (2x closer to float64 than summing into zx).
             recurrent_part[:] = 0
-            _add_product(h[b, t], recurrent_kernel, recurrent_part)
+            if t > 0 or not zero_state:
+                _add_product(h[b, t], recurrent_kernel, recurrent_part)
             for j in range(recurrent_part.size):
                 gates[b, t, j] = zx[b, t, j] + recurrent_part[j]
             _cell_forward(gates[b, t], c[b, t], c[b, t + 1], act_c[b, t], h[b, t + 1], activation,
@@ -359,14 +361,17 @@ def forward_step(z, bias, gates, h, c, act_c, t, activation, recurrent_activatio
 
 
 @njit(**FLAGS)
-def backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation):
+def backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation,
+                      initial_gradients):
     """Every step of the recurrence backwards, one sample after another.
 
     gates, c, act_c: as :func:`forward_sequence` left them; recurrent_kernel [units, 4*units];
     dy [batch, time, units]: the gradient w.r.t. every step's output, or [batch, 0, units] when
     only the last step's (which the caller adds to dh); dh, dc [batch, units]: the gradients
     w.r.t. the final state on entry, w.r.t. the initial state on return; fills dz
-    [batch, time, 4*units], the gradient w.r.t. every pre-activation.
+    [batch, time, 4*units], the gradient w.r.t. every pre-activation. initial_gradients False:
+    those w.r.t. the initial state are not wanted, so step 0 skips dz @ recurrent_kernel.T and
+    dh, dc are left meaningless.
     """
     for b in range(gates.shape[0]):
         for t in range(gates.shape[1] - 1, -1, -1):
@@ -374,7 +379,8 @@ def backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activat
                 _add_to(dh[b], dy[b, t])
             _cell_backward(gates[b, t], c[b, t], act_c[b, t], dh[b], dc[b], dz[b, t], activation,
                            recurrent_activation)
-            _matvec(recurrent_kernel, dz[b, t], dh[b])
+            if t > 0 or initial_gradients:
+                _matvec(recurrent_kernel, dz[b, t], dh[b])
 
 
 @njit(**FLAGS)
@@ -430,7 +436,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, activation, recurrent_act
     h[:, 0] = h0
     c[:, 0] = c0
     _project(x, kernel, bias, gates)
-    forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation)
+    forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation, False)
     return h, c, gates, act_c
 
 
@@ -443,7 +449,7 @@ def backward(x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, dy, dh, 
     features] (processing order), kernel, recurrent_kernel and bias (empty when has_bias is
     False)."""
     dz = np.empty_like(gates)
-    backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation)
+    backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation, True)
     dkernel = np.zeros_like(kernel)
     drecurrent_kernel = np.zeros_like(recurrent_kernel)
     dbias = np.zeros(gates.shape[2] if has_bias else 0, x.dtype)
@@ -560,7 +566,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         else:
             h[:, 0] = 0
             c[:, 0] = 0
-        forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation)
+        forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation, not stateful)
         if stateful:
             state[0][:] = h[:, time]
             state[1][:] = c[:, time]
@@ -585,7 +591,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
             _add_to(ddense_bias, probs[b])
             _matvec(dense_kernel, probs[b], dh[b])
         backward_sequence(gates, c, act_c, recurrent_kernel, dz[:, :0], dh, dc, dz, activation,
-                          recurrent_activation)
+                          recurrent_activation, False)
         dkernel[:] = 0
         drecurrent_kernel[:] = 0
         dbias[:] = 0
