@@ -284,7 +284,8 @@ class Sequential:
 
     def _run(self, x, y, batches, train):
         """One pass over the batches (as :meth:`_batches` gives them), training or not; the loss
-        and metrics averaged over samples. Training takes the backend's fused pass where there is one for this model."""
+        and metrics averaged over samples. Training takes the backend's fused pass where there is
+        one for this model."""
         train_epoch = self._fused_training() if train else None
         if train_epoch:
             total_loss, correct = self._train_fused(train_epoch, x, y, min(batches.step, len(x)))
@@ -300,7 +301,8 @@ class Sequential:
         of correct predictions)."""
         total_loss = correct = 0
         for start in batches:
-            xb, yb = x[start:start + batches.step], y[start:start + batches.step]
+            batch = slice(start, start + batches.step)
+            xb, yb = x[batch], y[batch]
             if train:
                 loss, y_pred = self._backprop(xb, yb)
                 self.optimizer.apply_gradients([(self._grads, self._weights)])
