@@ -159,15 +159,23 @@ def _runs(mask, go_backwards):
             for start, stop, following in zip(starts, stops, starts[1:] + [time])]
 
 
+def _host_array(a):
+    """a as a writeable NumPy array. JAX's callbacks pass jax.Arrays, whose NumPy views (like some
+    that TensorFlow passes) are read-only, and numba_cpu would compile its kernels once more for
+    each mix of read-only and writeable arguments (seven more compilations in the test suite)."""
+    a = np.asarray(a)
+    return a if a.flags.writeable else a.copy()
+
+
 def _host_forward(options, *inputs):
-    """The fused call on the seven inputs as NumPy arrays (JAX's callbacks pass jax.Arrays)."""
-    call = FusedCall(options, *map(np.asarray, inputs))
+    """The fused call on the seven inputs, as writeable NumPy arrays."""
+    call = FusedCall(options, *map(_host_array, inputs))
     return call.outputs, call.h, call.c
 
 
 def _host_backward(options, *arrays):
     """The forward again on the seven inputs, then the backward from the three upstream gradients."""
-    arrays = list(map(np.asarray, arrays))
+    arrays = list(map(_host_array, arrays))
     return FusedCall(options, *arrays[:7]).backward(*arrays[7:])
 
 

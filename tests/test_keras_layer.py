@@ -115,12 +115,13 @@ def stateful_alphabet(LSTM):
 
 
 def test_tutorial_stateful_experiment_with_only_the_import_swapped():
-    theirs, ours = stateful_alphabet(keras.layers.LSTM), stateful_alphabet(LSTM)
-    print(f"keras.layers.LSTM: {theirs}\nfastlstm.keras.LSTM: {ours}")
-    assert theirs.accuracy == 1.0  # the tutorial's published 100 %
-    assert ours.accuracy == theirs.accuracy and ours.generated == theirs.generated
+    """The tutorial's published results. (The same script with keras.layers.LSTM gives the same
+    accuracy and letters, and a loss 8.8e-7 apart; it is not rerun here, to keep a minute of CI:
+    layer_suite.py's training tests compare trajectories with Keras's own layer, stateful too.)"""
+    ours = stateful_alphabet(LSTM)
+    print(f"fastlstm.keras.LSTM: {ours}")
+    assert ours.accuracy == 1.0  # the tutorial's published 100 %
     assert ours.generated == {"A": "BCDEFGHIJKLMNOPQRSTUVWXYZ", "K": "BCDEF"}  # as the tutorial shows
-    assert ours.loss == pytest.approx(theirs.loss, rel=1e-3)  # measured 8.8e-7 apart
 
 
 def test_the_readme_swap_example_runs():
