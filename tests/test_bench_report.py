@@ -56,6 +56,6 @@ def test_speedups_are_over_the_fastest_baseline(tmp_path):
 def test_results_without_fastlstm_benchmarks_are_refused(tmp_path):
     path = tmp_path / "empty.json"
     path.write_text(json.dumps({"benchmarks": [{"extra_info": {}, "stats": {"median": 1.0}}]}))
-    result = subprocess.run([sys.executable, "-m", "fastlstm", "bench-report", str(path)], capture_output=True, text=True,
-                            cwd=tempfile.gettempdir())
+    result = subprocess.run([sys.executable, "-m", "fastlstm", "bench-report", str(path)], capture_output=True,
+                            text=True, cwd=tempfile.gettempdir())
     assert result.returncode == 2 and "holds no fastlstm benchmarks" in result.stderr
