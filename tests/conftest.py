@@ -1,4 +1,5 @@
 import os
+import pathlib
 
 from hypothesis import settings
 
@@ -6,6 +7,16 @@ from hypothesis import settings
 settings.register_profile("ci", max_examples=200, derandomize=True, deadline=None)
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's test command) each worker, and the processes its tests
+    start, compile into a Numba cache directory of their own: Numba's cache index is not safe
+    against two processes saving overloads of one function at the same time. (Numba reads the
+    variable when it is first imported, which is later: at collection.)"""
+    if hasattr(config, "workerinput"):
+        caches = os.environ.get("NUMBA_CACHE_DIR") or config.rootpath / "build" / "numba-cache"
+        os.environ["NUMBA_CACHE_DIR"] = str(pathlib.Path(caches) / config.workerinput["workerid"])
 
 
 def pytest_terminal_summary(terminalreporter):

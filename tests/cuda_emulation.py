@@ -6,6 +6,7 @@ the launch plan can request, and called through ctypes on NumPy arrays.
 """
 import ctypes
 import hashlib
+import os
 import pathlib
 import subprocess
 import tempfile
@@ -43,10 +44,14 @@ def build(sanitizer=None, kernels=KERNELS):
     BUILD_DIR.mkdir(exist_ok=True)
     library = BUILD_DIR / f"kernels-{hashlib.sha256(contents.encode()).hexdigest()[:16]}.so"
     if not library.exists():
-        source = library.with_suffix(".cpp")
+        # Built under a name of this process's and then renamed, so that a test process running
+        # beside this one (pytest-xdist) never loads a half-written library.
+        source = library.with_suffix(f".{os.getpid()}.cpp")
         source.write_text(unit)
-        subprocess.run(["g++", *flags, f"-I{HEADER.parent}", f"-I{kernels}", str(source), "-o", str(library)],
+        partial = source.with_suffix(".so")
+        subprocess.run(["g++", *flags, f"-I{HEADER.parent}", f"-I{kernels}", str(source), "-o", str(partial)],
                        check=True, capture_output=True, text=True)
+        os.replace(partial, library)
     return library
 
 

@@ -1,5 +1,6 @@
 """fastlstm bench-report, on a real (tiny) run of bench/ and on hand-made results."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -17,12 +18,15 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def results(tmp_path_factory):
     """A --benchmark-json file of bench/, a few fastlstm-numpy and Keras shapes of the batch sweep."""
     path = tmp_path_factory.mktemp("bench") / "results.json"
+    # Without pytest-xdist's variables, which a worker's children inherit: pytest-benchmark would
+    # take them for a parallel run and refuse to time.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST_")}
     subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "bench" / "test_kernels.py"), "-q", "-p", "no:cacheprovider",
          "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), "--benchmark-only",
          "--benchmark-min-rounds=1", "--benchmark-max-time=0.01", "--benchmark-warmup=off",
          f"--benchmark-json={path}", "-k", "(fastlstm-numpy or keras) and (b1-t1-d16 or b8-t1-d16 or b1-t25-d16)"],
-        check=True, capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=600)
+        check=True, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=600)
     return path
 
 

@@ -1,6 +1,7 @@
 """The numba_cpu backend on its own: its activations, its two recurrence paths against the NumPy
 reference, the fused training pass against the layer-by-layer one, and its absence without numba.
 The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
+import pathlib
 import sys
 
 import numpy as np
@@ -230,3 +231,13 @@ def test_without_numba_the_backend_is_reported_missing_and_auto_takes_numpy():
     status, auto = out.splitlines()
     assert status.startswith("numba_cpu: unavailable (not installed")
     assert auto == "fastlstm.backends.numpy"
+
+
+def test_each_xdist_worker_compiles_into_a_numba_cache_of_its_own(request):
+    """tests/conftest.py's pytest_configure, as Numba sees it: the kernels are saved there."""
+    if not hasattr(request.config, "workerinput"):
+        pytest.skip("not under pytest-xdist (the README's test command runs it)")
+    cache = pathlib.Path(numba.config.CACHE_DIR)
+    assert cache.name == request.config.workerinput["workerid"]
+    kernels.all_finite(np.zeros(3))  # compiled, or loaded from that cache
+    assert list(cache.rglob("numba_cpu.all_finite-*.nbi"))

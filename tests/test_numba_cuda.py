@@ -9,6 +9,7 @@ CUDA 13 refuses compute capability 7.0 (CUDA 13 dropped Volta), so sm_70 is comp
 by a CUDA 12 Numba stack, as a Volta user would have, in a virtual environment of its own that
 the test makes under build/ (tests/numba_ptx.py runs there).
 """
+import fcntl
 import json
 import os
 import pathlib
@@ -87,11 +88,14 @@ def cuda12(request):
     venv = request.config.rootpath / "build" / "numba-cuda12"
     python = str(venv / "bin" / "python")
     probe = [python, "-I", "-c", CUDA12_PROBE]
-    if not (venv.exists() and subprocess.run(probe, capture_output=True).returncode == 0):
-        shutil.rmtree(venv, ignore_errors=True)
-        _run([sys.executable, "-m", "venv", str(venv)], "could not make the CUDA 12 Numba stack for sm_70")
-        _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *CUDA12_PACKAGES],
-             "could not install the CUDA 12 Numba stack for sm_70")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest-xdist worker may be making it
+        if not (venv.exists() and subprocess.run(probe, capture_output=True).returncode == 0):
+            shutil.rmtree(venv, ignore_errors=True)
+            _run([sys.executable, "-m", "venv", str(venv)], "could not make the CUDA 12 Numba stack for sm_70")
+            _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *CUDA12_PACKAGES],
+                 "could not install the CUDA 12 Numba stack for sm_70")
     return python, _run(probe, "the CUDA 12 Numba stack for sm_70 does not work").strip()
 
 
