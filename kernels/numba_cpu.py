@@ -10,7 +10,7 @@ Layout, as the NumPy backend's: ``zx, gates, dz [batch, time, 4*units]`` (gates 
   its work.
 - :func:`forward_step`, :func:`backward_step`: one step's pointwise work for a slice of the batch,
   around one BLAS product per step made by the caller; for the large shapes (the caller runs a
-  slice of the samples on each core).
+  slice of the samples on each core, its arrays time-major: ``[time, n, ...]``).
 - :func:`train_epoch`: a pass of an LSTM + Dense(softmax) model over its batches, each batch's
   forward, categorical cross-entropy, backward and Adam update in the same call.
 
@@ -363,18 +363,17 @@ def forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, activation, recur
 
 
 @njit(**FLAGS)
-def forward_step(z, bias, gates, h, c, act_c, t, activation, recurrent_activation):
-    """Step t of the recurrence for every sample of the arrays, as in :func:`forward_sequence`,
-    from z [batch, 4*units], ``x_t @ kernel + h_{t-1} @ recurrent_kernel`` (the caller's BLAS
-    product), and the bias (empty for none); fills gates[:, t]."""
-    for b in range(z.shape[0]):
-        gate = gates[b, t]
+def forward_step(gates, bias, c_prev, c, act_c, h_rows, h_start, activation, recurrent_activation):
+    """One time step of the recurrence for every sample of the arrays, as in
+    :func:`forward_sequence`. gates [n, 4*units]: ``x_t @ kernel + h_{t-1} @ recurrent_kernel``
+    (the caller's BLAS product) on entry, the activated gates on return; bias: empty for none;
+    c_prev [n, units]: the previous cell state. Fills c, act_c [n, units] and h, written to
+    ``h_rows[:, h_start:]`` (the next step's product rows, ``[x_{t+1}, h_t]``)."""
+    for b in range(gates.shape[0]):
+        gate = gates[b]
         if bias.size:
-            for j in range(gate.size):
-                gate[j] = z[b, j] + bias[j]
-        else:
-            gate[:] = z[b]
-        _cell_forward(gate, c[b, t], c[b, t + 1], act_c[b, t], h[b, t + 1], activation, recurrent_activation)
+            _add_to(gate, bias)
+        _cell_forward(gate, c_prev[b], c[b], act_c[b], h_rows[b, h_start:], activation, recurrent_activation)
 
 
 @njit(**FLAGS)
@@ -401,12 +400,13 @@ def backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activat
 
 
 @njit(**FLAGS)
-def backward_step(gates, c, act_c, dh, dc, dz, t, activation, recurrent_activation):
-    """Step t of the recurrence backwards for every sample of the arrays, as in
-    :func:`backward_sequence`: fills dz[:, t] and leaves in dc the gradient w.r.t. c_{t-1};
-    the caller sets dh = dz[:, t] @ recurrent_kernel.T (a BLAS product)."""
+def backward_step(gates, c_prev, act_c, dh, dc, dz, activation, recurrent_activation):
+    """One time step of the recurrence backwards for every sample of the arrays [n, ...], as in
+    :func:`backward_sequence`: from the step's gates, c_prev and act_c and the gradients dh, dc
+    w.r.t. h_t and c_t, fills dz [n, 4*units] and leaves in dc the gradient w.r.t. c_{t-1}; the
+    caller sets dh = dz @ recurrent_kernel.T (a BLAS product)."""
     for b in range(gates.shape[0]):
-        _cell_backward(gates[b, t], c[b, t], act_c[b, t], dh[b], dc[b], dz[b, t], activation, recurrent_activation)
+        _cell_backward(gates[b], c_prev[b], act_c[b], dh[b], dc[b], dz[b], activation, recurrent_activation)
 
 
 @njit(inline="always")

@@ -106,13 +106,12 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
 
 def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypatch):
     """NUMBA_NUM_THREADS=1 (as in the --jobs workers) keeps the whole batch on one thread."""
-    slices = []
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
-    numba_cpu._on_every_core(slices.append, 10)
-    assert slices == [slice(0, 10)]
+    assert numba_cpu._slices(10) == [slice(0, 10)]
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
-    numba_cpu._on_every_core(slices.append, 10)
-    assert len(slices) == 1 + min(10, usable_cores())
+    slices = numba_cpu._slices(10)
+    assert len(slices) == min(10, usable_cores())
+    assert [s.start for s in slices[1:]] == [s.stop for s in slices[:-1]] and slices[-1].stop == 10
 
 
 def test_results_and_caches_outlive_later_calls_whose_memory_is_recycled(path):

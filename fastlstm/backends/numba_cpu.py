@@ -14,6 +14,7 @@ Dense(softmax) model that :class:`fastlstm.nn.Sequential` uses where it applies.
 """
 import concurrent.futures
 import functools
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -21,7 +22,7 @@ from threadpoolctl import ThreadpoolController
 
 from fastlstm.backends import sequence
 from fastlstm.backends.memory import Pool
-from fastlstm.backends.numpy import Saved  # the same arrays in the same layout
+from fastlstm.backends.numpy import Saved  # the one-call path's arrays, in the same layout
 from fastlstm.kernels import numba_cpu as kernels
 from fastlstm.utils import usable_cores
 
@@ -48,16 +49,21 @@ def _threads():
     return concurrent.futures.ThreadPoolExecutor(_cores(), thread_name_prefix="fastlstm"), ThreadpoolController()
 
 
-def _on_every_core(work, batch):
-    """Runs ``work(samples)`` for a slice of the batch per core, at once, each with a
+def _slices(batch):
+    """The samples of each core: as many slices of the batch as cores, or samples if fewer."""
+    bounds = np.linspace(0, batch, min(_cores(), batch) + 1).astype(int)
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _on_every_core(work, parts):
+    """Runs ``work(part)`` for every part (a core's share of the samples), at once, each with a
     single-threaded BLAS; returns their results. The slices' recurrences are independent, so they
     need no synchronisation, and BLAS threads would fight them for the cores. Nothing of this
     backend runs a multi-threaded BLAS product: OpenBLAS's threads spin for tens of milliseconds
     after one, and the next recurrence took 60 % longer for it (256 x 25 steps x 128 units)."""
     pool, blas = _threads()
-    bounds = np.linspace(0, batch, min(_cores(), batch) + 1).astype(int)
     with blas.limit(limits=1, user_api="blas"):
-        return [done.result() for done in [pool.submit(work, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]]
+        return [done.result() for done in [pool.submit(work, part) for part in parts]]
 
 
 def probe():
@@ -78,6 +84,32 @@ def _stepwise(batch, time, units):
     return step >= STEPWISE_WORK and step * time >= 16 * STEPWISE_WORK
 
 
+class Share(NamedTuple):
+    """One core's share of the samples in a stepwise forward pass, what its backward pass reads.
+    Time-major, so that a step's rows lie together in memory: the pointwise steps took about twice
+    as long over rows a whole sequence apart ([batch, time, ...]; measured: the backward steps of 512
+    samples, 25 steps, 128 units, 14 to 17 ms against 7.5 to 9.4)."""
+
+    samples: slice
+    # [time + 1, n, input_dim + units]: the rows [x_t, h_{t-1}] of each step's product, then h_T
+    # in inputs[time, :, input_dim:] (its first columns unused)
+    inputs: np.ndarray
+    gates: np.ndarray  # [time, n, 4*units]: activated i, f, c, o
+    c: np.ndarray  # [time + 1, n, units]: c0, c_1 .. c_T
+    act_c: np.ndarray  # [time, n, units]: activation(c_t)
+
+
+class Stepwise(NamedTuple):
+    """What the stepwise forward pass saves for its backward pass."""
+
+    x: np.ndarray  # [batch, time, input_dim], in processing order
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    has_bias: bool
+    options: tuple
+    shares: list  # a Share per core
+
+
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     codes = _codes(options.activation, options.recurrent_activation)
     x = sequence.in_processing_order(np, x, options.go_backwards)
@@ -86,84 +118,101 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     kernel, recurrent_kernel = np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel)
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
     if _stepwise(batch, time, units):
-        h, c = sequence.states(np, h0, c0, time, MEMORY.empty)
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
-        gates, act_c, inputs = _forward_stepwise(x, kernel, recurrent_kernel, bias_or_empty, h, c, sequences, codes)
-    else:
-        h, c, gates, act_c = kernels.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
-        sequences = h[:, 1:].copy() if options.return_sequences else None
-        inputs = None
-    outputs = h[:, time].copy() if sequences is None else sequences
-    saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options, inputs)
+        shares = _forward_stepwise(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, sequences, codes)
+        hT = np.concatenate([share.inputs[time, :, x.shape[2]:] for share in shares])
+        cT = np.concatenate([share.c[time] for share in shares])
+        saved = Stepwise(x, kernel, recurrent_kernel, bias is not None, options, shares)
+        return (hT.copy() if sequences is None else sequences), hT, cT, saved
+    h, c, gates, act_c = kernels.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
+    outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
+    saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
 
 
-def _forward_stepwise(x, kernel, recurrent_kernel, bias, h, c, sequences, codes):
+def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, codes):
     """The forward recurrence as one BLAS product and one compiled step per time step, a slice of
     the samples per core. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
     one product with the inputs' and the state's rows together runs faster than the input
     projection over all steps and a product per step apart (measured: 6.9 ms against 8.5 ms for
     128 samples, 25 steps, 64 inputs, 128 units on one core), whose few inputs make a thin product.
-    Fills h, c and, unless None, sequences [batch, time, units] (every step's output); returns
-    gates, act_c and the rows ``[x_t, h_{t-1}]`` of every step, which the backward pass multiplies
-    by dz for both weights' gradients (see sequence.step_inputs)."""
+    The product is made in the step's gates, which the compiled step activates in place. Fills
+    sequences [batch, time, units] (every step's output) unless None; returns a Share per core."""
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
     weights = np.concatenate([kernel, recurrent_kernel])
-    gates = MEMORY.empty((batch, time, 4 * units), x.dtype)
-    act_c = MEMORY.empty((batch, time, units), x.dtype)
-    inputs = MEMORY.empty((batch, time, input_dim + units), x.dtype)
-    z = np.empty((batch, 4 * units), x.dtype)
 
     def recurrence(samples):
-        inputs[samples, :, :input_dim] = x[samples]
+        n = samples.stop - samples.start
+        inputs = MEMORY.empty((time + 1, n, input_dim + units), x.dtype)
+        gates = MEMORY.empty((time, n, 4 * units), x.dtype)
+        c = MEMORY.empty((time + 1, n, units), x.dtype)
+        act_c = MEMORY.empty((time, n, units), x.dtype)
+        inputs[:time, :, :input_dim] = x[samples].transpose(1, 0, 2)
+        inputs[0, :, input_dim:] = h0[samples]
+        c[0] = c0[samples]
         for t in range(time):
-            inputs[samples, t, input_dim:] = h[samples, t]
-            np.matmul(inputs[samples, t], weights, out=z[samples])
-            kernels.forward_step(z[samples], bias, gates[samples], h[samples], c[samples], act_c[samples], t, *codes)
-        if sequences is not None:
-            sequences[samples] = h[samples, 1:]
+            np.matmul(inputs[t], weights, out=gates[t])
+            kernels.forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, *codes)
+            if sequences is not None:
+                sequences[samples, t] = inputs[t + 1, :, input_dim:]
+        return Share(samples, inputs, gates, c, act_c)
 
-    _on_every_core(recurrence, batch)
-    return gates, act_c, inputs
+    return _on_every_core(recurrence, _slices(batch))
 
 
 def backward(saved, dy, dhT, dcT):
-    x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options, inputs = saved
-    codes = _codes(options.activation, options.recurrent_activation)
-    batch, time, _ = x.shape
-    units = recurrent_kernel.shape[0]
-
-    dh = np.zeros((batch, units), x.dtype) if dhT is None else dhT.copy()
-    dc = np.zeros((batch, units), x.dtype) if dcT is None else dcT.copy()
-    every_step = dy is not None and options.return_sequences
+    batch, time, _ = saved.x.shape
+    units = saved.recurrent_kernel.shape[0]
+    dh = np.zeros((batch, units), saved.x.dtype) if dhT is None else dhT.copy()
+    dc = np.zeros((batch, units), saved.x.dtype) if dcT is None else dcT.copy()
+    every_step = dy is not None and saved.options.return_sequences
     if dy is not None and not every_step:
         dh += dy
-    if inputs is None:  # the forward pass ran as one compiled call
-        dy_steps = np.ascontiguousarray(dy) if every_step else np.empty((batch, 0, units), x.dtype)
+    dy_steps = np.ascontiguousarray(dy) if every_step else None
+    if isinstance(saved, Stepwise):
+        dx, dkernel, drecurrent_kernel, dbias = _backward_stepwise(saved, dy_steps, dh, dc)
+    else:
+        x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options = saved
         dx, dkernel, drecurrent_kernel, dbias = kernels.backward(
-            x, np.ascontiguousarray(kernel), recurrent_kernel, has_bias, h, c, gates, act_c, dy_steps, dh, dc,
-            *codes)
-        dx = sequence.in_processing_order(np, dx, options.go_backwards)  # reversing again restores the order
-        return dx, dkernel, drecurrent_kernel, dbias if has_bias else None, dh, dc
-    dz = MEMORY.empty(gates.shape, gates.dtype)
+            x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c,
+            np.empty((batch, 0, units), x.dtype) if dy_steps is None else dy_steps, dh, dc,
+            *_codes(options.activation, options.recurrent_activation))
+        dbias = dbias if has_bias else None
+    dx = sequence.in_processing_order(np, dx, saved.options.go_backwards)  # reversing again restores the order
+    return dx, dkernel, drecurrent_kernel, dbias, dh, dc
+
+
+def _backward_stepwise(saved, dy, dh, dc):
+    """The stepwise pass backwards, each core on the samples of its Share: the recurrence, a
+    compiled pointwise step and one BLAS product per step, then the slice's dx and share of the
+    weight gradients as products over all its steps. dy: [batch, time, units] or None; dh, dc
+    [batch, units]: the gradients w.r.t. the final state, turned into those w.r.t. the initial
+    state. Returns dx (processing order) and the gradients w.r.t. the weights."""
+    x, kernel, recurrent_kernel, has_bias, options, shares = saved
+    codes = _codes(options.activation, options.recurrent_activation)
+    time = x.shape[1]
     recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
+    dx = MEMORY.empty(x.shape, x.dtype)
 
-    def recurrence(samples):
-        """The slice's recurrence, then its dx and its share of the weight gradients."""
+    def recurrence(share):
+        samples = share.samples
+        dh_share, dc_share = dh[samples], dc[samples]  # views: dh and dc are updated in place
+        dz = MEMORY.empty(share.gates.shape, x.dtype)
         for t in reversed(range(time)):
-            if every_step:
-                dh[samples] += dy[samples, t]
-            kernels.backward_step(gates[samples], c[samples], act_c[samples], dh[samples], dc[samples],
-                                  dz[samples], t, *codes)
-            np.matmul(dz[samples, t], recurrent_kernel_t, out=dh[samples])
-        return sequence.weight_gradients(np, inputs[samples], kernel, dz[samples], has_bias, False, MEMORY.empty)
+            if dy is not None:
+                dh_share += dy[samples, t]
+            kernels.backward_step(share.gates[t], share.c[t], share.act_c[t], dh_share, dc_share, dz[t], *codes)
+            np.matmul(dz[t], recurrent_kernel_t, out=dh_share)
+        # The products over all steps take the rows in (time, sample) order: dx [time, n, input_dim].
+        dx_steps, dkernel, drecurrent_kernel, dbias = sequence.weight_gradients(
+            np, share.inputs[:time], kernel, dz, has_bias, False, MEMORY.empty)
+        dx[samples] = dx_steps.transpose(1, 0, 2)
+        return dkernel, drecurrent_kernel, dbias
 
-    parts = _on_every_core(recurrence, batch)  # per slice: dx, dkernel, drecurrent_kernel, dbias
-    dx = np.concatenate([part[0] for part in parts], out=MEMORY.empty(x.shape, x.dtype))
-    dkernel, drecurrent_kernel = (sum(part[i] for part in parts) for i in (1, 2))
-    dbias = sum(part[3] for part in parts) if has_bias else None
-    return sequence.in_processing_order(np, dx, options.go_backwards), dkernel, drecurrent_kernel, dbias, dh, dc
+    parts = _on_every_core(recurrence, shares)
+    dkernel, drecurrent_kernel = (sum(part[i] for part in parts) for i in (0, 1))
+    return dx, dkernel, drecurrent_kernel, sum(part[2] for part in parts) if has_bias else None
 
 
 def train_epoch(x, y, batch_size, lstm_weights, dense_weights, lstm_grads, dense_grads, flat, adam, state,

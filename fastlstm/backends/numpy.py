@@ -25,9 +25,6 @@ class Saved(NamedTuple):
     gates: np.ndarray  # [batch, time, 4*units]: activated i, f, g, o
     act_c: np.ndarray  # [batch, time, units]: activation(c_t)
     options: tuple
-    # [batch, time, input_dim + units]: the rows [x_t, h_{t-1}] (sequence.step_inputs), where the
-    # forward pass made them anyway (numba_cpu's stepwise path); None here
-    inputs: np.ndarray = None
 
 
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
@@ -52,7 +49,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
 
 
 def backward(saved, dy, dhT, dcT):
-    x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options, _ = saved
+    x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options = saved
     act_grad = ACTIVATIONS[options.activation].grad_from_output
     rec_act_grad = ACTIVATIONS[options.recurrent_activation].grad_from_output
     batch, time, _ = x.shape
