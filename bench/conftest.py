@@ -6,10 +6,12 @@
 """
 import functools
 import itertools
+import time as clock
 
 import numpy as np
 import pytest
 
+from fastlstm.bench_report import flops
 from implementations import implementations, make_inputs, versions
 
 # (batch, time, input_dim, units)
@@ -25,6 +27,21 @@ FLOAT64_SHAPES = REFERENCE_SHAPES  # float64 is timed on these, for the implemen
 # max|result - reference| / max(1, max|reference|): measured at most 8.5e-7 in float32 and 2e-15 in
 # float64 across fastlstm, Keras, raw TensorFlow and PyTorch over the default grid.
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+# The large shapes, a forward pass of at least this many floating-point operations: their float32
+# fastlstm benchmarks also record the machine's matrix-product throughput, measured beside them.
+LARGE_FLOPS = 1e9
+
+
+def matrix_product_gflops(size=1024, repeats=10):
+    """GFLOP/s of NumPy's float32 size x size matrix product with its BLAS's default threads (every
+    core), best of ``repeats``: the ceiling of the large shapes (the issue's reference figure)."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock.perf_counter()
+        a @ a
+        best = min(best, clock.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
 
 
 def pytest_addoption(parser):
@@ -74,6 +91,9 @@ def timed(benchmark, reference):
 
     def run(pass_name, implementation, shape, dtype):
         runner = implementation.prepare(make_inputs(*shape, dtype))
+        beside = implementation.name.startswith("fastlstm") and dtype == np.float32 and \
+            flops("forward", *shape) >= LARGE_FLOPS
+        throughput_before = matrix_product_gflops() if beside else None
         batch, time, input_dim, units = shape
         benchmark.group = f"{pass_name} {shape_id(shape)} {dtype.name}"
         benchmark.extra_info.update(
@@ -87,5 +107,8 @@ def timed(benchmark, reference):
         error = np.abs(result - expected).max() / max(1.0, np.abs(expected).max())
         benchmark.extra_info["error"] = float(error)
         assert error <= TOLERANCE[dtype], f"{implementation.name} differs from the reference by {error:.2e}"
+        if beside:
+            # Measured just before and after the pass, since this machine's speed drifts over minutes.
+            benchmark.extra_info["matrix_product_gflops"] = (throughput_before + matrix_product_gflops()) / 2
 
     return run

@@ -2,7 +2,8 @@
 ratios and PNG plots.
 
 Kernel benchmarks: per shape, pass and dtype, each implementation's median time and, for fastlstm,
-its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run.
+its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run;
+at the large shapes, fastlstm's share of the machine's matrix-product throughput measured beside it.
 Training benchmarks: per experiment, each implementation's median epoch time and its speed-up over
 Keras. Plots: median time against batch size, one panel per sequence length.
 """
@@ -58,6 +59,33 @@ def kernel_table(rows):
         body.append([key[0], KERNEL_PASSES[key[1]], ", ".join(map(str, key[2:])),
                      *(f"{found[n]['median']:.3f}" if n in found else "-" for n in names),
                      *(_speedup(found[n]["median"], baselines) if n in found else "-" for n in fastlstm)])
+    return _table(header, body)
+
+
+def flops(pass_name, batch, time, input_dim, units):
+    """The floating-point operations of a layer's products in the pass: ``[x_t, h_{t-1}] @ [kernel;
+    recurrent_kernel]`` over every step forward, and twice as many backward (dh, the weight
+    gradients, dx)."""
+    forward = 2 * batch * time * (input_dim + units) * 4 * units
+    return forward * (3 if pass_name == "forward_backward" else 1)
+
+
+def throughput_table(rows):
+    """Markdown: for each fastlstm benchmark that recorded the machine's matrix-product throughput
+    (bench/conftest.py, the large shapes), its products' GFLOP/s and their share of it."""
+    measured = [r for r in rows if r.get("matrix_product_gflops") and r.get("pass_name") in KERNEL_PASSES]
+    if not measured:
+        return ""
+    header = ["implementation", "pass", "batch, time, input, units", "GFLOP", "median ms", "GFLOP/s",
+              "matrix product GFLOP/s", "share"]
+    body = []
+    for r in sorted(measured, key=lambda r: (r["implementation"], r["pass_name"], r["time"], r["batch"], r["units"])):
+        gflop = flops(*(r[k] for k in ("pass_name", "batch", "time", "input_dim", "units"))) / 1e9
+        rate = gflop / (r["median"] / 1e3)
+        body.append([r["implementation"], KERNEL_PASSES[r["pass_name"]],
+                     ", ".join(str(r[k]) for k in ("batch", "time", "input_dim", "units")), f"{gflop:.2f}",
+                     f"{r['median']:.1f}", f"{rate:.1f}", f"{r['matrix_product_gflops']:.1f}",
+                     f"{100 * rate / r['matrix_product_gflops']:.0f} %"])
     return _table(header, body)
 
 
@@ -133,7 +161,11 @@ def report(path, out_dir, plots=True):
         machine = json.load(f).get("machine_info", {})
     sections = [f"Benchmarks of {path} ({machine.get('cpu', {}).get('brand_raw', machine.get('machine', '?'))}, "
                 f"Python {machine.get('python_version', '?')}); medians, ratios measured in the same run."]
-    for title, table in (("Kernels", kernel_table(rows)), ("Training", training_table(rows))):
+    for title, table in (("Kernels", kernel_table(rows)),
+                         ("Share of the matrix-product throughput (float32 products of 1024 x 1024 on every "
+                          "core, the mean of the best of 10 just before and just after each pass)",
+                          throughput_table(rows)),
+                         ("Training", training_table(rows))):
         if table:
             sections += [f"## {title}", table]
     if plots:

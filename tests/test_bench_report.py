@@ -57,6 +57,24 @@ def test_speedups_are_over_the_fastest_baseline(tmp_path):
     assert [c.strip() for c in row[4:8]] == ["1.000", "4.000", "3.000", "3.00x"]
 
 
+def test_the_share_of_matrix_product_throughput_counts_the_products_flops(tmp_path):
+    """1024, 25, 64, 128: 5.03 GFLOP forward, three times as many forward+backward."""
+    shape = dict(batch=1024, time=25, input_dim=64, units=128, dtype="float32", baseline=False)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmarks": [
+        {"extra_info": {"implementation": "fastlstm-numba_cpu", "pass_name": name, "matrix_product_gflops": 150.0,
+                        **shape}, "stats": {"median": seconds}}
+        for name, seconds in (("forward", 0.05), ("forward_backward", 0.2))
+    ] + [{"extra_info": {"implementation": "torch", "pass_name": "forward", **shape, "baseline": True},
+          "stats": {"median": 0.04}}]}))
+    rows = [[c.strip() for c in line.split("|")[1:-1]]
+            for line in bench_report.throughput_table(bench_report.load(path)).splitlines()[2:]]
+    assert rows == [
+        ["fastlstm-numba_cpu", "forward", "1024, 25, 64, 128", "5.03", "50.0", "100.7", "150.0", "67 %"],
+        ["fastlstm-numba_cpu", "forward+backward", "1024, 25, 64, 128", "15.10", "200.0", "75.5", "150.0", "50 %"],
+    ]
+
+
 def test_results_without_fastlstm_benchmarks_are_refused(tmp_path):
     path = tmp_path / "empty.json"
     path.write_text(json.dumps({"benchmarks": [{"extra_info": {}, "stats": {"median": 1.0}}]}))
