@@ -94,7 +94,7 @@ class Share(NamedTuple):
     # [time + 1, n, input_dim + units]: the rows [x_t, h_{t-1}] of each step's product, then h_T
     # in inputs[time, :, input_dim:] (its first columns unused)
     inputs: np.ndarray
-    gates: np.ndarray  # [time, n, 4*units]: activated i, f, c, o
+    gates: np.ndarray  # [time, n, 4*units]: activated i, f, g, o
     c: np.ndarray  # [time + 1, n, units]: c0, c_1 .. c_T
     act_c: np.ndarray  # [time, n, units]: activation(c_t)
 
