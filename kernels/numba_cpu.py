@@ -339,27 +339,28 @@ def _cell_backward(gates, c_prev, act_c, dh, dc, dz, activation, recurrent_activ
 
 
 @njit(**FLAGS)
-def forward_sequence(zx, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation, zero_state):
+def forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, zero_state):
     """Every step of the recurrence, one sample after another.
 
-    zx [batch, time, 4*units]: ``x_t @ kernel + bias``; h, c [batch, time + 1, units]: the
-    initial state at time index 0 on entry, every step's state on return; fills gates
-    [batch, time, 4*units] (activated; may be zx itself) and act_c [batch, time, units].
-    Activations are codes (indices into ACTIVATIONS). zero_state: the initial state is zeros,
-    so step 0 skips the product with it, which adds nothing.
+    gates [batch, time, 4*units]: ``x_t @ kernel + bias`` on entry, the activated gates on return,
+    in place (as two arrays of the same memory, the sum below had failed LLVM's overlap check and
+    run unvectorised); h, c [batch, time + 1, units]: the initial state at time index 0 on entry,
+    every step's state on return; fills act_c [batch, time, units]. Activations are codes (indices
+    into ACTIVATIONS). zero_state: the initial state is zeros, so step 0 skips the product with
+    it, which adds nothing.
     """
-    recurrent_part = np.empty(zx.shape[2], zx.dtype)
-    for b in range(zx.shape[0]):
-        for t in range(zx.shape[1]):
-            # zx + (h @ recurrent_kernel), as the NumPy backend adds them: the small terms of the
-            # product summed first, then the larger zx (2x closer to float64 than summing into zx).
+    recurrent_part = np.empty(gates.shape[2], gates.dtype)
+    for b in range(gates.shape[0]):
+        for t in range(gates.shape[1]):
+            gate = gates[b, t]
+            # x_t @ kernel + bias + (h @ recurrent_kernel), as the NumPy backend adds them: the small
+            # terms of the product summed first, then the larger rest (2x closer to float64).
             recurrent_part[:] = 0
             if t > 0 or not zero_state:
                 _add_product(h[b, t], recurrent_kernel, recurrent_part)
-            for j in range(recurrent_part.size):
-                gates[b, t, j] = zx[b, t, j] + recurrent_part[j]
-            _cell_forward(gates[b, t], c[b, t], c[b, t + 1], act_c[b, t], h[b, t + 1], activation,
-                          recurrent_activation)
+            for j in range(gate.size):
+                gate[j] += recurrent_part[j]
+            _cell_forward(gate, c[b, t], c[b, t + 1], act_c[b, t], h[b, t + 1], activation, recurrent_activation)
 
 
 @njit(**FLAGS)
@@ -453,7 +454,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, activation, recurrent_act
     h[:, 0] = h0
     c[:, 0] = c0
     _project(x, kernel, bias, gates)
-    forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation, False)
+    forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, False)
     return h, c, gates, act_c
 
 
@@ -583,7 +584,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         else:
             h[:, 0] = 0
             c[:, 0] = 0
-        forward_sequence(gates, recurrent_kernel, h, c, gates, act_c, activation, recurrent_activation, not stateful)
+        forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, not stateful)
         if stateful:
             state[0][:] = h[:, time]
             state[1][:] = c[:, time]
