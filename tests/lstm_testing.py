@@ -1,5 +1,6 @@
 """Helpers shared by the LSTM tests: random inputs, an independent loop reference, a probe loss."""
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -98,8 +99,8 @@ class ProbeLoss:
         return lstm_backward(r.cache, self.wy, self.wh, self.wc)
 
 
-def run_python(code):
+def run_python(code, env=None):
     """The stdout of ``python -c code``, run from a neutral directory so that it imports the
-    installed fastlstm, not the checkout's."""
+    installed fastlstm, not the checkout's; ``env``: variables to set beside this process's."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=tempfile.gettempdir()).stdout
+                          cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})}).stdout

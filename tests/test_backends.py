@@ -23,6 +23,23 @@ def test_import_needs_numpy_alone_and_probes_nothing():
     assert out.strip() == "[] []"
 
 
+def test_without_a_cuda_driver_the_gpu_backends_are_reported_without_importing_them():
+    """CuPy and numba.cuda take about 2 s to import; where no driver can be loaded the GPU backends
+    say so without. Under Numba's CUDA simulator numba_cuda is imported and tells why it is not
+    a GPU, as before."""
+    code = (
+        "import sys, fastlstm.backends as b\n"
+        "b._cuda_driver_missing = lambda: 'libcuda.so.1: cannot open shared object file'\n"
+        "status = {s.name: s.detail for s in b.available_backends()}\n"
+        "print(status['cupy']); print(status['numba_cuda'])\n"
+        "print([m for m in ('cupy', 'numba.cuda') if m in sys.modules])\n"
+    )
+    lines = run_python(code, env={"NUMBA_ENABLE_CUDASIM": "0"}).splitlines()
+    assert lines == ["no CUDA driver (libcuda.so.1: cannot open shared object file)"] * 2 + ["[]"]
+    simulated = run_python(code, env={"NUMBA_ENABLE_CUDASIM": "1"}).splitlines()
+    assert simulated[0] == lines[0] and "simulator is on" in simulated[1]
+
+
 def test_numpy_backend_is_available_and_auto_picks_the_best_that_works():
     statuses = {s.name: s for s in fastlstm.available_backends()}
     assert set(statuses) == set(backends.MODULES)
@@ -64,8 +81,10 @@ def registry(monkeypatch):
 def test_without_a_gpu_cupy_is_listed_unavailable_with_the_reason_and_never_picked():
     status = next(s for s in fastlstm.available_backends() if s.name == "cupy")
     assert not status.available
-    # With the 'cuda' extra installed and no driver, CuPy says so; without CuPy, it is not installed.
-    assert status.detail.startswith(("no CUDA device (cudaError", "not installed (No module named 'cupy')"))
+    # Without a driver the registry says so; with one but no device, CuPy does; without CuPy, it
+    # is not installed.
+    assert status.detail.startswith(("no CUDA driver (", "no CUDA device (cudaError",
+                                     "not installed (No module named 'cupy')"))
     assert "cupy" not in backends.PREFERENCE and backends.get_backend("auto").__name__ != "fastlstm.backends.cupy"
 
 
