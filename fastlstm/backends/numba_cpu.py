@@ -154,8 +154,8 @@ def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, code
         for t in range(time):
             np.matmul(inputs[t], weights, out=gates[t])
             kernels.forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, *codes)
-            if sequences is not None:
-                sequences[samples, t] = inputs[t + 1, :, input_dim:]
+        if sequences is not None:
+            sequences[samples] = inputs[1:, :, input_dim:].transpose(1, 0, 2)
         return Share(samples, inputs, gates, c, act_c)
 
     return _on_every_core(recurrence, _slices(batch))

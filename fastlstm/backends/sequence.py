@@ -24,22 +24,19 @@ def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
     return x, zx, *states(xp, h0, c0, time), xp.empty_like(zx)
 
 
-def states(xp, h0, c0, time, empty=None):
-    """Empty ``h``, ``c`` [batch, time + 1, units] holding h0, c0 [batch, units] at time index 0;
-    made by ``empty(shape, dtype)`` (default ``xp.empty``)."""
-    empty = empty or xp.empty
-    h = empty((h0.shape[0], time + 1, h0.shape[1]), h0.dtype)
-    c = empty(h.shape, h.dtype)
+def states(xp, h0, c0, time):
+    """Empty ``h``, ``c`` [batch, time + 1, units] holding h0, c0 [batch, units] at time index 0."""
+    h = xp.empty((h0.shape[0], time + 1, h0.shape[1]), h0.dtype)
+    c = xp.empty(h.shape, h.dtype)
     h[:, 0], c[:, 0] = h0, c0
     return h, c
 
 
-def step_inputs(xp, x, h, empty=None):
+def step_inputs(xp, x, h):
     """``[x_t, h_{t-1}]`` of every sample and step, ``[batch, time, input_dim + units]``: the rows
-    that multiply ``[kernel; recurrent_kernel]``, from ``x`` and ``h`` as :func:`start` made them;
-    made by ``empty(shape, dtype)`` (default ``xp.empty``)."""
+    that multiply ``[kernel; recurrent_kernel]``, from ``x`` and ``h`` as :func:`start` made them."""
     batch, time, input_dim = x.shape
-    inputs = (empty or xp.empty)((batch, time, input_dim + h.shape[2]), x.dtype)
+    inputs = xp.empty((batch, time, input_dim + h.shape[2]), x.dtype)
     inputs[:, :, :input_dim] = x
     inputs[:, :, input_dim:] = h[:, :time]
     return inputs
