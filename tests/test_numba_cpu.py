@@ -83,11 +83,12 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
-@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (5, 3, 4, 33), (1, 1, 1, 8)])
+@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (5, 3, 4, 33), (1, 1, 1, 8), (14, 3, 4, 33)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
     """Outputs, states and every gradient against the NumPy backend, both paths, units that are
-    and are not a multiple of the vector width, with bias and state or without. Tolerance,
+    and are not a multiple of the vector width, with bias and state or without; stepwise, slices
+    of fewer samples than a tile of matmul_packed's and of more (14 in 5, 5 and 4). Tolerance,
     relative to max(1, |reference|): 1e-5 in float32, 1e-12 in float64."""
     rng = np.random.default_rng(list(shape))
     inputs = random_inputs(rng, *shape, dtype=dtype, bias=shape[0] != 3, state=shape[0] != 5)
@@ -102,6 +103,33 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
         if reference is not None:
             assert ours.dtype == dtype and ours.shape == reference.shape
             assert np.abs(ours - reference).max() <= tolerance * max(1, np.abs(reference).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(1, 5, 4), (3, 70, 17), (4, 1, 16), (9, 3, 3), (33, 17, 36), (32, 96, 512),
+                                     (700, 300, 40), (6, 0, 8)])
+def test_the_product_with_packed_weights_matches_numpys(m, k, n, dtype):
+    """matmul_packed, the stepwise path's product, on views whose rows lie apart in wider arrays:
+    fewer rows than a tile (4), a last tile overlapping the one before, a last panel that the
+    columns end inside, fewer columns than a panel (16 in float32, 8 in float64), rows in chunks
+    (700 x 300), no columns to sum. Within k rounding errors of a float64 product, and not an
+    element written outside out."""
+    rng = np.random.default_rng([m, k, n])
+    a = rng.standard_normal((m, k + 3)).astype(dtype)[:, 1:k + 1]
+    w = rng.standard_normal((k, n)).astype(dtype)
+    wider = np.full((m, n + 5), np.inf, dtype)
+    out = wider[:, 2:n + 2]
+    kernels.matmul_packed(a, kernels.pack_columns(w), out)
+    exact = a.astype(np.float64) @ w.astype(np.float64)
+    bound = max(k, 1) * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(w).astype(np.float64))
+    assert np.all(np.abs(out - exact) <= bound)
+    assert np.all(np.isinf(wider[:, :2])) and np.all(np.isinf(wider[:, n + 2:]))
+
+
+def test_the_product_with_packed_weights_wants_rows_that_are_contiguous():
+    a = np.ones((8, 6), np.float32)
+    with pytest.raises(ValueError, match="rows of a and out contiguous"):
+        kernels.matmul_packed(a.T, kernels.pack_columns(np.ones((8, 4), np.float32)), np.empty((6, 4), np.float32))
 
 
 def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypatch):

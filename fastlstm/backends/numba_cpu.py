@@ -2,10 +2,11 @@
 
 When a step's work is small (the alphabet's shapes, where a BLAS call per step would cost more
 than the step), the whole layer runs in one compiled call: the input projection, the recurrence
-and the weight gradients as loops. Otherwise each core takes a slice of the samples and runs, with
-a single-threaded BLAS, the forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel;
-recurrent_kernel]`` and one compiled pointwise step per time step, the backward one likewise, then
-its dx and share of the weight gradients as products over all time steps; the large arrays reuse the
+and the weight gradients as loops. Otherwise each core takes a slice of the samples and runs the
+forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step,
+with the weights packed once for the compiled product (``kernels.matmul_packed``), and one
+compiled pointwise step; the backward one likewise, then its dx and share of the weight gradients
+as BLAS products over all time steps (single-threaded: one per core). The large arrays reuse the
 memory of earlier calls' (:data:`MEMORY`). Kernels: :mod:`fastlstm.kernels.numba_cpu`, compiled
 on first use per dtype and cached on disk.
 
@@ -27,8 +28,9 @@ from fastlstm.kernels import numba_cpu as kernels
 from fastlstm.utils import usable_cores
 
 # From this many multiply-adds per step (batch * units * 4 * units), and 16 times as many over the
-# sequence, BLAS products per step and the samples on every core beat the one compiled call
-# (measured: 32 x 32 units is below it; at one step, starting the threads costs more than they save).
+# sequence, a product per step and the samples on every core beat the one compiled call (measured:
+# 32 x 32 units is below it, 64 x 32 about even; at one step, starting the threads costs more than
+# they save).
 STEPWISE_WORK = 1 << 18
 
 # The large shapes' arrays reuse the memory of earlier calls' (see fastlstm.backends.memory): a
@@ -131,16 +133,18 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
 
 
 def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, codes):
-    """The forward recurrence as one BLAS product and one compiled step per time step, a slice of
-    the samples per core. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
+    """The forward recurrence as one product and one compiled step per time step, a slice of the
+    samples per core. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
     one product with the inputs' and the state's rows together runs faster than the input
     projection over all steps and a product per step apart (measured: 6.9 ms against 8.5 ms for
     128 samples, 25 steps, 64 inputs, 128 units on one core), whose few inputs make a thin product.
-    The product is made in the step's gates, which the compiled step activates in place. Fills
+    The weights are packed once for kernels.matmul_packed, which at 32 rows a core of
+    64, 100, 128, 512 took 0.88 ms a step against OpenBLAS's 1.14 (which packs them at every
+    call). The product is made in the step's gates, which the compiled step activates in place. Fills
     sequences [batch, time, units] (every step's output) unless None; returns a Share per core."""
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
-    weights = np.concatenate([kernel, recurrent_kernel])
+    weights = kernels.pack_columns(np.concatenate([kernel, recurrent_kernel]))
 
     def recurrence(samples):
         n = samples.stop - samples.start
@@ -152,7 +156,7 @@ def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, code
         inputs[0, :, input_dim:] = h0[samples]
         c[0] = c0[samples]
         for t in range(time):
-            np.matmul(inputs[t], weights, out=gates[t])
+            kernels.matmul_packed(inputs[t], weights, gates[t])
             kernels.forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, *codes)
         if sequences is not None:
             sequences[samples] = inputs[1:, :, input_dim:].transpose(1, 0, 2)
@@ -185,14 +189,14 @@ def backward(saved, dy, dhT, dcT):
 
 def _backward_stepwise(saved, dy, dh, dc):
     """The stepwise pass backwards, each core on the samples of its Share: the recurrence, a
-    compiled pointwise step and one BLAS product per step, then the slice's dx and share of the
+    compiled pointwise step and one packed product per step, then the slice's dx and share of the
     weight gradients as products over all its steps. dy: [batch, time, units] or None; dh, dc
     [batch, units]: the gradients w.r.t. the final state, turned into those w.r.t. the initial
     state. Returns dx (processing order) and the gradients w.r.t. the weights."""
     x, kernel, recurrent_kernel, has_bias, options, shares = saved
     codes = _codes(options.activation, options.recurrent_activation)
     time = x.shape[1]
-    recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
+    recurrent_kernel_t = kernels.pack_columns(recurrent_kernel.T)
     dx = MEMORY.empty(x.shape, x.dtype)
 
     def recurrence(share):
@@ -203,7 +207,7 @@ def _backward_stepwise(saved, dy, dh, dc):
             if dy is not None:
                 dh_share += dy[samples, t]
             kernels.backward_step(share.gates[t], share.c[t], share.act_c[t], dh_share, dc_share, dz[t], *codes)
-            np.matmul(dz[t], recurrent_kernel_t, out=dh_share)
+            kernels.matmul_packed(dz[t], recurrent_kernel_t, dh_share)
         # The products over all steps take the rows in (time, sample) order: dx [time, n, input_dim].
         dx_steps, dkernel, drecurrent_kernel, dbias = sequence.weight_gradients(
             np, share.inputs[:time], kernel, dz, has_bias, False, MEMORY.empty)
