@@ -3,10 +3,13 @@ and the baselines that are installed: Keras 3's ``keras.layers.LSTM`` under ``tf
 TensorFlow (``tf.raw_ops.BlockLSTM``, TensorFlow's own fused LSTM op) and PyTorch's ``nn.LSTM``.
 
 Each takes the same Keras-layout weights. ``prepare(inputs)`` builds, outside the timing, a
-:class:`Runner` whose ``forward()`` returns the outputs [batch, time, units] and whose
-``forward_backward()`` returns dx [batch, time, input_dim] for the loss ``sum(outputs * dy)``:
-both are layout-free, so every implementation's result can be checked against the reference.
-Each runner finishes its work before returning (it synchronises a GPU), so the time is the work.
+:class:`Runner` whose ``forward()`` computes the outputs [batch, time, units] and whose
+``forward_backward()`` computes every gradient of the loss ``sum(outputs * dy)``: of the inputs
+and of the three weights, as a training step needs them (an implementation asked for dx alone
+could skip the weight gradients). The runner's ``outputs`` and ``gradients`` turn those results,
+outside the timing, into NumPy arrays in Keras's layout, so every implementation's result can be
+checked against the reference. Each runner finishes its work before returning (it synchronises a
+GPU), so the time is the work.
 """
 import functools
 import importlib.metadata
@@ -40,10 +43,20 @@ def make_inputs(batch, time, input_dim, units, dtype=np.float32, seed=0):
     )
 
 
+class Gradients(NamedTuple):
+    """The gradients of the loss, NumPy arrays in Keras's layout, each shaped like its input."""
+
+    x: np.ndarray  # [batch, time, input_dim]
+    kernel: np.ndarray  # [input_dim, 4*units]
+    recurrent_kernel: np.ndarray  # [units, 4*units]
+    bias: np.ndarray  # [4*units]
+
+
 class Runner(NamedTuple):
     forward: Callable[[], object]
     forward_backward: Callable[[], object]
-    to_numpy: Callable[[object], np.ndarray]
+    outputs: Callable[[object], np.ndarray]  # forward()'s result as NumPy [batch, time, units]
+    gradients: Callable[[object], Gradients]  # forward_backward()'s result as NumPy
     path: str  # the fastlstm kernel path where there is a choice, else "-"
 
 
@@ -86,11 +99,12 @@ def _fastlstm(status):
             return outputs
 
         def forward_backward():
-            dx = lstm_backward(lstm_forward(x, kernel, recurrent_kernel, bias, **options).cache, dy).x
+            grads = lstm_backward(lstm_forward(x, kernel, recurrent_kernel, bias, **options).cache, dy)
             synchronize()
-            return dx
+            return grads
 
         return Runner(forward, forward_backward, to_numpy,
+                      lambda grads: Gradients(*map(to_numpy, grads[:4])),
                       path(lstm_forward(x, kernel, recurrent_kernel, bias, **options).cache))
 
     return Implementation(f"fastlstm-{backend}", False, status.detail, {"fastlstm": fastlstm.__version__},
@@ -108,7 +122,9 @@ def _keras():
         layer = keras.layers.LSTM(recurrent_kernel.shape[0], return_sequences=True, dtype=inputs.x.dtype.name)
         layer.build(x.shape)
         layer.set_weights([inputs.kernel, inputs.recurrent_kernel, inputs.bias])
-        return _tf_runner(tf, layer, x, dy, lambda a: a.numpy())
+        weights = [w.value for w in layer.trainable_weights]  # the tf.Variables of kernel, recurrent_kernel, bias
+        return _tf_runner(tf, layer, x, weights, dy, lambda a: a.numpy(),
+                          lambda grads: Gradients(*(g.numpy() for g in grads)))
 
     return Implementation("keras", True, _tf_device(tf), {"keras": keras.__version__, "tensorflow": tf.__version__},
                           (np.float32, np.float64), prepare)
@@ -119,7 +135,7 @@ def _tensorflow():
     import tensorflow as tf
 
     def prepare(inputs):
-        batch, time, _ = inputs.x.shape
+        batch, time, input_dim = inputs.x.shape
         units = inputs.recurrent_kernel.shape[0]
         x = tf.constant(np.ascontiguousarray(inputs.x.transpose(1, 0, 2)))  # time-major
         dy = tf.constant(np.ascontiguousarray(inputs.dy.transpose(1, 0, 2)))
@@ -134,7 +150,15 @@ def _tensorflow():
                                         w=w, wci=no_peephole, wcf=no_peephole, wco=no_peephole, b=b,
                                         forget_bias=0.0, cell_clip=-1.0, use_peephole=False)[6]
 
-        return _tf_runner(tf, lstm, x, dy, lambda a: np.transpose(a.numpy(), (1, 0, 2)))
+        def batch_major(a):
+            return np.transpose(a.numpy(), (1, 0, 2))
+
+        def gradients(grads):
+            dx, dw, db = grads
+            dw = _icfo(dw.numpy())
+            return Gradients(batch_major(dx), dw[:input_dim], dw[input_dim:], _icfo(db.numpy()))
+
+        return _tf_runner(tf, lstm, x, [w, b], dy, batch_major, gradients)
 
     return Implementation("tensorflow", True, _tf_device(tf), {"tensorflow": tf.__version__}, (np.float32,), prepare)
 
@@ -158,18 +182,24 @@ def _torch():
                 return lstm(x)[0]
 
         def forward_backward():
+            lstm.zero_grad(set_to_none=True)  # as a training step does, else they accumulate
             leaf = x.detach().requires_grad_()
             (lstm(leaf)[0] * dy).sum().backward()
-            return leaf.grad
+            return leaf.grad, lstm.weight_ih_l0.grad, lstm.weight_hh_l0.grad, lstm.bias_ih_l0.grad
 
-        return Runner(forward, forward_backward, lambda a: a.detach().numpy(), "-")
+        def gradients(grads):
+            dx, dweight_ih, dweight_hh, dbias = (g.numpy() for g in grads)
+            return Gradients(dx, dweight_ih.T, dweight_hh.T, dbias)
+
+        return Runner(forward, forward_backward, lambda a: a.detach().numpy(), gradients, "-")
 
     return Implementation("torch", True, f"CPU, {torch.get_num_threads()} threads", {"torch": torch.__version__},
                           (np.float32, np.float64), prepare)
 
 
-def _tf_runner(tf, lstm, x, dy, to_numpy):
-    """The two passes of a TensorFlow ``lstm(x) -> outputs``, each one ``tf.function``."""
+def _tf_runner(tf, lstm, x, weights, dy, outputs, gradients):
+    """The two passes of a TensorFlow ``lstm(x) -> outputs``, each one ``tf.function``; the second
+    differentiates with respect to x and then ``weights``."""
 
     @tf.function
     def forward():
@@ -178,15 +208,15 @@ def _tf_runner(tf, lstm, x, dy, to_numpy):
     @tf.function
     def forward_backward():
         with tf.GradientTape() as tape:
-            tape.watch(x)
+            tape.watch([x, *weights])
             loss = tf.reduce_sum(lstm(x) * dy)
-        return tape.gradient(loss, x)
+        return tape.gradient(loss, [x, *weights])
 
-    return Runner(forward, forward_backward, to_numpy, "-")
+    return Runner(forward, forward_backward, outputs, gradients, "-")
 
 
 def _icfo(a):
-    """Keras's gate order i, f, c, o (last axis) as BlockLSTM's i, c, f, o."""
+    """Keras's gate order i, f, c, o (last axis) as BlockLSTM's i, c, f, o, and back."""
     i, f, c, o = np.split(a, 4, axis=-1)
     return np.concatenate([i, c, f, o], axis=-1)
 
