@@ -32,17 +32,9 @@ FLOAT64_SHAPES = REFERENCE_SHAPES  # float64 is timed on these, for the implemen
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 WEIGHT_GRADIENTS = ("kernel", "recurrent_kernel", "bias")
 
-
-def tolerance(name, shape, dtype):
-    """The largest error allowed in the result ``name`` of a pass at ``shape``."""
-    batch, time, _, _ = shape
-    terms = batch * time if name in WEIGHT_GRADIENTS else 1
-    return TOLERANCE[dtype] * max(1.0, np.sqrt(terms / 10_000))
 # The large shapes, a forward pass of at least this many floating-point operations: their float32
 # fastlstm benchmarks also record the machine's matrix-product throughput, measured beside them.
 LARGE_FLOPS = 1e9
-
-
 # After a product, OpenBLAS's threads spin about 0.1 s waiting for the next: a pass timed during
 # that ran up to twice as long (measured: 256, 25, 64, 128's forward, the first 6 calls).
 BLAS_SPIN_SECONDS = 0.25
@@ -60,6 +52,13 @@ def matrix_product_gflops(size=1024, repeats=10):
         best = min(best, clock.perf_counter() - start)
     clock.sleep(BLAS_SPIN_SECONDS)
     return 2 * size ** 3 / best / 1e9
+
+
+def tolerance(name, shape, dtype):
+    """The largest error allowed in the result ``name`` of a pass at ``shape``."""
+    batch, time, _, _ = shape
+    terms = batch * time if name in WEIGHT_GRADIENTS else 1
+    return TOLERANCE[dtype] * max(1.0, np.sqrt(terms / 10_000))
 
 
 def pytest_addoption(parser):
@@ -127,10 +126,9 @@ def timed(benchmark, reference):
             path=runner.path, versions={**versions(), **implementation.versions},
         )
         results = as_numpy(runner, pass_name, benchmark(getattr(runner, pass_name)))
-        errors = {}
-        for name, expected in reference(pass_name, shape, dtype).items():
-            assert results[name].shape == expected.shape, name
-            errors[name] = np.abs(results[name] - expected).max() / max(1.0, np.abs(expected).max())
+        expected = reference(pass_name, shape, dtype)
+        assert {name: a.shape for name, a in results.items()} == {name: a.shape for name, a in expected.items()}
+        errors = {name: np.abs(results[name] - a).max() / max(1.0, np.abs(a).max()) for name, a in expected.items()}
         benchmark.extra_info["error"] = float(max(errors.values()))
         for name, error in errors.items():
             assert error <= tolerance(name, shape, dtype), \
