@@ -9,6 +9,7 @@ import dataclasses
 import os
 import string
 import time
+from types import SimpleNamespace
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -138,9 +139,8 @@ class FastLSTM:
         return model
 
     def fit(self, model, data, experiment, epochs, on_epoch_end):
-        for epoch in range(epochs):
-            model.fit(data.x, data.y, epochs=1, batch_size=experiment.batch_size, shuffle=experiment.shuffle, verbose=0)
-            on_epoch_end(epoch)
+        model.fit(data.x, data.y, epochs=epochs, batch_size=experiment.batch_size, shuffle=experiment.shuffle,
+                  verbose=0, callbacks=[SimpleNamespace(on_epoch_end=lambda epoch, logs: on_epoch_end(epoch))])
 
     def reset_states(self, model):
         model.reset_states()

@@ -135,6 +135,42 @@ def test_verbose_prints_one_line_per_epoch(capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
+class _Recorder:
+    """A fit callback recording each epoch's index, logs and weights at its end."""
+
+    def __init__(self, model):
+        self.model, self.epochs = model, []
+
+    def on_epoch_end(self, epoch, logs):
+        self.epochs.append((epoch, dict(logs), self.model.get_weights()))
+
+
+def test_callbacks_see_every_epoch_end_with_its_logs_and_weights():
+    x, y = alphabet()
+    model, one_at_a_time = model_for(seed=2), model_for(seed=2)
+    recorder = _Recorder(model)
+    np.random.seed(0)
+    history = model.fit(x, y, epochs=3, batch_size=4, verbose=0, callbacks=[recorder])
+    assert [epoch for epoch, _, _ in recorder.epochs] == [0, 1, 2]
+    assert [logs for _, logs, _ in recorder.epochs] == \
+        [{name: values[i] for name, values in history.history.items()} for i in range(3)]
+    np.random.seed(0)
+    for _, _, weights in recorder.epochs:  # the weights as they are after that epoch, not after fit
+        one_at_a_time.fit(x, y, epochs=1, batch_size=4, verbose=0)
+        for a, b in zip(weights, one_at_a_time.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_callback_without_on_epoch_end_is_refused_before_training():
+    x, y = alphabet()
+    model = model_for()
+    before = model.get_weights()
+    with pytest.raises(TypeError, match="callbacks must be objects with an on_epoch_end.*got function"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[lambda epoch, logs: None])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_backprop_matches_finite_differences():
     """The gradients the model hands to the optimizer, through LSTM (sequences), a tanh Dense
     and softmax + cross-entropy, against central differences in float64."""

@@ -198,7 +198,7 @@ class Sequential:
             )
         self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
 
-    def fit(self, x, y, batch_size=None, epochs=1, verbose=1, shuffle=True):
+    def fit(self, x, y, batch_size=None, epochs=1, verbose=1, shuffle=True, callbacks=None):
         """Trains the model for ``epochs`` passes over ``x`` and ``y``.
 
         Args:
@@ -212,6 +212,9 @@ class Sequential:
             verbose: 0 silent; 1 a line per epoch, rewritten in place when stdout is a
                 terminal; 2 a line per epoch. 'auto' is 1.
             shuffle: shuffle the samples before every epoch (with NumPy's global random state).
+            callbacks: a list of objects whose ``on_epoch_end(epoch, logs)`` is called after
+                every epoch with the epoch's index and its logs (as ``history`` records them),
+                as Keras calls a ``keras.callbacks.Callback``'s (its other hooks are not called).
 
         Returns:
             A :class:`History`: ``history['loss']`` (and ``history['accuracy']``) per epoch,
@@ -222,6 +225,7 @@ class Sequential:
         batches = self._batches(len(x), batch_size)
         epochs = _count(epochs, "epochs")
         verbose = _verbosity(verbose)
+        callbacks = _callbacks(callbacks)
         history = History()
         for epoch in range(epochs):
             start = time.perf_counter()
@@ -232,6 +236,8 @@ class Sequential:
                 seconds = time.perf_counter() - start
                 _log(f"Epoch {epoch + 1}/{epochs} - {seconds:.2f}s {1e3 * seconds / len(batches):.2f}ms/step - "
                      + _format(logs), in_place=verbose == 1, last=epoch + 1 == epochs)
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
         return history
 
     def evaluate(self, x, y, batch_size=None, verbose=0):
@@ -425,6 +431,16 @@ def _count(value, argument, low=0):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{argument} must be an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def _callbacks(callbacks):
+    callbacks = [] if callbacks is None else list(callbacks)
+    for callback in callbacks:
+        if not callable(getattr(callback, "on_epoch_end", None)):
+            raise TypeError(
+                f"callbacks must be objects with an on_epoch_end(epoch, logs) method, got {type(callback).__name__}"
+            )
+    return callbacks
 
 
 def _verbosity(verbose):
