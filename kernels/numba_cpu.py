@@ -580,17 +580,19 @@ def _project(x, kernel, bias, zx):
 
 
 @njit(inline="always")
-def _add_weight_gradients(x, h, dz, dkernel, drecurrent_kernel, dbias):
+def _add_weight_gradients(x, h, dz, dkernel, drecurrent_kernel, dbias, zero_state):
     """Adds the gradients w.r.t. kernel, recurrent_kernel and bias (if not empty) of every sample
     and step: x [batch, time, features] and h [batch, time + 1, units] as the forward pass read
-    them, dz [batch, time, 4*units] from :func:`backward_sequence`."""
+    them, dz [batch, time, 4*units] from :func:`backward_sequence`. zero_state: the initial
+    state was zeros, so step 0 adds nothing to the recurrent kernel's gradient and is skipped."""
     time = dz.shape[1]
+    first = 1 if zero_state else 0
     for b in range(dz.shape[0]):
         # Row by row, summed over time: kernel[d] += x[:, d] @ dz, recurrent_kernel[u] += h[:, u] @ dz.
         for d in range(dkernel.shape[0]):
             _add_product(x[b, :, d], dz[b], dkernel[d])
         for u in range(drecurrent_kernel.shape[0]):
-            _add_product(h[b, :time, u], dz[b], drecurrent_kernel[u])
+            _add_product(h[b, first:time, u], dz[b, first:], drecurrent_kernel[u])
         if dbias.size:
             for t in range(time):
                 _add_to(dbias, dz[b, t])
@@ -627,7 +629,7 @@ def backward(x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, dy, dh, 
     dkernel = np.zeros_like(kernel)
     drecurrent_kernel = np.zeros_like(recurrent_kernel)
     dbias = np.zeros(gates.shape[2] if has_bias else 0, x.dtype)
-    _add_weight_gradients(x, h, dz, dkernel, drecurrent_kernel, dbias)
+    _add_weight_gradients(x, h, dz, dkernel, drecurrent_kernel, dbias, False)
     dx = np.empty_like(x)
     for b in range(x.shape[0]):
         for t in range(x.shape[1]):
@@ -769,7 +771,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         dkernel[:] = 0
         drecurrent_kernel[:] = 0
         dbias[:] = 0
-        _add_weight_gradients(inputs, h, dz, dkernel, drecurrent_kernel, dbias)
+        _add_weight_gradients(inputs, h, dz, dkernel, drecurrent_kernel, dbias, not stateful)
         iterations += 1
         _adam(flat[0], flat[1], flat[2], flat[3], iterations, adam)
     _exchange_mxcsr(0, mxcsr)
