@@ -714,6 +714,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
     on the CPU: saturated gates make them by the thousand late in training, and each is slow.
     """
     stateful, go_backwards, activation, recurrent_activation = options
+    zero_state = not stateful  # each batch starts from zeros
     kernel, recurrent_kernel, bias = lstm
     dense_kernel, dense_bias = dense
     dkernel, drecurrent_kernel, dbias = lstm_grads
@@ -745,7 +746,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         else:
             h[:, 0] = 0
             c[:, 0] = 0
-        forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, not stateful,
+        forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, zero_state,
                          recurrent_part)
         if stateful:
             state[0][:] = h[:, time]
@@ -775,7 +776,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         dkernel[:] = 0
         drecurrent_kernel[:] = 0
         dbias[:] = 0
-        _add_weight_gradients(inputs, h, dz, dkernel, drecurrent_kernel, dbias, not stateful)
+        _add_weight_gradients(inputs, h, dz, dkernel, drecurrent_kernel, dbias, zero_state)
         iterations += 1
         _adam(flat[0], flat[1], flat[2], flat[3], iterations, adam)
     _exchange_mxcsr(0, mxcsr)
