@@ -5,7 +5,8 @@ Kernel benchmarks: per shape, pass and dtype, each implementation's median time 
 its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run;
 at the large shapes, fastlstm's share of the machine's matrix-product throughput measured beside it.
 Training benchmarks: per experiment, each implementation's median epoch time and its speed-up over
-Keras. Plots: median time against batch size, one panel per sequence length.
+Keras, and the tutorial's experiments at full length together. Plots: median time against batch
+size, one panel per sequence length.
 """
 import json
 import pathlib
@@ -104,7 +105,24 @@ def training_table(rows):
              *(_speedup(groups[key][n]["median"], [r["median"] for r in groups[key].values() if r["baseline"]])
                if n in groups[key] else "-" for n in fastlstm)]
             for key in sorted(groups)]
-    return _table(header, body)
+    return "\n\n".join([_table(header, body), *_tutorial_totals(training)])
+
+
+def _tutorial_totals(training):
+    """A line per implementation: the tutorial's experiments at full length together, the sum of
+    their medians and of their training seconds (the rest evaluates and runs the demonstrations)."""
+    full = defaultdict(list)
+    for r in training:
+        if r.get("tutorial") and "epochs" in r:
+            full[r["implementation"]].append(r)
+    lines = []
+    for name, found in sorted(full.items()):
+        found.sort(key=lambda r: r["experiment"])
+        numbers = ("experiments " if len(found) > 1 else "experiment ") + ", ".join(str(r["experiment"]) for r in found)
+        lines.append(f"{name}, the tutorial's {numbers} at full length together: "
+                     f"{sum(r['median'] for r in found) / 1e3:.2f} s, "
+                     f"{sum(r['training_seconds'] for r in found):.2f} s of it training.")
+    return lines
 
 
 def plot(rows, out_dir):

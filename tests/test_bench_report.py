@@ -75,6 +75,25 @@ def test_the_share_of_matrix_product_throughput_counts_the_products_flops(tmp_pa
     ]
 
 
+def test_the_tutorial_experiments_at_full_length_are_totalled_per_implementation(tmp_path):
+    def full(implementation, number, tutorial, median_seconds, training_seconds):
+        return {"extra_info": {"implementation": implementation, "baseline": False, "experiment": number,
+                               "tutorial": tutorial, "epochs": 500, "training_seconds": training_seconds},
+                "stats": {"median": median_seconds}}
+    one_epoch = {"extra_info": {"implementation": "keras", "baseline": True, "experiment": 1},
+                 "stats": {"median": 9.0}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmarks": [
+        full("fastlstm-numba_cpu", 2, True, 0.25, 0.2), full("fastlstm-numba_cpu", 1, True, 4.0, 3.75),
+        full("fastlstm-numba_cpu", 7, False, 100.0, 99.0), full("fastlstm-numpy", 1, True, 60.0, 59.5), one_epoch,
+    ]}))
+    lines = bench_report.training_table(bench_report.load(path)).split("\n\n")[1:]
+    assert lines == [
+        "fastlstm-numba_cpu, the tutorial's experiments 1, 2 at full length together: 4.25 s, 3.95 s of it training.",
+        "fastlstm-numpy, the tutorial's experiment 1 at full length together: 60.00 s, 59.50 s of it training.",
+    ]
+
+
 def test_results_without_fastlstm_benchmarks_are_refused(tmp_path):
     path = tmp_path / "empty.json"
     path.write_text(json.dumps({"benchmarks": [{"extra_info": {}, "stats": {"median": 1.0}}]}))
