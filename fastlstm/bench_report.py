@@ -15,19 +15,71 @@ from collections import defaultdict
 KERNEL_PASSES = {"forward": "forward", "forward_backward": "forward+backward"}
 
 
-def load(path):
-    """The benchmarks of a --benchmark-json file: dicts of extra_info plus ``median`` in ms."""
-    with open(path) as f:
-        report = json.load(f)
-    rows = []
-    for bench in report.get("benchmarks", []):
-        info = bench.get("extra_info", {})
-        if "implementation" in info:
-            rows.append({**info, "median": 1e3 * bench["stats"]["median"]})
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true or false", type(None): "null"}
+
+
+def _not_benchmarks(path, problem):
+    return ValueError(f"{path}: not a pytest --benchmark-json file: {problem}")
+
+
+def _checked(path, what, value, kind):
+    """``value``, or a ValueError naming ``path`` where it is not of JSON type ``kind`` (dict or list)."""
+    if not isinstance(value, kind):
+        raise _not_benchmarks(path, f"{what} is {_JSON_TYPES.get(type(value), type(value).__name__)}, "
+                                    f"not {_JSON_TYPES[kind]}")
+    return value
+
+
+def _read(path):
+    """The JSON object in ``path``; a ValueError naming the file where it cannot be read or is no object."""
+    try:
+        with open(path, "rb") as f:
+            document = json.load(f)
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror}") from e
+    except ValueError as e:  # not JSON, or a binary file's bytes that are no UTF-8
+        raise _not_benchmarks(path, f"it is not JSON ({e})") from e
+    return _checked(path, "it", document, dict)
+
+
+def _row(path, number, bench):
+    """A fastlstm benchmark's extra_info plus ``median`` in ms, or None for another benchmark."""
+    bench = _checked(path, f"benchmark {number}", bench, dict)
+    info = _checked(path, f"benchmark {number}'s 'extra_info'", bench.get("extra_info", {}), dict)
+    if "implementation" not in info:
+        return None
+    if not isinstance(info.get("baseline"), bool):
+        raise _not_benchmarks(path, f"benchmark {number} has no 'baseline' (true or false) in its 'extra_info'")
+    stats = bench.get("stats")
+    median = stats.get("median") if isinstance(stats, dict) else None
+    if not isinstance(median, (int, float)) or isinstance(median, bool):
+        raise _not_benchmarks(path, f"benchmark {number} has no 'stats' median in seconds")
+    return {**info, "median": 1e3 * median}
+
+
+def _rows(path, document):
+    benchmarks = _checked(path, "'benchmarks'", document.get("benchmarks", []), list)
+    rows = [row for row in (_row(path, number, bench) for number, bench in enumerate(benchmarks)) if row]
     if not rows:
         raise ValueError(f"{path} holds no fastlstm benchmarks: write it with "
                          "`pytest bench/ --benchmark-only --benchmark-json=PATH`")
     return rows
+
+
+def load(path):
+    """The benchmarks of a --benchmark-json file: dicts of extra_info plus ``median`` in ms. A file
+    that cannot be read, is not JSON or not of pytest-benchmark's shape (an object whose
+    'benchmarks' are objects, each fastlstm one with a 'baseline' flag and a 'stats' median) is a
+    ValueError that names it and what is wrong."""
+    return _rows(path, _read(path))
+
+
+def _machine(path, document):
+    """The processor and Python version of the machine that ran the benchmarks."""
+    machine = _checked(path, "'machine_info'", document.get("machine_info", {}), dict)
+    cpu = _checked(path, "'machine_info' 'cpu'", machine.get("cpu", {}), dict)
+    return f"{cpu.get('brand_raw', machine.get('machine', '?'))}, Python {machine.get('python_version', '?')}"
 
 
 def _speedup(time, baselines):
@@ -171,14 +223,11 @@ def plot(rows, out_dir):
 
 def report(path, out_dir, plots=True):
     """Writes ``out_dir``/bench-report.md (and the plots); returns the Markdown."""
-    rows = load(path)
+    document = _read(path)
+    rows = _rows(path, document)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    machine = {}
-    with open(path) as f:
-        machine = json.load(f).get("machine_info", {})
-    sections = [f"Benchmarks of {path} ({machine.get('cpu', {}).get('brand_raw', machine.get('machine', '?'))}, "
-                f"Python {machine.get('python_version', '?')}); medians, ratios measured in the same run."]
+    sections = [f"Benchmarks of {path} ({_machine(path, document)}); medians, ratios measured in the same run."]
     for title, table in (("Kernels", kernel_table(rows)),
                          ("Share of the matrix-product throughput (float32 products of 1024 x 1024 on every "
                           "core, the mean of the best of 10 just before and just after each pass)",

@@ -288,7 +288,7 @@ def main(argv=None):
         try:
             print(bench_report.report(args.results, args.out, plots=not args.no_plots))
         except (OSError, ValueError, ImportError) as e:
-            parser.error(str(e))
+            report.error(str(e))
         print(f"wrote {args.out}/bench-report.md")
         return 0
     try:

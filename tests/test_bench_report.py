@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -100,3 +101,43 @@ def test_results_without_fastlstm_benchmarks_are_refused(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fastlstm", "bench-report", str(path)], capture_output=True,
                             text=True, cwd=tempfile.gettempdir())
     assert result.returncode == 2 and "holds no fastlstm benchmarks" in result.stderr
+
+
+_KERNEL = _bench("fastlstm-numpy", False, 0.001, 1)
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [(b"", "is not JSON"), (b"not json", "is not JSON"), (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not JSON"),
+     (b"[]", "it is an array, not an object"),
+     (json.dumps({"benchmarks": "abc"}).encode(), "'benchmarks' is a string, not an array"),
+     (json.dumps({"benchmarks": ["abc"]}).encode(), "benchmark 0 is a string, not an object"),
+     (json.dumps({"benchmarks": [{**_KERNEL, "stats": None}]}).encode(), "benchmark 0 has no 'stats' median in seconds"),
+     (json.dumps({"benchmarks": [{k: v for k, v in _KERNEL.items() if k != "stats"}]}).encode(),
+      "benchmark 0 has no 'stats' median in seconds"),
+     (json.dumps({"benchmarks": [_KERNEL, {**_KERNEL, "stats": {"median": "1"}}]}).encode(),
+      "benchmark 1 has no 'stats' median in seconds"),
+     (json.dumps({"benchmarks": [{**_KERNEL, "extra_info": {**_KERNEL["extra_info"], "baseline": None}}]}).encode(),
+      "benchmark 0 has no 'baseline'"),
+     (json.dumps({"benchmarks": [{**_KERNEL, "extra_info": {k: v for k, v in _KERNEL["extra_info"].items()
+                                                            if k != "baseline"}}]}).encode(),
+      "benchmark 0 has no 'baseline'")],
+)
+def test_a_file_of_another_shape_is_refused_in_one_line_naming_it(tmp_path, content, words):
+    path = tmp_path / "r.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: .*{re.escape(words)}"):
+        bench_report.load(path)
+    result = subprocess.run([sys.executable, "-m", "fastlstm", "bench-report", str(path), "--no-plots",
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tempfile.gettempdir())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"fastlstm bench-report: error: {path}: ") and words in last
+
+
+def test_a_missing_file_is_refused_in_one_line_naming_it(tmp_path):
+    path = tmp_path / "missing.json"
+    result = subprocess.run([sys.executable, "-m", "fastlstm", "bench-report", str(path), "--no-plots"],
+                            capture_output=True, text=True, cwd=tempfile.gettempdir())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"fastlstm bench-report: error: {path}: No such file or directory"
