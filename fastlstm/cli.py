@@ -9,6 +9,7 @@ import math
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 
 from fastlstm import bench_report, experiments
@@ -238,13 +239,25 @@ def alphabet(args, frameworks):
     print()
     print(table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"arguments": {k: v for k, v in vars(args).items() if k != "command"},
-                       "jobs": jobs, "warm_up_seconds": warm_up,
-                       "results": [dataclasses.asdict(r) for r in results],
-                       "summaries": [{"experiment": e.number, "fastlstm": o, "keras": k} for e, o, k in rows]},
-                      f, indent=1)
+        write_json(args.json, {"arguments": {k: v for k, v in vars(args).items() if k != "command"},
+                               "jobs": jobs, "warm_up_seconds": warm_up,
+                               "results": [dataclasses.asdict(r) for r in results],
+                               "summaries": [{"experiment": e.number, "fastlstm": o, "keras": k} for e, o, k in rows]})
         print(f"wrote {args.json}")
+
+
+def write_json(path, document):
+    """Writes ``document`` to ``path`` as JSON whole or not at all: into a file beside it first,
+    renamed over ``path`` once complete, so that no failure or interruption leaves a partial file."""
+    partial = f"{path}.{os.getpid()}.partial"
+    try:
+        with open(partial, "w") as f:
+            json.dump(document, f, indent=1)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
 
 
 def _positive(text):
@@ -252,6 +265,37 @@ def _positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+LAST_SEED = 2**32 - 1  # NumPy's RandomState takes seeds 0 to 2**32 - 1
+
+
+def _seed(text):
+    value = int(text)
+    if not 0 <= value <= LAST_SEED:
+        raise argparse.ArgumentTypeError(f"must be 0 to {LAST_SEED} (NumPy's seeds), got {value}")
+    return value
+
+
+def _finite_positive(text):
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _writable_file(text):
+    """A path a file can be written at, checked before any run rather than after all of them."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file's path")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the directory {folder} does not exist")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}: {e.strerror}") from e
+    return text
 
 
 def main(argv=None):
@@ -268,13 +312,16 @@ def main(argv=None):
                      help="which experiments (1-6 are the tutorial's, 7 its stateless prefix variant); default all")
     run.add_argument("--backend", default="auto", help="fastlstm backend (see `fastlstm backends`); default auto")
     run.add_argument("--seeds", type=_positive, default=1, metavar="K", help="run K seeds and report the spread")
-    run.add_argument("--seed", type=int, default=experiments.DEFAULT_SEED, help="first seed (default 7, the tutorial's)")
+    run.add_argument("--seed", type=_seed, default=experiments.DEFAULT_SEED,
+                     help=f"first seed, 0 to {LAST_SEED} (default 7, the tutorial's)")
     run.add_argument("--keras", action="store_true", help="run the same experiments under Keras 3 beside fastlstm")
     run.add_argument("--recurrent-activation", default="sigmoid", choices=sorted(ACTIVATIONS),
                      help="hard_sigmoid_keras2 with --epsilon 1e-8 reproduces the tutorial's 2017 Keras 2 setting")
-    run.add_argument("--epsilon", type=float, default=1e-7, help="Adam epsilon (Keras 3: 1e-7; Keras 2: 1e-8)")
+    run.add_argument("--epsilon", type=_finite_positive, default=1e-7,
+                     help="Adam epsilon, above 0 (Keras 3: 1e-7; Keras 2: 1e-8)")
     run.add_argument("--epochs", type=_positive, help="override every experiment's number of epochs (for quick runs)")
-    run.add_argument("--json", metavar="PATH", help="write every figure to PATH as JSON")
+    run.add_argument("--json", type=_writable_file, metavar="PATH",
+                     help="write every figure to PATH as JSON (whole, once every run is done)")
     run.add_argument("--jobs", type=_positive, metavar="N",
                      help="run fastlstm's runs in N worker processes of one thread each (Keras's stay in this "
                           "process); default the cores this process may use, at most one per run; 1 runs "
@@ -291,9 +338,11 @@ def main(argv=None):
             report.error(str(e))
         print(f"wrote {args.out}/bench-report.md")
         return 0
+    if args.seed + args.seeds - 1 > LAST_SEED:
+        run.error(f"argument --seeds: the last seed, {args.seed + args.seeds - 1}, is over {LAST_SEED}")
     try:
         chosen = frameworks(args)
     except (ValueError, ImportError, BackendUnavailable) as e:
-        parser.error(str(e))
+        run.error(str(e))
     alphabet(args, chosen)
     return 0

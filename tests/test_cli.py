@@ -12,7 +12,7 @@ import tempfile
 import numba
 import pytest
 
-from fastlstm.cli import Progress, start_in_workers, wait_for
+from fastlstm.cli import Progress, start_in_workers, wait_for, write_json
 from fastlstm.utils import usable_cores
 
 
@@ -106,12 +106,36 @@ def test_a_workers_exception_is_raised_with_its_traceback():
 @pytest.mark.parametrize(
     "args, words",
     [(["--backend", "nope"], ["'nope'"]), (["--experiment", "8"], ["invalid choice", "8"]),
-     (["--seeds", "0"], ["--seeds", "at least 1"]), (["--jobs", "0"], ["--jobs", "at least 1"])],
+     (["--seeds", "0"], ["--seeds", "at least 1"]), (["--jobs", "0"], ["--jobs", "at least 1"]),
+     (["--seed", "-1"], ["--seed", "0 to 4294967295", "got -1"]),
+     (["--seed", "4294967296"], ["--seed", "0 to 4294967295", "got 4294967296"]),
+     (["--seed", "4294967295", "--seeds", "2"], ["--seeds", "last seed", "4294967296", "over 4294967295"]),
+     (["--epsilon", "-1"], ["--epsilon", "finite number above 0", "got -1"]),
+     (["--epsilon", "nan"], ["--epsilon", "finite number above 0", "got nan"]),
+     (["--epsilon", "0"], ["--epsilon", "finite number above 0", "got 0"]),
+     (["--json", os.path.join(NEUTRAL, "no such folder", "out.json")], ["--json", "no such folder", "does not exist"]),
+     (["--json", NEUTRAL], ["--json", NEUTRAL, "is a directory"]),
+     (["--json", "/sys/out.json"], ["--json", "cannot write in /sys"])],
 )
-def test_bad_arguments_are_errors_that_name_them(args, words):
-    result = subprocess.run([FASTLSTM, "alphabet", *args], capture_output=True, text=True, cwd=NEUTRAL)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert all(w in result.stderr for w in words)
+def test_bad_arguments_are_errors_that_name_them_before_any_run(args, words):
+    # Short runs, should a bad argument be let through.
+    result = subprocess.run([FASTLSTM, "alphabet", "--backend", "numpy", "--experiment", "3", "--epochs", "1", *args],
+                            capture_output=True, text=True, cwd=NEUTRAL, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("fastlstm alphabet: error: ") and all(w in error for w in words), error
+
+
+def test_json_is_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "out.json"
+    write_json(path, {"runs": [1, 2]})
+    assert json.loads(path.read_text()) == {"runs": [1, 2]}
+    with pytest.raises(TypeError):
+        write_json(path, {"runs": [3, object()]})  # fails half-way through
+    assert json.loads(path.read_text()) == {"runs": [1, 2]} and os.listdir(tmp_path) == ["out.json"]
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "new.json", {"runs": [object()]})
+    assert os.listdir(tmp_path) == ["out.json"]
 
 
 class _Terminal(io.StringIO):
