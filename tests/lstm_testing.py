@@ -1,5 +1,6 @@
 """Helpers shared by the LSTM tests: random inputs, an independent loop reference, a probe loss."""
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -104,3 +105,24 @@ def run_python(code, env=None):
     installed fastlstm, not the checkout's; ``env``: variables to set beside this process's."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})}).stdout
+
+
+def in_forked_child(function, timeout=120):
+    """``function()`` run in a child forked from this process (multiprocessing's fork start
+    method, Linux's default); returns what it returned. Fails if the child raised, or if it has
+    not finished within ``timeout`` seconds: then it is killed, so that a hang fails the test."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=lambda: sender.send(function()), daemon=True)
+    child.start()
+    sender.close()  # the child's end is now the only one: the pipe closes when the child ends
+    if not receiver.poll(timeout):
+        child.kill()
+        child.join()
+        raise AssertionError(f"the forked child did not finish within {timeout} s")
+    try:
+        return receiver.recv()
+    except EOFError:
+        raise AssertionError("the forked child failed (its traceback is above)") from None
+    finally:
+        child.join()

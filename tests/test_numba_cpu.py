@@ -3,9 +3,11 @@ reference, the fused training pass against the layer-by-layer one, and its absen
 The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
 import pathlib
 import sys
+import threading
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 pytest.importorskip("numba")  # the 'test' extra installs it; CI runs these
 
@@ -158,6 +160,31 @@ def test_results_and_caches_outlive_later_calls_whose_memory_is_recycled(path):
         for ours, theirs in zip((*r[:3], *g), reference):
             if theirs is not None:
                 np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
+
+def test_threads_making_stepwise_calls_at_once_leave_blas_threads_as_they_were():
+    """Each stepwise call runs with BLAS single-threaded; the limit is the process's, and threads
+    enter and leave it in any order: the last one out must restore what the first one found."""
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+    inputs = random_inputs(np.random.default_rng(0), 64, 16, 8, 32)
+    assert numba_cpu._stepwise(64, 16, 32)
+    lstm_forward(**inputs, backend="numba_cpu")  # compiled: every BLAS it loads is loaded
+    before = blas_threads()
+
+    def calls():
+        for _ in range(40):
+            lstm_forward(**inputs, backend="numba_cpu")
+
+    for _ in range(3):
+        threads = [threading.Thread(target=calls) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert blas_threads() == before
 
 
 # -- the fused training pass ---------------------------------------------------------------------

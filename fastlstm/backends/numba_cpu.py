@@ -15,6 +15,8 @@ Dense(softmax) model that :class:`fastlstm.nn.Sequential` uses where it applies.
 """
 import concurrent.futures
 import functools
+import os
+import threading
 from typing import NamedTuple
 
 import numba
@@ -47,8 +49,37 @@ def _cores():
 
 @functools.cache
 def _threads():
-    """(a pool of one thread per core, the BLAS thread controller), made on first use."""
-    return concurrent.futures.ThreadPoolExecutor(_cores(), thread_name_prefix="fastlstm"), ThreadpoolController()
+    """(a pool of one thread per core, a SingleThreadedBlas), made on first use in each process."""
+    return concurrent.futures.ThreadPoolExecutor(_cores(), thread_name_prefix="fastlstm"), SingleThreadedBlas()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    # A forked child has none of the parent's threads: work given to their pool would wait for ever.
+    os.register_at_fork(after_in_child=_threads.cache_clear)
+
+
+class SingleThreadedBlas:
+    """A context in which BLAS runs single-threaded: the first thread in limits it, the last one
+    out restores the limit that was before. (The limit is the process's, and threads that make
+    stepwise calls at once enter and leave it in any order.)"""
+
+    def __init__(self):
+        self._controller = ThreadpoolController()
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._limiter = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._inside == 0:
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+            self._inside += 1
+
+    def __exit__(self, *exception):
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                self._limiter.restore_original_limits()
 
 
 def _slices(batch):
@@ -63,8 +94,8 @@ def _on_every_core(work, parts):
     need no synchronisation, and BLAS threads would fight them for the cores. Nothing of this
     backend runs a multi-threaded BLAS product: OpenBLAS's threads spin for tens of milliseconds
     after one, and the next recurrence took 60 % longer for it (256 x 25 steps x 128 units)."""
-    pool, blas = _threads()
-    with blas.limit(limits=1, user_api="blas"):
+    pool, single_threaded_blas = _threads()
+    with single_threaded_blas:
         return [done.result() for done in [pool.submit(work, part) for part in parts]]
 
 
