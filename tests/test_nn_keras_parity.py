@@ -120,3 +120,25 @@ def test_weights_copied_both_ways_give_the_same_predictions(window):
     keras_model.set_weights(model.get_weights())
     np.testing.assert_allclose(keras_model.predict(x, verbose=0), model.predict(x), atol=1e-6)
     assert not np.allclose(model.predict(x), twin_models(32, window, 1, stateful=False)[1].predict(x))
+
+
+def test_a_layer_used_twice_shares_its_weights_as_in_keras():
+    """The model of issue 21, its tanh Dense used twice: as many parameters as Keras counts, Keras's
+    weights in get_weights's order, and after 10 Adam steps (whose gradient sums the shared
+    layer's uses) the same weights."""
+    keras.utils.set_random_seed(1)
+    keras_shared, shared = keras.layers.Dense(4, activation="tanh"), Dense(4, activation="tanh")
+    keras_model = keras.Sequential([keras.Input((3, 2)), keras.layers.LSTM(4), keras_shared, keras_shared,
+                                    keras.layers.Dense(5, activation="softmax")])
+    model = Sequential([LSTM(4, input_shape=(3, 2)), shared, shared, Dense(5, activation="softmax")])
+    for m in (keras_model, model):
+        m.compile(loss="categorical_crossentropy", optimizer="adam")
+    assert model.count_params() == keras_model.count_params()
+    model.set_weights(keras_model.get_weights())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3, 2)).astype(np.float32)
+    y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 8)]
+    np.testing.assert_allclose(model.predict(x), keras_model.predict(x, verbose=0), atol=1e-6)
+    for step in range(10):
+        assert model.train_on_batch(x, y) == pytest.approx(keras_model.train_on_batch(x, y), rel=LOSS_RTOL), step
+    assert_weights_close(keras_model, model)

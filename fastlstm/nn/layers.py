@@ -3,7 +3,9 @@
 A layer holds its weights in ``weights``, a list of arrays in Keras 3's order, and after
 ``backward`` the gradients of the loss with respect to them in ``grads``, arrays of the same
 shapes. Both are updated in place, never rebound, so a model may keep them as views into one
-flat buffer (see :class:`fastlstm.nn.Sequential`).
+flat buffer (see :class:`fastlstm.nn.Sequential`). What a backward pass needs of its forward
+pass comes back from ``forward`` as a tape, not kept in the layer, so a layer used twice in a
+model backpropagates each use from its own forward.
 """
 import collections
 
@@ -32,8 +34,11 @@ def _check_units(units):
 class Layer:
     """The base class: a name, weights and their gradients, and the declared input shape.
 
-    Subclasses implement ``build(input_shape, dtype) -> output_shape`` (create ``weights`` and
-    ``grads``), ``forward(x, training) -> y`` and ``backward(dy) -> dx`` (fill ``grads``).
+    Subclasses implement ``compute_output_shape(input_shape)`` (refusing an input they cannot
+    take), ``build(input_shape, dtype) -> output_shape`` (create ``weights`` and ``grads``),
+    ``forward(x, training) -> (y, tape)`` and ``backward(tape, dy, accumulate) -> dx``, which
+    fills ``grads`` from the tape of one ``forward`` call, or adds to them with ``accumulate``
+    (the gradient of a layer used more than once is the sum over its uses, as in Keras).
     """
 
     weight_names = ()
@@ -56,6 +61,14 @@ class Layer:
     def _new_weights(self, arrays):
         self.weights = list(arrays)
         self.grads = [np.zeros_like(w) for w in self.weights]
+
+    def _store_grads(self, values, accumulate):
+        """Writes ``values`` into ``grads``, or adds them to ``grads`` with ``accumulate``."""
+        for grad, value in zip(self.grads, values):
+            if accumulate:
+                grad += value
+            else:
+                grad[...] = value
 
 
 class LSTM(Layer):
@@ -110,15 +123,20 @@ class LSTM(Layer):
         self.stateful = bool(stateful)
         self.backend = backend
         self.states = None  # (h, c), each [batch, units], of a stateful layer once built
-        self._cache = None  # of the last training forward, for backward
 
-    def build(self, input_shape, dtype):
-        """Creates the weights for input ``[batch, time, features]``; returns the output shape."""
+    def compute_output_shape(self, input_shape):
+        """The output shape for input ``[batch, time, features]``."""
         if len(input_shape) != 3:
             raise ValueError(
                 f"LSTM {self.name!r} expects input [batch, time, features] (3-D), got shape {input_shape}"
             )
-        batch, time, features = input_shape
+        batch, time, _ = input_shape
+        return (batch, time, self.units) if self.return_sequences else (batch, self.units)
+
+    def build(self, input_shape, dtype):
+        """Creates the weights for input ``[batch, time, features]``; returns the output shape."""
+        output_shape = self.compute_output_shape(input_shape)
+        batch, _, features = input_shape
         units = self.units
         weights = [
             self.kernel_initializer((features, 4 * units), dtype),
@@ -142,8 +160,8 @@ class LSTM(Layer):
                     "to the model's first layer"
                 )
             self.states = (np.zeros((batch, units), dtype), np.zeros((batch, units), dtype))
-        self.output_shape = (batch, time, units) if self.return_sequences else (batch, units)
-        return self.output_shape
+        self.output_shape = output_shape
+        return output_shape
 
     def check_batch_size(self, batch):
         """Raises ValueError if a stateful layer would get a batch of another size than its state's."""
@@ -161,8 +179,9 @@ class LSTM(Layer):
                 s[...] = 0
 
     def forward(self, x, training=False):
-        """``x [batch, time, features]`` -> ``[batch, units]`` (``[batch, time, units]`` with
-        ``return_sequences``); a stateful layer starts from, and then keeps, its state."""
+        """``x [batch, time, features]`` -> ``([batch, units], tape)`` (``[batch, time, units]``
+        with ``return_sequences``), the tape being what ``backward`` needs (None unless
+        ``training``); a stateful layer starts from, and then keeps, its state."""
         h0 = c0 = None
         if self.stateful:
             self.check_batch_size(x.shape[0])
@@ -176,16 +195,18 @@ class LSTM(Layer):
         )
         if self.stateful:
             self.states = (result.h, result.c)
-        self._cache = result.cache if training else None
-        return result.outputs
+        return result.outputs, result.cache if training else None
 
-    def backward(self, dy):
-        """Fills ``grads`` from ``dy``, the gradient w.r.t. the last training forward's output;
-        returns the gradient w.r.t. its input. Nothing flows into the initial state."""
-        g = lstm_backward(self._cache, dy=dy)
-        for grad, value in zip(self.grads, (g.kernel, g.recurrent_kernel, g.bias)):
-            grad[...] = value
+    def backward(self, tape, dy, accumulate=False):
+        """Fills ``grads`` (adds to them with ``accumulate``) from ``dy``, the gradient w.r.t. the
+        output of the training ``forward`` that gave ``tape``; returns the gradient w.r.t. its
+        input. Nothing flows into the initial state."""
+        g = lstm_backward(tape, dy=dy)
+        self._store_grads((g.kernel, g.recurrent_kernel, g.bias), accumulate)  # no bias: zip stops at two
         return g.x
+
+
+DenseTape = collections.namedtuple("DenseTape", "x y logits")  # a Dense forward's input, output, x @ kernel + bias
 
 
 def _softmax(z):
@@ -233,43 +254,44 @@ class Dense(Layer):
             self._fn, self._grad = act.fn, lambda dy, y: dy * act.grad_from_output(y)
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
-        self.logits = None  # x @ kernel + bias of the last forward, before the activation
-        self._x = self._y = None
+
+    def compute_output_shape(self, input_shape):
+        """The output shape for input ``[batch, ..., features]``."""
+        if len(input_shape) < 2:
+            raise ValueError(f"Dense {self.name!r} expects input [batch, ..., features], got shape {input_shape}")
+        return (*input_shape[:-1], self.units)
 
     def build(self, input_shape, dtype):
         """Creates the weights for input ``[batch, ..., features]``; returns the output shape."""
-        if len(input_shape) < 2:
-            raise ValueError(f"Dense {self.name!r} expects input [batch, ..., features], got shape {input_shape}")
+        output_shape = self.compute_output_shape(input_shape)
         features = input_shape[-1]
         self._new_weights([
             np.asarray(self.kernel_initializer((features, self.units), dtype), dtype),
             np.asarray(self.bias_initializer((self.units,), dtype), dtype),
         ])
-        self.output_shape = (*input_shape[:-1], self.units)
-        return self.output_shape
+        self.output_shape = output_shape
+        return output_shape
 
     def forward(self, x, training=False):
-        """``x [batch, ..., features]`` -> ``[batch, ..., units]``; keeps the logits in ``logits``."""
+        """``x [batch, ..., features]`` -> ``([batch, ..., units], tape)``, the tape a
+        :data:`DenseTape` (with the logits, which a loss fused with the softmax takes)."""
         kernel, bias = self.weights
-        self.logits = x @ kernel + bias
-        y = self._fn(self.logits)
-        self._x, self._y = (x, y) if training else (None, None)
-        return y
+        logits = x @ kernel + bias
+        y = self._fn(logits)
+        return y, DenseTape(x, y, logits)
 
-    def backward(self, dy):
-        """Fills ``grads`` from ``dy``, the gradient w.r.t. the last training forward's output;
-        returns the gradient w.r.t. its input."""
-        return self.backward_from_logits(self._grad(dy, self._y))
+    def backward(self, tape, dy, accumulate=False):
+        """Fills ``grads`` (adds to them with ``accumulate``) from ``dy``, the gradient w.r.t. the
+        output of the ``forward`` that gave ``tape``; returns the gradient w.r.t. its input."""
+        return self.backward_from_logits(tape, self._grad(dy, tape.y), accumulate)
 
-    def backward_from_logits(self, dlogits):
-        """As :meth:`backward`, from the gradient w.r.t. ``logits`` (for a loss fused with the
+    def backward_from_logits(self, tape, dlogits, accumulate=False):
+        """As :meth:`backward`, from the gradient w.r.t. the logits (for a loss fused with the
         softmax)."""
-        kernel, _ = self.weights
-        dkernel, dbias = self.grads
-        x = self._x.reshape(-1, kernel.shape[0])
+        kernel = self.weights[0]
+        x = tape.x.reshape(-1, kernel.shape[0])
         dz = dlogits.reshape(-1, kernel.shape[1])
-        np.matmul(x.T, dz, out=dkernel)
-        np.sum(dz, axis=0, out=dbias)
+        self._store_grads((x.T @ dz, dz.sum(axis=0)), accumulate)
         return dlogits @ kernel.T
 
 

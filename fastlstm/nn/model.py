@@ -34,6 +34,10 @@ class Sequential:
     first layer declares ``input_shape`` (or ``batch_input_shape``), when ``build`` is called, or
     else at the first ``fit``/``evaluate``/``predict``/``train_on_batch``.
 
+    A layer instance may be used more than once, as in Keras: its uses share its weights
+    (counted, listed and set once, at its first use), its gradient is the sum over its uses, and
+    each use must get the number of input features the first one got.
+
     Args:
         layers: a list of layers (:class:`LSTM`, :class:`Dense`) to add in order.
         name: the model's name; 'sequential', 'sequential_1', ... when None.
@@ -54,6 +58,7 @@ class Sequential:
             raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.layers = []
         self.input_shape = None  # (batch or None, ...) once built
+        self._output_shapes = []  # of each entry of layers, once built
         self.optimizer = self.loss = None
         self.metrics = []
         # Every weight (and gradient) lives in one flat buffer, the layers holding views into it,
@@ -70,20 +75,18 @@ class Sequential:
             raise TypeError(f"layer must be a fastlstm.nn layer (LSTM, Dense), got {type(layer).__name__}")
         if self.optimizer is not None:
             raise ValueError("add every layer before compile(): the optimizer is built for the weights there were")
-        if self.layers and layer.batch_input_shape is not None:
+        if self.layers and layer.batch_input_shape is not None and layer is not self.layers[0]:
             raise ValueError(
                 f"only the first layer may declare input_shape/batch_input_shape, but {layer.name!r} "
                 f"declares {layer.batch_input_shape} after {len(self.layers)} other layer(s)"
             )
-        self.layers.append(layer)
         if self.input_shape is not None:
-            try:
-                layer.build(self.layers[-2].output_shape, self.dtype)
-            except ValueError:
-                self.layers.pop()
-                raise
+            self._output_shapes.append(self._build_layer(layer, self.output_shape, layer in self.layers))
+            self.layers.append(layer)
             self._pack()
-        elif layer.batch_input_shape is not None:
+            return
+        self.layers.append(layer)
+        if layer.batch_input_shape is not None:
             self.build(layer.batch_input_shape)
 
     def build(self, input_shape):
@@ -98,21 +101,49 @@ class Sequential:
             raise ValueError(
                 f"input_shape must be (batch, ..., features) with a known feature count, got {input_shape}"
             )
-        shape = declared
-        for layer in self.layers:
-            shape = layer.build(shape, self.dtype)
+        shapes = [declared]
+        for i, layer in enumerate(self.layers):
+            shapes.append(self._build_layer(layer, shapes[-1], layer in self.layers[:i]))
         self.input_shape = declared
+        self._output_shapes = shapes[1:]
         self._pack()
 
+    @property
+    def output_shape(self):
+        """The shape of the model's output, batch first; None until built."""
+        return self._output_shapes[-1] if self._output_shapes else None
+
+    def _build_layer(self, layer, input_shape, used_before):
+        """Builds ``layer`` for ``input_shape`` and returns its output shape; a layer ``used_before``
+        in this model keeps the weights of its first use, so it must get as many features."""
+        if not used_before:
+            return layer.build(input_shape, self.dtype)
+        output_shape = layer.compute_output_shape(input_shape)
+        kernel = layer.weights[0]  # [input features, ...] in every layer
+        if input_shape[-1] != kernel.shape[0]:
+            raise ValueError(
+                f"layer {layer.name!r} is used more than once, so every use must get the features its weights "
+                f"were built for: it is built for {kernel.shape[0]} input features (its kernel is {kernel.shape}), "
+                f"got input shape {input_shape}"
+            )
+        return output_shape
+
+    def _distinct_layers(self):
+        """The layers, each once (at its first use): the ones whose weights the model holds."""
+        return list(dict.fromkeys(self.layers))
+
     def _pack(self):
-        self._weights = _flatten_into_views(self.layers, "weights", self.dtype)
-        self._grads = _flatten_into_views(self.layers, "grads", self.dtype)
+        layers = self._distinct_layers()
+        self._weights = _flatten_into_views(layers, "weights", self.dtype)
+        self._grads = _flatten_into_views(layers, "grads", self.dtype)
 
     def count_params(self):
-        return sum(layer.count_params() for layer in self.layers)
+        """The number of weights, a shared layer's counted once."""
+        return sum(layer.count_params() for layer in self._distinct_layers())
 
     def summary(self, print_fn=None):
-        """Prints the layers, their output shapes and parameter counts, as Keras does.
+        """Prints the layers, their output shapes and parameter counts, as Keras does (a shared
+        layer on a row per use, its parameters counted once in the totals).
 
         Args:
             print_fn: called with each line; ``print`` when None.
@@ -120,8 +151,8 @@ class Sequential:
         self._require_built("summary")
         print_fn = print_fn or print
         header = ("Layer (type)", "Output Shape", "Param #")
-        rows = [(f"{layer.name} ({type(layer).__name__})", str(layer.output_shape), f"{layer.count_params():,}")
-                for layer in self.layers]
+        rows = [(f"{layer.name} ({type(layer).__name__})", str(shape), f"{layer.count_params():,}")
+                for layer, shape in zip(self.layers, self._output_shapes)]
         widths = [max(len(row[i]) for row in [header, *rows]) + 4 for i in range(3)]
         width = sum(widths)
         total = self.count_params()
@@ -141,16 +172,17 @@ class Sequential:
     # -- weights and state ------------------------------------------------------------------
 
     def get_weights(self):
-        """Copies of every weight, in Keras 3's order: layer by layer, each layer's weights in
-        its ``weight_names`` order (LSTM: kernel, recurrent_kernel, bias; Dense: kernel, bias)."""
-        return [w.copy() for layer in self.layers for w in layer.weights]
+        """Copies of every weight, in Keras 3's order: layer by layer (a shared layer once, at its
+        first use), each layer's weights in its ``weight_names`` order (LSTM: kernel,
+        recurrent_kernel, bias; Dense: kernel, bias)."""
+        return [w.copy() for layer in self._distinct_layers() for w in layer.weights]
 
     def set_weights(self, weights):
         """Sets every weight from a list in ``get_weights``'s order and shapes (for example
         ``keras_model.get_weights()`` of the same architecture)."""
         self._require_built("set_weights")
         targets = [(f"{layer.name}.{name}", w)
-                   for layer in self.layers for name, w in zip(layer.weight_names, layer.weights)]
+                   for layer in self._distinct_layers() for name, w in zip(layer.weight_names, layer.weights)]
         weights = list(weights)
         if len(weights) != len(targets):
             raise ValueError(
@@ -260,7 +292,7 @@ class Sequential:
         x = self._check_x(x)
         start = time.perf_counter()
         starts = self._batches(len(x), batch_size)
-        outputs = np.concatenate([self._forward(x[i:i + starts.step], training=False) for i in starts])
+        outputs = np.concatenate([self._forward(x[i:i + starts.step], training=False)[0] for i in starts])
         if _verbosity(verbose):
             _log(f"predict: {len(x)} samples in {time.perf_counter() - start:.2f}s")
         return outputs
@@ -273,19 +305,26 @@ class Sequential:
         return _results(self._run(x, y, self._batches(len(x), len(x)), train=True))
 
     def _forward(self, x, training):
+        """The output for ``x`` and the tape of each entry of ``layers`` (what its backward needs;
+        the last one's also has the logits that the loss takes)."""
+        tapes = []
         for layer in self.layers:
-            x = layer.forward(x, training)
-        return x
+            x, tape = layer.forward(x, training)
+            tapes.append(tape)
+        return x, tapes
 
     def _backprop(self, x, y):
         """Forward and backward on a batch, leaving the gradients in every layer's ``grads``;
         returns (loss, y_pred)."""
-        y_pred = self._forward(x, training=True)
-        last = self.layers[-1]
-        loss = self.loss(y, last.logits)
-        dx = last.backward_from_logits(self.loss.gradient(y, y_pred))
-        for layer in reversed(self.layers[:-1]):
-            dx = layer.backward(dx)
+        y_pred, tapes = self._forward(x, training=True)
+        last = len(self.layers) - 1
+        loss = self.loss(y, tapes[last].logits)
+        dx = self.loss.gradient(y, y_pred)
+        for i in range(last, -1, -1):
+            layer = self.layers[i]
+            backward = layer.backward_from_logits if i == last else layer.backward
+            # A shared layer's gradient sums over its uses: its last use writes it, earlier ones add.
+            dx = backward(tapes[i], dx, accumulate=layer in self.layers[i + 1:])
         return loss, y_pred
 
     def _run(self, x, y, batches, train):
@@ -313,8 +352,8 @@ class Sequential:
                 loss, y_pred = self._backprop(xb, yb)
                 self.optimizer.apply_gradients([(self._grads, self._weights)])
             else:
-                y_pred = self._forward(xb, training=False)
-                loss = self.loss(yb, self.layers[-1].logits)
+                y_pred, tapes = self._forward(xb, training=False)
+                loss = self.loss(yb, tapes[-1].logits)
             total_loss += loss * len(xb)
             if self.metrics:
                 correct += int((y_pred.argmax(axis=-1) == yb.argmax(axis=-1)).sum())
@@ -371,7 +410,7 @@ class Sequential:
         y = _float_array(y, "y", self.dtype)
         if len(y) != len(x):
             raise ValueError(f"x and y must hold the same number of samples, got {len(x)} in x and {len(y)} in y")
-        output_shape = self.layers[-1].output_shape
+        output_shape = self.output_shape
         hint = (f" (one-hot encode integer labels with fastlstm.utils.to_categorical(y, {output_shape[-1]}))"
                 if y.ndim == 1 else "")
         _check_shape(y, output_shape, "y", "output", hint)
