@@ -3,11 +3,13 @@
 import argparse
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -122,6 +124,35 @@ def _environment(values):
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def _blocked(signals):
+    """The calling thread with ``signals`` blocked inside the block: held back until it is left."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows has no signal masks
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _die_with(parent):
+    """On Linux, has the kernel kill this process when its parent ends, even by SIGKILL, so that no
+    worker outlives the main process; elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # it ended before the line above
+            os._exit(1)
+
+
+def _start_worker(parent, initializer, initargs):
+    _die_with(parent)
+    if initializer:
+        initializer(*initargs)
+
+
 def start_in_workers(jobs, function, calls, initializer=None, initargs=()):
     """A ProcessPoolExecutor of ``jobs`` worker processes of one thread each, given
     ``function(*call)`` for every call in ``calls`` at once, and the futures of the calls in their
@@ -132,13 +163,57 @@ def start_in_workers(jobs, function, calls, initializer=None, initargs=()):
     initializer could run, so the one-thread limits go into the environment it starts with. The
     executor starts its processes inside ``submit``, and none later (a worker that dies breaks the
     pool instead of being replaced), so the limits are set around the submissions only and this
-    process's environment is restored after them.
+    process's environment is restored after them. SIGINT is blocked there too, and so stays blocked
+    in the workers: a Ctrl-C in a terminal, which reaches the whole process group, is for this
+    process to handle (:func:`stop_children`). On Linux a worker ends with this process.
     """
     executor = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=initializer, initargs=initargs)
-    with _environment(_ONE_THREAD):
+                                                      initializer=_start_worker,
+                                                      initargs=(os.getpid(), initializer, initargs))
+    with _environment(_ONE_THREAD), _blocked({signal.SIGINT}):
         futures = [executor.submit(function, *call) for call in calls]
     return executor, futures
+
+
+def stop_children(grace=1.0):
+    """Ends every process this one started with multiprocessing: SIGTERM, then SIGKILL for any still
+    running ``grace`` seconds later."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM came; ``signal_number`` says which. A BaseException, as KeyboardInterrupt,
+    so that no ``except Exception`` takes it for an error."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+def _interrupt(signal_number, frame):
+    # Once only: a second signal must not cut short the stopping of the workers.
+    for name in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(name, signal.SIG_IGN)
+    raise Interrupted(signal_number)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise Interrupted inside the block; their handlers are restored after it."""
+    before = {name: signal.signal(name, _interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for name, handler in before.items():
+            signal.signal(name, handler)
 
 
 def wait_for(futures, label):
@@ -160,7 +235,9 @@ class Workers:
     """fastlstm's runs of every requested experiment and seed in ``jobs`` worker processes, all
     submitted at once so that every core stays busy from one experiment to the next. Each worker
     first warms up as the main process did, so that no run's time includes loading the kernels.
-    Leaving the ``with`` block cancels the runs not started yet."""
+    Leaving the ``with`` block cancels the runs not started yet, and waits for the running ones
+    unless it is left by an exception: then the caller stops them (:func:`stop_children`) rather
+    than wait up to a minute for them."""
 
     def __init__(self, args, framework, seeds, jobs):
         options = (args.recurrent_activation, args.epsilon)
@@ -173,8 +250,8 @@ class Workers:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exception):
-        self.executor.shutdown(cancel_futures=True)
+    def __exit__(self, kind, exception, traceback):
+        self.executor.shutdown(wait=exception is None, cancel_futures=True)
 
     def results(self, number):
         """The Results of experiment ``number``, in seed order, once all its runs are done."""
@@ -190,10 +267,9 @@ def _run_here(args, framework, number, seeds):
     """Yields the Results of experiment ``number`` over ``seeds``, run in this process one after
     another with an epoch progress line."""
     for seed in seeds:
-        progress = Progress(f"experiment {number}, seed {seed}, {framework.name}")
-        result = experiments.run(number, framework, seed, args.recurrent_activation, args.epsilon,
-                                 args.epochs, progress)
-        progress.close()
+        with contextlib.closing(Progress(f"experiment {number}, seed {seed}, {framework.name}")) as progress:
+            result = experiments.run(number, framework, seed, args.recurrent_activation, args.epsilon,
+                                     args.epochs, progress)
         yield result
 
 
@@ -341,8 +417,15 @@ def main(argv=None):
     if args.seed + args.seeds - 1 > LAST_SEED:
         run.error(f"argument --seeds: the last seed, {args.seed + args.seeds - 1}, is over {LAST_SEED}")
     try:
-        chosen = frameworks(args)
-    except (ValueError, ImportError, BackendUnavailable) as e:
-        run.error(str(e))
-    alphabet(args, chosen)
+        with _interruptible():
+            try:
+                chosen = frameworks(args)
+            except (ValueError, ImportError, BackendUnavailable) as e:
+                run.error(str(e))
+            alphabet(args, chosen)
+    except Interrupted as e:
+        print("fastlstm: interrupted", file=sys.stderr)
+        return 128 + e.signal_number
+    finally:
+        stop_children()  # none is left after a complete run; after an exception, the workers still running
     return 0
