@@ -111,6 +111,13 @@ def _exchange_mxcsr(typingctx, keep, set_bits):
     return types.int64(keep, set_bits), codegen
 
 
+@njit(**FLAGS)
+def exchange_mxcsr(keep, set_bits):
+    """:func:`_exchange_mxcsr` for Python, which alone can restore the register on every way out
+    of a compiled call (an exception leaves compiled code at once)."""
+    return _exchange_mxcsr(keep, set_bits)
+
+
 def _taylor(T):
     """The coefficients TAYLOR[bits] for the float type T, highest first (picked at compile time)."""
 
@@ -710,8 +717,9 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
     Returns (the sum over batches of each batch's mean loss times its size, in float64, as
     fastlstm.nn sums them; the number of samples whose most probable class is the target's).
 
-    Subnormal numbers (below 1.2e-38 in float32) are flushed to zero meanwhile, as TensorFlow does
-    on the CPU: saturated gates make them by the thousand late in training, and each is slow.
+    Call it with subnormal numbers (below 1.2e-38 in float32) flushed to zero (:func:`exchange_mxcsr`
+    with FLUSH_SUBNORMALS), as TensorFlow does on the CPU: saturated gates make them by the thousand
+    late in training, and each is slow.
     """
     stateful, go_backwards, activation, recurrent_activation = options
     zero_state = not stateful  # each batch starts from zeros
@@ -726,7 +734,6 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
     exps = np.empty(classes, x.dtype)
     recurrent_part = np.empty(4 * units, x.dtype)
     total_loss, correct = 0.0, 0
-    mxcsr = _exchange_mxcsr(-1, FLUSH_SUBNORMALS)
     for start in range(0, samples, batch_size):
         rows = min(batch_size, samples - start)
         gates, offset = _carve(scratch, 0, (rows, time, 4 * units))
@@ -779,5 +786,4 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         _add_weight_gradients(inputs, h, dz, dkernel, drecurrent_kernel, dbias, zero_state)
         iterations += 1
         _adam(flat[0], flat[1], flat[2], flat[3], iterations, adam)
-    _exchange_mxcsr(0, mxcsr)
     return total_loss, correct

@@ -253,6 +253,20 @@ def test_the_fused_pass_flushes_subnormal_numbers_only_while_it_runs():
     assert np.float32(1e-38) * np.float32(0.01) > 0  # NumPy's arithmetic keeps its subnormals
 
 
+def test_an_exception_inside_the_fused_pass_leaves_subnormal_numbers_as_they_were():
+    """A stateful model's state of the wrong shape makes the compiled pass raise at its first
+    batch, after it flushed subnormals to zero: they must not stay flushed."""
+    units, classes, batch, dtype = 3, 4, 2, np.float32
+    x, y = np.zeros((batch, 5, 1), dtype), np.eye(classes, dtype=dtype)[:batch]
+    lstm = [np.zeros(shape, dtype) for shape in ((1, 4 * units), (units, 4 * units), (4 * units,))]
+    dense = [np.zeros(shape, dtype) for shape in ((units, classes), (classes,))]
+    flat = tuple(np.zeros(sum(a.size for a in lstm + dense), dtype) for _ in range(4))
+    adam = (tuple(dtype(value) for value in (0.001, 0.9, 0.999, 1e-7, 0.1, 0.001)), 0)
+    wrong_state = (np.zeros((batch + 1, units), dtype),) * 2
+    with pytest.raises(ValueError):
+        numba_cpu.train_epoch(x, y, batch, lstm, dense, lstm, dense, flat, adam, wrong_state, "tanh", "sigmoid", False)
+    assert np.float32(1e-40) * np.float32(1) > 0
+
 def test_the_fused_pass_is_taken_only_for_an_lstm_then_a_softmax_dense(monkeypatch):
     calls = []
     monkeypatch.setattr(numba_cpu, "train_epoch", lambda *args, **kwargs: calls.append(1) or (0.0, 0))

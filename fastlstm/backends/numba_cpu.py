@@ -271,6 +271,9 @@ def train_epoch(x, y, batch_size, lstm_weights, dense_weights, lstm_grads, dense
         (the sum over batches of the batch's mean loss times its size, the number of samples
         whose most probable class is the target's). Weights, gradients, moments and the state
         are updated in place, one Adam step per batch.
+
+    Subnormal numbers are flushed to zero while it runs, and only then: the calling thread's
+    floating-point control is restored however the pass ends, an exception included.
     """
     constants, iterations = adam
     empty = np.empty(0, x.dtype)
@@ -278,6 +281,10 @@ def train_epoch(x, y, batch_size, lstm_weights, dense_weights, lstm_grads, dense
     options = (state is not None, go_backwards, *_codes(activation, recurrent_activation))
     if state is None:
         state = (np.empty((0, lstm_weights[1].shape[0]), x.dtype),) * 2
-    return kernels.train_epoch(np.ascontiguousarray(x), np.ascontiguousarray(y), batch_size, lstm_weights,
-                               tuple(dense_weights), lstm_grads, tuple(dense_grads), tuple(flat), constants,
-                               iterations, tuple(state), options)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    control = kernels.exchange_mxcsr(-1, kernels.FLUSH_SUBNORMALS)
+    try:
+        return kernels.train_epoch(x, y, batch_size, lstm_weights, tuple(dense_weights), lstm_grads,
+                                   tuple(dense_grads), tuple(flat), constants, iterations, tuple(state), options)
+    finally:
+        kernels.exchange_mxcsr(0, control)  # on every way out: an exception must not leave subnormals flushed
