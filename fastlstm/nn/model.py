@@ -1,6 +1,7 @@
 """``Sequential``: a stack of layers trained with a loss and an optimizer, as ``keras.Sequential``."""
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -179,7 +180,12 @@ class Sequential:
 
     def set_weights(self, weights):
         """Sets every weight from a list in ``get_weights``'s order and shapes (for example
-        ``keras_model.get_weights()`` of the same architecture)."""
+        ``keras_model.get_weights()`` of the same architecture), cast to the model's dtype.
+
+        Every array is checked before any is assigned, so a refused list changes nothing: a list
+        of another length, an array of another shape, one that is not numeric, and one with NaN
+        or inf values (or values beyond the model's dtype's range) are refused, as ``fit``
+        refuses such data; neither has an opt-out."""
         self._require_built("set_weights")
         targets = [(f"{layer.name}.{name}", w)
                    for layer in self._distinct_layers() for name, w in zip(layer.weight_names, layer.weights)]
@@ -189,12 +195,16 @@ class Sequential:
                 f"weights must be a list of {len(targets)} arrays "
                 f"({', '.join(f'{name} {w.shape}' for name, w in targets)}), got {len(weights)} arrays"
             )
-        values = [np.asarray(v) for v in weights]
-        for i, ((name, w), v) in enumerate(zip(targets, values)):
-            if v.shape != w.shape:
-                raise ValueError(f"weights[{i}] ({name}) must have shape {w.shape}, got {v.shape}")
-        for (_, w), v in zip(targets, values):
-            w[...] = v
+        values = []
+        for i, ((name, w), v) in enumerate(zip(targets, weights)):
+            argument = f"weights[{i}] ({name})"
+            value = _as_dtype(v, argument, self.dtype)
+            if value.shape != w.shape:
+                raise ValueError(f"{argument} must have shape {w.shape}, got {value.shape}")
+            _check_finite(value, v, argument)
+            values.append(value)
+        for (_, w), value in zip(targets, values):
+            w[...] = value
 
     def reset_states(self):
         """Sets the state of every stateful layer to zeros."""
@@ -251,6 +261,11 @@ class Sequential:
         Returns:
             A :class:`History`: ``history['loss']`` (and ``history['accuracy']``) per epoch,
             each averaged over the epoch's samples.
+
+        ``x`` and ``y`` with NaN or inf values, or values beyond the model's dtype's range, are
+        refused (there is no opt-out, as for ``set_weights``). When an epoch's loss is NaN or
+        inf, training has diverged: ``fit`` warns (a RuntimeWarning, once per call) and goes on,
+        as Keras does.
         """
         self._require_compiled("fit")
         x, y = self._check_data(x, y)
@@ -259,11 +274,15 @@ class Sequential:
         verbose = _verbosity(verbose)
         callbacks = _callbacks(callbacks)
         history = History()
+        diverged = False
         for epoch in range(epochs):
             start = time.perf_counter()
             order = np.random.permutation(len(x)) if shuffle else slice(None)
             logs = self._run(x[order], y[order], batches, train=True)
             history._append(epoch, logs)
+            if not diverged and not np.isfinite(logs["loss"]):
+                diverged = True
+                warnings.warn(self._divergence(logs["loss"], epoch, epochs), RuntimeWarning, stacklevel=2)
             if verbose:
                 seconds = time.perf_counter() - start
                 _log(f"Epoch {epoch + 1}/{epochs} - {seconds:.2f}s {1e3 * seconds / len(batches):.2f}ms/step - "
@@ -271,6 +290,15 @@ class Sequential:
             for callback in callbacks:
                 callback.on_epoch_end(epoch, logs)
         return history
+
+    def _divergence(self, loss, epoch, epochs):
+        """What a warning says of a loss that turned NaN or inf."""
+        adam = self.optimizer
+        return (
+            f"training diverged: the loss is {loss} in epoch {epoch + 1}/{epochs}, and the weights are likely "
+            f"no longer finite. With Adam(learning_rate={adam.learning_rate:g}, epsilon={adam.epsilon:g}): "
+            "epsilon=0 divides 0 by 0 where a gradient is 0, and too large a learning rate overflows"
+        )
 
     def evaluate(self, x, y, batch_size=None, verbose=0):
         """The loss and metrics over ``x`` and ``y`` (shapes as in ``fit``).
@@ -445,15 +473,37 @@ def _flatten_into_views(layers, attribute, dtype):
 
 
 def _float_array(a, name, dtype):
+    """``a`` as a finite array of ``dtype`` with at least one sample, or an error naming ``name``."""
+    array = _as_dtype(a, name, dtype)
+    if array.ndim == 0 or len(array) == 0:
+        raise ValueError(f"{name} must hold at least one sample, got shape {array.shape}")
+    _check_finite(array, a, name)
+    return array
+
+
+def _as_dtype(a, name, dtype):
     try:
-        a = np.asarray(a, dtype=dtype)
-    except (TypeError, ValueError) as e:
+        with np.errstate(over="ignore"):  # _check_finite reports an overflow, naming the argument
+            return np.asarray(a, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as e:
         raise TypeError(f"{name} must be a numeric array, got {type(a).__name__} ({e})") from e
-    if a.ndim == 0 or len(a) == 0:
-        raise ValueError(f"{name} must hold at least one sample, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains {int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} inf values")
-    return a
+
+
+def _check_finite(array, original, name):
+    """Refuses NaN or inf in ``array``, ``original`` cast to the model's dtype: NaN or inf in the
+    data, or values beyond the dtype's range, which the cast made inf."""
+    if np.isfinite(array).all():
+        return
+    wide = np.asarray(original, dtype=np.float64)
+    overflowed = np.isinf(array) & np.isfinite(wide)
+    if overflowed.any():
+        raise ValueError(
+            f"{name} has values of magnitude up to {np.abs(wide[overflowed]).max():.3g}, beyond {array.dtype}'s "
+            f"range ({np.finfo(array.dtype).max:.2g}): the model's dtype is {array.dtype}"
+        )
+    raise ValueError(
+        f"{name} contains {int(np.isnan(array).sum())} NaN and {int(np.isinf(array).sum())} inf values"
+    )
 
 
 def _check_shape(a, expected, name, which, hint=""):
