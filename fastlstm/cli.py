@@ -48,7 +48,8 @@ class Progress:
 
 def _describe(result):
     return (f"experiment {result.experiment}, seed {result.seed}, {result.framework} ({result.backend}): "
-            f"accuracy {result.accuracy:.2f}%, loss {result.loss:.4f}, {result.seconds:.1f} s")
+            f"accuracy {result.accuracy:.2f}%, loss {result.loss:.4f}, {result.seconds:.1f} s"
+            + (", DIVERGED" if result.diverged else ""))
 
 
 def _demonstration_lines(result):
@@ -63,9 +64,12 @@ def _demonstration_lines(result):
 def _accuracy_cell(summary):
     if summary is None:
         return "-"
-    if summary["runs"] == 1:
-        return f"{summary['mean']:.2f}"
-    return f"{summary['mean']:.2f} [{summary['min']:.2f}, {summary['max']:.2f}]"
+    cell = f"{summary['mean']:.2f}"
+    if summary["runs"] > 1:
+        cell += f" [{summary['min']:.2f}, {summary['max']:.2f}]"
+    if summary["diverged"]:
+        cell += f", {summary['diverged']} diverged"
+    return cell
 
 
 def _reaching_cell(summary, published):
@@ -297,6 +301,7 @@ def _run_all(args, frameworks, seeds, workers):
 
 
 def alphabet(args, frameworks):
+    """Runs, prints and (with --json) writes the experiments; returns their Results."""
     seeds = range(args.seed, args.seed + args.seeds)
     fastlstm = frameworks[0]
     jobs = min(args.jobs or usable_cores(), len(args.experiment) * len(seeds))
@@ -320,6 +325,15 @@ def alphabet(args, frameworks):
                                "results": [dataclasses.asdict(r) for r in results],
                                "summaries": [{"experiment": e.number, "fastlstm": o, "keras": k} for e, o, k in rows]})
         print(f"wrote {args.json}")
+    return results
+
+
+def _divergence_status(results):
+    """1 after a line that names the runs whose loss turned NaN or infinite, 0 if none did."""
+    diverged = [f"experiment {r.experiment}, seed {r.seed} ({r.framework})" for r in results if r.diverged]
+    if diverged:
+        print(f"fastlstm: diverged (loss not finite): {'; '.join(diverged)}", file=sys.stderr)
+    return 1 if diverged else 0
 
 
 def write_json(path, document):
@@ -422,10 +436,10 @@ def main(argv=None):
                 chosen = frameworks(args)
             except (ValueError, ImportError, BackendUnavailable) as e:
                 run.error(str(e))
-            alphabet(args, chosen)
+            results = alphabet(args, chosen)
     except Interrupted as e:
         print("fastlstm: interrupted", file=sys.stderr)
         return 128 + e.signal_number
     finally:
         stop_children()  # none is left after a complete run; after an exception, the workers still running
-    return 0
+    return _divergence_status(results)

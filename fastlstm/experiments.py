@@ -6,6 +6,7 @@ Each experiment is data plus a training schedule; :func:`run` trains one on a fr
 time and the tutorial's demonstrations.
 """
 import dataclasses
+import math
 import os
 import string
 import time
@@ -110,6 +111,11 @@ class Result:
     seconds: float  # training time
     # Each demonstration is a list of (input letters, predicted letter, expected letter).
     demonstrations: dict = dataclasses.field(default_factory=dict)
+    # Whether the loss turned NaN or infinite: the run's accuracy then measures nothing learnt.
+    diverged: bool = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.diverged = not math.isfinite(self.loss)
 
     @property
     def reaches_published(self):
@@ -278,8 +284,9 @@ def _demonstrations(experiment, framework, model, data, rng):
 
 
 def summarize(results):
-    """Mean, min and max accuracy, and how many runs reach the published accuracy, of the results
-    of one experiment on one framework."""
+    """Mean, min and max accuracy, how many runs reach the published accuracy and how many
+    diverged, of the results of one experiment on one framework; the accuracies are those of
+    every run, diverged ones included."""
     accuracies = np.array([r.accuracy for r in results])
     return dict(
         runs=len(results),
@@ -287,5 +294,6 @@ def summarize(results):
         min=float(accuracies.min()),
         max=float(accuracies.max()),
         reaching_published=sum(r.reaches_published for r in results),
+        diverged=sum(r.diverged for r in results),
         seconds=float(np.mean([r.seconds for r in results])),
     )

@@ -12,6 +12,7 @@ import tempfile
 import numba
 import pytest
 
+from fastlstm import cli, experiments
 from fastlstm.cli import Progress, start_in_workers, wait_for, write_json
 from fastlstm.utils import usable_cores
 
@@ -162,3 +163,27 @@ def test_progress_counts_runs_in_its_own_words():
     progress = Progress("experiment 6", terminal, counts="{}/{} runs done")
     progress(37, 100)
     assert terminal.getvalue() == "\rexperiment 6: 37/100 runs done\033[K"
+
+
+def test_a_diverged_run_is_reported_in_its_line_the_table_the_json_and_the_exit_status(tmp_path, monkeypatch, capsys):
+    run_as_asked = experiments.run
+
+    def with_epsilon_0(number, framework, seed, recurrent_activation, epsilon, *rest, **options):
+        # Adam with epsilon 0 divides 0 by 0: experiment 4's loss turns NaN in an epoch, 3's not in 2.
+        return run_as_asked(number, framework, seed, recurrent_activation, 0.0, *rest, **options)
+
+    monkeypatch.setattr(experiments, "run", with_epsilon_0)
+    path = tmp_path / "out.json"
+    status = cli.main(["alphabet", "--backend", "numpy", "--experiment", "3", "4", "--epochs", "2", "--jobs", "1",
+                       "--json", str(path)])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert err.splitlines()[-1] == "fastlstm: diverged (loss not finite): experiment 4, seed 7 (fastlstm)"
+    lines = out.splitlines()
+    assert next(line for line in lines if line.startswith("experiment 4, seed 7,")).endswith(", DIVERGED")
+    assert not next(line for line in lines if line.startswith("experiment 3, seed 7,")).endswith("DIVERGED")
+    rows = [line for line in lines if line.startswith("| 3 ") or line.startswith("| 4 ")]
+    assert "diverged" not in rows[0] and "| 0.00, 1 diverged " in rows[1]
+    report = json.loads(path.read_text())
+    assert [r["diverged"] for r in report["results"]] == [False, True]
+    assert [s["fastlstm"]["diverged"] for s in report["summaries"]] == [0, 1]

@@ -97,3 +97,15 @@ def test_summary_counts_runs_that_reach_the_published_accuracy():
     assert summary["runs"] == 3 and summary["reaching_published"] == 2
     assert summary["min"] == 95.65 and summary["max"] == 100.0
     assert summary["mean"] == pytest.approx((200 + 95.65) / 3)
+
+
+def test_a_run_whose_loss_turns_nan_or_infinite_is_marked_diverged_and_counted():
+    # Adam with epsilon 0 divides 0 by 0 where a gradient is 0: the loss turns NaN in an epoch.
+    diverged = experiments.run(4, experiments.FastLSTM("numpy"), epsilon=0.0, epochs=2)
+    assert np.isnan(diverged.loss) and diverged.diverged
+    finite, infinite = (experiments.Result(4, "x", "fastlstm", "numpy", 8, 1, 100.0, 100.0, loss, 1.0)
+                        for loss in (0.1, np.inf))
+    assert not finite.diverged and infinite.diverged
+    summary = experiments.summarize([diverged, finite, infinite])
+    assert summary["diverged"] == 2 and summary["runs"] == 3
+    assert experiments.summarize([finite])["diverged"] == 0
