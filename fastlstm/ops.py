@@ -92,7 +92,8 @@ def lstm_forward(
         LSTMResult ``(outputs, h, c, cache)``; pass ``cache`` to :func:`lstm_backward`.
 
     All arrays must share one dtype, float32 or float64, and the work is done in it. A sequence
-    must have at least one time step: with none there is no last output to return.
+    must have at least one time step: with none there is no last output to return. ``x`` needs
+    at least one sample and one feature, and the layer at least one unit (as Keras requires).
     """
     impl = get_backend(backend)
     prepare = _preparer(impl)
@@ -101,18 +102,18 @@ def lstm_forward(
     if x.ndim != 3:
         raise ValueError(f"x must be [batch, time, input_dim] (3-D), got shape {x.shape}")
     batch, time, input_dim = x.shape
-    if batch < 1 or time < 1:
+    if batch < 1 or time < 1 or input_dim < 1:
         raise ValueError(
-            f"x must hold at least one sample and one time step, got shape {x.shape} "
+            f"x must hold at least one sample, one time step and one feature, got shape {x.shape} "
             "(an LSTM over zero time steps has no output)"
         )
     _check_float(x, "x")
     kernel = _checked(kernel, "kernel", x.dtype, ndim=2)
     recurrent_kernel = _checked(recurrent_kernel, "recurrent_kernel", x.dtype, ndim=2)
     units = recurrent_kernel.shape[0]
-    if recurrent_kernel.shape != (units, 4 * units):
+    if units < 1 or recurrent_kernel.shape != (units, 4 * units):
         raise ValueError(
-            f"recurrent_kernel must be [units, 4*units], got shape {recurrent_kernel.shape}"
+            f"recurrent_kernel must be [units, 4*units] with at least one unit, got shape {recurrent_kernel.shape}"
         )
     if kernel.shape != (input_dim, 4 * units):
         raise ValueError(

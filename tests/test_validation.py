@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from fastlstm import lstm_backward, lstm_forward
+from fastlstm.backends.plan import DeviceLimits, plan_lstm
 from lstm_testing import CPU_BACKENDS, random_inputs
 
 
@@ -41,6 +42,29 @@ def test_bad_arrays_name_the_argument_and_what_came(inputs, change, error, words
     for word in words:
         assert word in str(info.value)
 
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda a: dict(kernel=a["kernel"][:, :0], recurrent_kernel=a["recurrent_kernel"][:0, :0], bias=None,
+                        h0=a["h0"][:, :0], c0=a["c0"][:, :0]), ["recurrent_kernel", "one unit", "(0, 0)"]),
+        (lambda a: dict(x=a["x"][:, :, :0], kernel=a["kernel"][:0]), ["x", "one feature", "(2, 3, 0)"]),
+    ],
+    ids=["no-units", "no-features"],
+)
+def test_a_layer_without_units_or_inputs_without_features_is_refused(inputs, change, words, backend):
+    """As Keras refuses units=0; the GPU launch plan divides by the units."""
+    with pytest.raises(ValueError) as info:
+        lstm_forward(**replaced(inputs, **change(inputs)), backend=backend)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("batch, units", [(2, 0), (0, 5)])
+def test_the_gpu_launch_plan_refuses_no_units_or_no_samples(batch, units):
+    with pytest.raises(ValueError, match=f"batch >= 1 and units >= 1, got batch {batch}, units {units}"):
+        plan_lstm(batch, units, np.float32, DeviceLimits())
 
 @pytest.mark.parametrize(
     "option, value, words",

@@ -75,7 +75,10 @@ def persistent_shared_memory(units, rows, itemsize):
 
 def plan_lstm(batch, units, dtype, limits):
     """The launches for an LSTM of ``units`` over ``batch`` rows in ``dtype`` on a device with
-    ``limits``: the persistent path where it fits, else the stepwise one."""
+    ``limits``: the persistent path where it fits, else the stepwise one. Refuses a batch or
+    units below 1 (fastlstm.ops does too): there is nothing to launch."""
+    if batch < 1 or units < 1:
+        raise ValueError(f"an LSTM launch plan needs batch >= 1 and units >= 1, got batch {batch}, units {units}")
     itemsize = np.dtype(dtype).itemsize
     if units <= limits.max_threads_per_block:
         # Spread the rows over the multiprocessors; a block holds as many as its threads allow.
