@@ -376,9 +376,9 @@ def _finite_positive(text):
 
 def _writable_file(text):
     """A path a file can be written at, checked before any run rather than after all of them."""
-    folder = os.path.dirname(os.path.abspath(text))
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file's path")
+    folder = os.path.abspath(os.path.dirname(text))
+    if not os.path.basename(text) or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} names a directory, not a file")
     if not os.path.isdir(folder):
         raise argparse.ArgumentTypeError(f"the directory {folder} does not exist")
     try:

@@ -115,7 +115,8 @@ def test_a_workers_exception_is_raised_with_its_traceback():
      (["--epsilon", "nan"], ["--epsilon", "finite number above 0", "got nan"]),
      (["--epsilon", "0"], ["--epsilon", "finite number above 0", "got 0"]),
      (["--json", os.path.join(NEUTRAL, "no such folder", "out.json")], ["--json", "no such folder", "does not exist"]),
-     (["--json", NEUTRAL], ["--json", NEUTRAL, "is a directory"]),
+     (["--json", NEUTRAL], ["--json", NEUTRAL, "names a directory"]), (["--json", ""], ["--json", "names a directory"]),
+     (["--json", "no such folder/"], ["--json", "no such folder/", "names a directory"]),
      (["--json", "/sys/out.json"], ["--json", "cannot write in /sys"])],
 )
 def test_bad_arguments_are_errors_that_name_them_before_any_run(args, words):
