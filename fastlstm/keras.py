@@ -19,6 +19,7 @@ The layer subclasses ``keras.layers.LSTM``: the constructor, weights, names, ``g
   runs the forward again, as with TensorFlow.
 
 Input dropout is applied to the sequence before the fused call, as Keras's cuDNN path applies it.
+Integer and boolean sequences are computed in the layer's compute dtype, as Keras computes them.
 Masks of any pattern give Keras's answer (see :class:`FusedCall`). A call that fastlstm cannot run
 (``recurrent_dropout`` in training, ``unroll=True``, ``use_cudnn=True``, ``implementation=1``
 with dropout in training, an activation it does not have, a compute dtype other than float32 or
@@ -293,7 +294,9 @@ class LSTM(keras.layers.LSTM):
     """``keras.layers.LSTM`` with its forward and backward on fastlstm's fused kernels.
 
     Same arguments, weights, names and config as ``keras.layers.LSTM``; see the module's
-    docstring for what runs where. Inputs ``[batch, time, features]``.
+    docstring for what runs where. Inputs ``[batch, time, features]``, of any dtype that
+    ``keras.layers.LSTM`` takes: integer and boolean ones are cast to the compute dtype (float32
+    or float64) after input dropout, as Keras casts them.
     """
 
     def __init__(self, *args, **kwargs):
@@ -311,6 +314,8 @@ class LSTM(keras.layers.LSTM):
         cell = self.cell
         if training and 0.0 < cell.dropout < 1.0:  # as Keras's cuDNN path applies it
             sequences = sequences * keras.ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        # Integer and boolean sequences reach the loop uncast: Keras computes them in the compute dtype.
+        sequences = keras.ops.cast(sequences, self.compute_dtype)
         bias = cell.bias if cell.use_bias else keras.ops.zeros((4 * cell.units,), sequences.dtype)
         options = Options(ACTIVATIONS[cell.activation], ACTIVATIONS[cell.recurrent_activation],
                           self.return_sequences, self.go_backwards, self.zero_output_for_mask, backend)

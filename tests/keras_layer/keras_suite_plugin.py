@@ -1,10 +1,11 @@
 """pytest plugin (``-p keras_suite_plugin``): Keras's own LSTM tests against the drop-in.
 
-Keras's test module (``keras/src/layers/rnn/lstm_test.py``, run from the installed wheel,
-unchanged) builds every layer as ``keras.src.layers.LSTM``; this plugin points that name at
-``fastlstm.keras.LSTM`` before the module is collected. At the end it reports how many fused
-calls fastlstm ran and which arguments sent calls to Keras's own implementation, so that the
-caller can tell the drop-in was really exercised.
+Keras's test modules (``keras/src/layers/rnn/lstm_test.py`` and ``bidirectional_test.py``, run
+from the installed wheel, unchanged) build every LSTM as ``keras.src.layers.LSTM``; this plugin
+points that name at ``fastlstm.keras.LSTM`` before the module is collected (``Bidirectional``
+rebuilds both directions from the layer's config, which names the drop-in). At the end it
+reports how many fused calls fastlstm ran and which arguments sent calls to Keras's own
+implementation, so that the caller can tell the drop-in was really exercised.
 """
 import keras.src.layers
 

@@ -164,10 +164,10 @@ def test_outputs_states_and_gradients_match_keras(name, fused_calls):
     assert fused_calls
 
 
-def classifier(layer_class, batch_shape, **options):
-    """Masking, LSTM(16) and Dense(4, softmax), compiled with Adam."""
+def classifier(layer_class, x, **options):
+    """Masking, LSTM(16) and Dense(4, softmax), compiled with Adam, for batches like ``x``."""
     model = keras.Sequential([
-        keras.Input(batch_shape=batch_shape),
+        keras.Input(batch_shape=x.shape, dtype=x.dtype),
         keras.layers.Masking(0.0),
         layer_class(16, **options),
         keras.layers.Dense(4, activation="softmax"),
@@ -186,22 +186,27 @@ def train(model, batches):
     return np.array(losses)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(stateful=True), dict(mask=True), dict(dropout=0.3, seed=5)],
-                         ids=["plain", "stateful", "masked", "dropout"])
+@pytest.mark.parametrize("options", [dict(), dict(stateful=True), dict(mask=True), dict(dropout=0.3, seed=5),
+                                     dict(integers=True)],
+                         ids=["plain", "stateful", "masked", "dropout", "integers"])
 def test_training_for_20_steps_matches_keras(options, fused_calls):
     rng = np.random.default_rng(20)
     options = dict(options)
     masked = options.pop("mask", False)
+    integers = options.pop("integers", False)  # int32 data into an int32 Input, as Keras accepts
     batches = []
     for _ in range(20):
-        x = rng.standard_normal((8, 5, 3)).astype("float32")
+        if integers:  # in [-1, 1]: with [-2, 2], float32 round-off alone (as floats too) passes LOSS_TOLERANCE
+            x = rng.integers(-1, 2, (8, 5, 3), dtype="int32")
+        else:
+            x = rng.standard_normal((8, 5, 3)).astype("float32")
         if masked:  # every sample padded to its own length, left or right
             lengths = rng.integers(1, 6, size=8)
             steps = np.arange(5)
             x *= np.where(rng.random((8, 1)) < 0.5, steps < lengths[:, None], steps >= 5 - lengths[:, None])[..., None]
         y = keras.utils.to_categorical(2 * (x[:, :, 0].sum(1) > 0) + (x[:, :, 1].sum(1) > 0), 4)  # learnable
         batches.append((x, y))
-    theirs, ours = (classifier(layer_class, batches[0][0].shape, **options) for layer_class in (keras.layers.LSTM, LSTM))
+    theirs, ours = (classifier(layer_class, batches[0][0], **options) for layer_class in (keras.layers.LSTM, LSTM))
     ours.set_weights(theirs.get_weights())
     theirs_loss, ours_loss = train(theirs, batches), train(ours, batches)
     loss_error = float(np.abs(ours_loss / theirs_loss - 1).max())
@@ -213,11 +218,44 @@ def test_training_for_20_steps_matches_keras(options, fused_calls):
 
 
 def outcome(layer, x, training):
-    """The layer's output as a NumPy array, or the message of the ValueError it raised."""
+    """The layer's output as a NumPy array, or the message of the ValueError or TypeError it raised."""
     try:
         return keras.ops.convert_to_numpy(layer(x, training=training))
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         return str(e)
+
+
+# Keras's LSTM computes integer and boolean sequences in its compute dtype. With dropout in
+# training it refuses them on TensorFlow and JAX (its dropout needs a float) before the loop
+# that the drop-in replaces, so both layers raise the same error there.
+INTEGER_INPUTS = {
+    "int32": dict(dtype="int32"),
+    "int64_float64": dict(dtype="int64", layer_dtype="float64"),
+    "bool": dict(dtype="bool"),
+    "int64_dropout": dict(dtype="int64", dropout=0.4, seed=3, training=True),
+    "int32_float64_dropout": dict(dtype="int32", layer_dtype="float64", dropout=0.4, seed=3, training=True),
+}
+
+
+@pytest.mark.parametrize("name", INTEGER_INPUTS)
+def test_integer_and_boolean_inputs_give_keras_outputs(name, fused_calls):
+    options = dict(INTEGER_INPUTS[name])
+    x = np.random.default_rng(5).integers(-3, 4, SHAPE).astype(options.pop("dtype"))
+    layer_dtype, training = options.pop("layer_dtype", "float32"), options.pop("training", False)
+    theirs, ours = (layer_class(UNITS, return_sequences=True, dtype=layer_dtype, **options)
+                    for layer_class in (keras.layers.LSTM, LSTM))
+    theirs.build(SHAPE)
+    ours.build(SHAPE)
+    ours.set_weights(theirs.get_weights())
+    expected, result = outcome(theirs, x, training), outcome(ours, x, training)
+    assert isinstance(expected, str) == (training and BACKEND != "torch"), expected
+    if isinstance(expected, str):  # Keras's own error, raised before the loop
+        assert result == expected
+    else:
+        error = relative_error(result, expected)
+        print(f"{BACKEND} {name} inputs: {error:.1e}")
+        assert error <= TOLERANCE[expected.dtype.name]
+        assert fused_calls
 
 
 @pytest.mark.parametrize("argument, options, training", [
