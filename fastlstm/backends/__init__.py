@@ -6,7 +6,9 @@ A backend is a module with three functions:
   raises :class:`BackendUnavailable` with a one-line reason.
 - ``forward(x, kernel, recurrent_kernel, bias, h0, c0, options) -> (outputs, hT, cT, saved)``:
   arrays already validated by :mod:`fastlstm.ops` (one float dtype; ``bias`` may be ``None``),
-  ``options`` an :class:`LSTMOptions`; ``saved`` is whatever its backward needs.
+  ``options`` an :class:`LSTMOptions`; ``saved`` is whatever its backward needs, and its own:
+  nothing in it may alias the caller's arrays (copy what the forward did not copy already), since
+  the caller may change them before the backward, which must still give the forward's gradients.
 - ``backward(saved, dy, dhT, dcT) -> (dx, dkernel, drecurrent_kernel, dbias, dh0, dc0)``:
   any of ``dy, dhT, dcT`` may be ``None`` (zero); ``dbias`` is ``None`` when ``bias`` was.
 

@@ -42,7 +42,7 @@ class FusedLSTM:
         batch, time, _ = x.shape
         plan = plan_lstm(batch, units, x.dtype, self.limits)
         activations = ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation]
-        recurrent_kernel = xp.ascontiguousarray(recurrent_kernel)
+        recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
         if plan.path == "persistent":
             self.launcher(plan.forward, zx, recurrent_kernel, h, c, gates, batch, time, units, plan.rows, *activations)
         else:
@@ -51,7 +51,7 @@ class FusedLSTM:
                 xp.matmul(h[:, t], recurrent_kernel, out=hr)
                 self.launcher(plan.forward, zx, hr, h, c, gates, batch, time, units, t, *activations)
         outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
-        saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, options, plan)
+        saved = Saved(x, kernel.copy(), recurrent_kernel, bias is not None, h, c, gates, options, plan)
         return outputs, h[:, time].copy(), c[:, time].copy(), saved
 
     def backward(self, saved, dy, dhT, dcT):

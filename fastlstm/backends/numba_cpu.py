@@ -135,7 +135,7 @@ class Share(NamedTuple):
 class Stepwise(NamedTuple):
     """What the stepwise forward pass saves for its backward pass."""
 
-    x: np.ndarray  # [batch, time, input_dim], in processing order
+    x_shape: tuple  # [batch, time, input_dim]: x itself is in the shares' inputs
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
     has_bias: bool
@@ -144,26 +144,30 @@ class Stepwise(NamedTuple):
 
 
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
+    """The backend contract's forward. What it saves is its own: x is copied into the shares'
+    inputs (stepwise) or copied unless reversing it made a copy (one call), the weights copied."""
     codes = _codes(options.activation, options.recurrent_activation)
-    x = sequence.in_processing_order(np, x, options.go_backwards)
-    batch, time, _ = x.shape
+    x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
+    batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
-    kernel, recurrent_kernel = np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel)
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
     if _stepwise(batch, time, units):
+        weights = np.concatenate([kernel, recurrent_kernel])
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
-        shares = _forward_stepwise(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, sequences, codes)
-        hT = np.concatenate([share.inputs[time, :, x.shape[2]:] for share in shares])
+        shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes)
+        hT = np.concatenate([share.inputs[time, :, input_dim:] for share in shares])
         cT = np.concatenate([share.c[time] for share in shares])
-        saved = Stepwise(x, kernel, recurrent_kernel, bias is not None, options, shares)
+        saved = Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None, options, shares)
         return (hT.copy() if sequences is None else sequences), hT, cT, saved
+    x = sequence.owned(x_in_order, x)
+    kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
     h, c, gates, act_c = kernels.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
     outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
     saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
 
 
-def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, codes):
+def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
     """The forward recurrence as one product and one compiled step per time step, a slice of the
     samples per core. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
     one product with the inputs' and the state's rows together runs faster than the input
@@ -171,11 +175,12 @@ def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, code
     128 samples, 25 steps, 64 inputs, 128 units on one core), whose few inputs make a thin product.
     The weights are packed once for kernels.matmul_packed, which at 32 rows a core of
     64, 100, 128, 512 took 0.88 ms a step against OpenBLAS's 1.14 (which packs them at every
-    call). The product is made in the step's gates, which the compiled step activates in place. Fills
-    sequences [batch, time, units] (every step's output) unless None; returns a Share per core."""
+    call). The product is made in the step's gates, which the compiled step activates in place.
+    weights: [kernel; recurrent_kernel], [input_dim + units, 4*units]. Fills sequences
+    [batch, time, units] (every step's output) unless None; returns a Share per core."""
     batch, time, input_dim = x.shape
-    units = recurrent_kernel.shape[0]
-    weights = kernels.pack_columns(np.concatenate([kernel, recurrent_kernel]))
+    units = weights.shape[1] // 4
+    packed = kernels.pack_columns(weights)
 
     def recurrence(samples):
         n = samples.stop - samples.start
@@ -187,7 +192,7 @@ def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, code
         inputs[0, :, input_dim:] = h0[samples]
         c[0] = c0[samples]
         for t in range(time):
-            kernels.matmul_packed(inputs[t], weights, gates[t])
+            kernels.matmul_packed(inputs[t], packed, gates[t])
             kernels.forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, *codes)
         if sequences is not None:
             sequences[samples] = inputs[1:, :, input_dim:].transpose(1, 0, 2)
@@ -197,15 +202,16 @@ def _forward_stepwise(x, kernel, recurrent_kernel, bias, h0, c0, sequences, code
 
 
 def backward(saved, dy, dhT, dcT):
-    batch, time, _ = saved.x.shape
-    units = saved.recurrent_kernel.shape[0]
-    dh = np.zeros((batch, units), saved.x.dtype) if dhT is None else dhT.copy()
-    dc = np.zeros((batch, units), saved.x.dtype) if dcT is None else dcT.copy()
+    stepwise = isinstance(saved, Stepwise)
+    batch, time, _ = saved.x_shape if stepwise else saved.x.shape
+    units, dtype = saved.recurrent_kernel.shape[0], saved.kernel.dtype
+    dh = np.zeros((batch, units), dtype) if dhT is None else dhT.copy()
+    dc = np.zeros((batch, units), dtype) if dcT is None else dcT.copy()
     every_step = dy is not None and saved.options.return_sequences
     if dy is not None and not every_step:
         dh += dy
     dy_steps = np.ascontiguousarray(dy) if every_step else None
-    if isinstance(saved, Stepwise):
+    if stepwise:
         dx, dkernel, drecurrent_kernel, dbias = _backward_stepwise(saved, dy_steps, dh, dc)
     else:
         x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options = saved
@@ -224,16 +230,16 @@ def _backward_stepwise(saved, dy, dh, dc):
     weight gradients as products over all its steps. dy: [batch, time, units] or None; dh, dc
     [batch, units]: the gradients w.r.t. the final state, turned into those w.r.t. the initial
     state. Returns dx (processing order) and the gradients w.r.t. the weights."""
-    x, kernel, recurrent_kernel, has_bias, options, shares = saved
+    x_shape, kernel, recurrent_kernel, has_bias, options, shares = saved
     codes = _codes(options.activation, options.recurrent_activation)
-    time = x.shape[1]
+    time = x_shape[1]
     recurrent_kernel_t = kernels.pack_columns(recurrent_kernel.T)
-    dx = MEMORY.empty(x.shape, x.dtype)
+    dx = MEMORY.empty(x_shape, kernel.dtype)
 
     def recurrence(share):
         samples = share.samples
         dh_share, dc_share = dh[samples], dc[samples]  # views: dh and dc are updated in place
-        dz = MEMORY.empty(share.gates.shape, x.dtype)
+        dz = MEMORY.empty(share.gates.shape, kernel.dtype)
         for t in reversed(range(time)):
             if dy is not None:
                 dh_share += dy[samples, t]

@@ -44,7 +44,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
         gates[:, t] = a
     act_c = act(c[:, 1:])
     outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
-    saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
+    saved = Saved(x, kernel.copy(), recurrent_kernel.copy(), bias is not None, h, c, gates, act_c, options)
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
 
 

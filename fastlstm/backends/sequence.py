@@ -9,14 +9,22 @@ def in_processing_order(xp, x, go_backwards):
     return xp.ascontiguousarray(x[:, ::-1] if go_backwards else x)
 
 
+def owned(a, given):
+    """``a``, an array a backend saves for its backward pass made from the caller's ``given``, or
+    a copy of it where it is ``given`` itself (in_processing_order and ascontiguousarray return
+    their argument where they need no copy): the caller may change its arrays after the forward."""
+    return a.copy() if a is given else a
+
+
 def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
     """The inputs in processing order and the arrays the recurrence fills.
 
-    Returns ``x`` [batch, time, input_dim] (contiguous, reversed in time for go_backwards),
+    Returns ``x`` [batch, time, input_dim] (contiguous, reversed in time for go_backwards; a
+    copy, never the caller's array),
     ``zx = x @ kernel + bias`` [batch, time, 4*units], and empty ``h``, ``c``
     [batch, time + 1, units] holding h0, c0 at index 0, and ``gates`` [batch, time, 4*units].
     """
-    x = in_processing_order(xp, x, go_backwards)
+    x = owned(in_processing_order(xp, x, go_backwards), x)
     batch, time, input_dim = x.shape
     zx = xp.matmul(x.reshape(batch * time, input_dim), kernel).reshape(batch, time, 4 * units)
     if bias is not None:
