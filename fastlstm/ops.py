@@ -20,6 +20,7 @@ from fastlstm.activations import activation_name
 from fastlstm.backends import LSTMOptions, get_backend
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DLPACK_CPU = 1  # kDLCPU: the device type of host memory in DLPack's __dlpack_device__
 
 
 class LSTMCache(NamedTuple):
@@ -91,14 +92,18 @@ def lstm_forward(
     Returns:
         LSTMResult ``(outputs, h, c, cache)``; pass ``cache`` to :func:`lstm_backward`.
 
+    Arrays: NumPy arrays, or anything on the CPU with ``__dlpack__`` or ``__array__`` (PyTorch
+    tensors, JAX arrays, ..., read without a copy where they allow it), or nested lists of numbers;
+    the GPU backends also take device arrays as they are. Results are NumPy arrays (device arrays
+    from device arrays). Anything else (None for x, a ragged list) is refused naming the argument.
     All arrays must share one dtype, float32 or float64, and the work is done in it. A sequence
     must have at least one time step: with none there is no last output to return. ``x`` needs
     at least one sample and one feature, and the layer at least one unit (as Keras requires).
     """
     impl = get_backend(backend)
     prepare = _preparer(impl)
-    x, kernel, recurrent_kernel, bias, h0, c0 = [
-        None if a is None else prepare(a) for a in (x, kernel, recurrent_kernel, bias, h0, c0)]
+    x, kernel, recurrent_kernel = prepare(x, "x"), prepare(kernel, "kernel"), prepare(recurrent_kernel, "recurrent_kernel")
+    bias, h0, c0 = [None if a is None else prepare(a, name) for a, name in ((bias, "bias"), (h0, "h0"), (c0, "c0"))]
     if x.ndim != 3:
         raise ValueError(f"x must be [batch, time, input_dim] (3-D), got shape {x.shape}")
     batch, time, input_dim = x.shape
@@ -162,7 +167,7 @@ def lstm_backward(cache, dy=None, dhT=None, dcT=None):
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache of an lstm_forward result, got {type(cache).__name__}")
     prepare = _preparer(cache.backend)
-    dy, dhT, dcT = [None if a is None else prepare(a) for a in (dy, dhT, dcT)]
+    dy, dhT, dcT = [None if a is None else prepare(a, name) for a, name in ((dy, "dy"), (dhT, "dhT"), (dcT, "dcT"))]
     if dy is not None:
         dy = _checked(dy, "dy", cache.dtype, shape=cache.output_shape)
     if dhT is not None:
@@ -172,9 +177,27 @@ def lstm_backward(cache, dy=None, dhT=None, dcT=None):
     return LSTMGradients(*cache.backend.backward(cache.saved, dy, dhT, dcT))
 
 
-def _as_array(a):
-    """Arrays (NumPy, CuPy, ...) pass unchanged; anything else goes through np.asarray."""
-    return a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a)
+def _as_array(a, name):
+    """``a`` as a NumPy array, without a copy where it can be: a NumPy array as it is, an array on
+    the CPU that exposes ``__dlpack__`` (PyTorch, JAX, ...) through ``np.from_dlpack``, anything
+    else with ``__array__``, and nested lists of numbers, through ``np.asarray``. Refuses, naming
+    the argument, what is none of these (None, a ragged list, a PyTorch tensor that requires grad)."""
+    if type(a) is np.ndarray:
+        return a
+    try:
+        array = np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a)
+    except (TypeError, ValueError, RuntimeError, BufferError) as e:  # what the producer or NumPy raises
+        raise ValueError(f"{name} cannot be read as an array on the CPU: {e}") from e
+    if array.dtype == object:
+        raise TypeError(f"{name} must be an array (NumPy, or anything with __array__ or __dlpack__, or nested "
+                        f"lists of numbers), got {type(a).__name__}")
+    return array
+
+
+def _on_device(a):
+    """Whether ``a`` is an array in GPU memory (CuPy, Numba, PyTorch, JAX, ... on a GPU)."""
+    return hasattr(a, "__cuda_array_interface__") or (
+        hasattr(a, "__dlpack_device__") and a.__dlpack_device__()[0] != DLPACK_CPU)
 
 
 def _hook(impl, name, default):
@@ -184,12 +207,13 @@ def _hook(impl, name, default):
 
 
 def _preparer(impl):
-    """What makes an argument the array the backend ``impl`` works on: :func:`_as_array`, then
-    the backend's own ``prepare`` where it has one (a GPU backend views device arrays as its own)."""
+    """What makes an argument ``(a, name)`` the array the backend ``impl`` works on: :func:`_as_array`;
+    for a GPU backend (one with its own ``prepare``, which views device arrays as its own), device
+    arrays go to ``prepare`` as they are and the others through :func:`_as_array` first."""
     backend_prepare = _hook(impl, "prepare", None)
     if backend_prepare is None:
         return _as_array
-    return lambda a: backend_prepare(_as_array(a))
+    return lambda a, name: backend_prepare(a if _on_device(a) else _as_array(a, name))
 
 
 def _zeros_like(a, shape):

@@ -1,6 +1,8 @@
 """Bad input is refused with an error that names the argument, what was expected and what came."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.backends.plan import DeviceLimits, plan_lstm
@@ -65,6 +67,44 @@ def test_a_layer_without_units_or_inputs_without_features_is_refused(inputs, cha
 def test_the_gpu_launch_plan_refuses_no_units_or_no_samples(batch, units):
     with pytest.raises(ValueError, match=f"batch >= 1 and units >= 1, got batch {batch}, units {units}"):
         plan_lstm(batch, units, np.float32, DeviceLimits())
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (lambda a: dict(x=None), TypeError, ["x must be an array", "got NoneType"]),
+        (lambda a: dict(recurrent_kernel=None), TypeError, ["recurrent_kernel must be an array", "got NoneType"]),
+        (lambda a: dict(kernel=object()), TypeError, ["kernel must be an array", "got object"]),
+        (lambda a: dict(x=[[[1.0], [2.0]], [[3.0]]]), ValueError, ["x cannot be read as an array", "inhomogeneous"]),
+        (lambda a: dict(h0=torch.zeros((2, 5), requires_grad=True)), ValueError, ["h0 cannot be read", "detach"]),
+    ],
+    ids=["none-x", "none-recurrent-kernel", "object-kernel", "ragged-x", "torch-requires-grad"],
+)
+def test_what_is_not_an_array_is_refused_by_name(inputs, change, error, words):
+    with pytest.raises(error) as info:
+        lstm_forward(**replaced(inputs, **change(inputs)))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_backward_refuses_a_gradient_that_is_not_an_array_by_name(inputs):
+    cache = lstm_forward(**inputs).cache
+    with pytest.raises(ValueError, match="dhT cannot be read as an array"):
+        lstm_backward(cache, dhT=[[0.0] * 5, [0.0]])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("convert", [torch.from_numpy, jnp.asarray], ids=["torch", "jax"])
+def test_cpu_arrays_of_other_libraries_are_taken_as_they_are(inputs, convert, backend):
+    """PyTorch tensors and JAX arrays on the CPU, read through DLPack without a copy, in the
+    forward and the backward pass alike."""
+    expected = lstm_forward(**inputs, backend=backend)
+    dy = np.ones_like(expected.outputs)
+    expected_gradients = lstm_backward(expected.cache, dy, expected.h)
+    result = lstm_forward(**{name: convert(a) for name, a in inputs.items()}, backend=backend)
+    for ours, theirs in zip(result[:3], expected[:3]):
+        np.testing.assert_array_equal(ours, theirs)
+    for ours, theirs in zip(lstm_backward(result.cache, convert(dy), convert(expected.h)), expected_gradients):
+        np.testing.assert_array_equal(ours, theirs)
 
 @pytest.mark.parametrize(
     "option, value, words",
