@@ -102,3 +102,40 @@ def plan_lstm(batch, units, dtype, limits):
         Launch(kernel_name("stepwise_backward", dtype), "lstm_stepwise.cu", grid, block, 0),
         0,
     )
+
+
+class LaunchCount(NamedTuple):
+    """What one call of :class:`~fastlstm.backends.fused.FusedLSTM` puts on the CuPy stream: each
+    kernel of the plan, cuBLAS call, copy, fill, and CuPy elementwise or reduction kernel counts one."""
+
+    forward: int
+    backward: int  # the backward pass of that forward
+
+
+def launch_count(plan, batch, time, input_dim, units, has_bias=True, go_backwards=False):
+    """The device operations of FusedLSTM's forward and backward for ``plan`` over ``x`` [batch,
+    time, input_dim], with contiguous device arrays as arguments (lstm_forward's finite check, its
+    zero initial state and any transfer from the host come on top)."""
+    bias, persistent = int(has_bias), plan.path == "persistent"
+    if persistent:
+        forward_recurrence = backward_recurrence = 1
+    else:
+        # Per step a product and the pointwise kernel. CuPy copies a product's operand whose rows
+        # are strided (h[:, t] of several rows; dz[:, t] of several rows and steps) for cuBLAS.
+        forward_recurrence = time * (_product(batch, 4 * units, strided=batch > 1) + 1)
+        # After dh and dc start as zeros (or the final state's gradients).
+        backward_recurrence = 2 + time * (_product(batch, units, strided=batch > 1 and time > 1) + 1)
+    # x copied in processing order, x @ kernel, + bias, h0 and c0 stored, recurrent_kernel copied;
+    # after the recurrence the outputs, the final h and c, and kernel copied.
+    forward = 1 + _product(batch * time, 4 * units) + bias + 2 + 1 + forward_recurrence + 4
+    # [x_t, h_{t-1}] gathered (two copies), their product with dz, dbias summed, dz @ kernel.T,
+    # dx reversed in time for go_backwards (over one step the reversal is a view).
+    backward = backward_recurrence + 2 + _product(input_dim + units, 4 * units) + bias + \
+        _product(batch * time, input_dim) + int(go_backwards and time > 1)
+    return LaunchCount(forward, backward)
+
+
+def _product(rows, columns, strided=False):
+    """The device operations of CuPy's matmul of a [rows, k] by a [k, columns] matrix: one cuBLAS
+    call, but an elementwise product and its sum where both are 1; plus a copy of a strided operand."""
+    return (2 if rows == columns == 1 else 1) + int(strided)
