@@ -4,13 +4,11 @@ real compiler, driver and hardware, and run wherever CuPy finds a device."""
 import numpy as np
 import pytest
 
-import fastlstm
 from fastlstm import lstm_backward, lstm_forward
+from gpu_testing import check_against_the_reference, needs_gpu
 from lstm_testing import random_inputs
 
-GPU = next(s for s in fastlstm.available_backends() if s.name == "cupy")
-pytestmark = pytest.mark.skipif(not GPU.available, reason=f"needs a CUDA GPU: {GPU.detail}")
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+pytestmark = needs_gpu("cupy")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -25,20 +23,7 @@ TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 def test_cupy_matches_the_reference(shape, dtype, options):
     import cupy
 
-    batch, time, input_dim, units = shape
-    rng = np.random.default_rng(list(shape))
-    inputs = random_inputs(rng, batch, time, input_dim, units, dtype)
-    reference = lstm_forward(**inputs, **options, backend="numpy")
-    grads_in = [rng.standard_normal(a.shape).astype(dtype) for a in reference[:3]]
-    expected = [*reference[:3], *lstm_backward(reference.cache, *grads_in)]
-
-    on_device = {k: cupy.asarray(v) for k, v in inputs.items()}
-    result = lstm_forward(**on_device, **options, backend="cupy")
-    got = [*result[:3], *lstm_backward(result.cache, *map(cupy.asarray, grads_in))]
-    for mine, want in zip(got, expected):
-        assert isinstance(mine, cupy.ndarray)
-        mine = cupy.asnumpy(mine)
-        assert np.abs(mine - want).max() / max(1.0, np.abs(want).max()) <= TOLERANCE[dtype]
+    check_against_the_reference("cupy", shape, dtype, options, cupy.asarray)
 
 
 def test_numpy_arrays_go_to_the_device_and_back():

@@ -1,0 +1,74 @@
+"""The numba_cuda backend on a real GPU against the NumPy reference, forward and backward, on both
+paths of its launch plan. The simulator tests (test_numba_cuda.py) run the same kernels on the CPU
+one thread at a time; these add Numba's CUDA compiler, the driver, real shared memory and
+concurrent threads, and run wherever Numba finds a device.
+
+The backend plans with at most 48 KB of shared memory per block (Numba cannot opt in to more):
+the persistent path up to 54 units in float32 and 38 in float64, whatever the GPU, so the units
+below choose the path, and each test checks the path the backend took from the forward's cache."""
+import numpy as np
+import pytest
+
+from fastlstm import lstm_backward, lstm_forward
+from gpu_testing import TOLERANCE, check_against_the_reference, needs_gpu
+from lstm_testing import random_inputs
+
+pytestmark = needs_gpu("numba_cuda")
+
+# [batch, time, input_dim, units] -> the path it takes in (float32, float64).
+PATHS = {
+    (1, 1, 1, 32): ("persistent", "persistent"),
+    (5, 7, 3, 33): ("persistent", "persistent"),
+    (301, 20, 8, 16): ("persistent", "persistent"),  # several rows per block, the last block partial
+    (300, 20, 8, 38): ("persistent", "persistent"),
+    (2, 4, 3, 39): ("persistent", "stepwise"),
+    (2, 4, 3, 54): ("persistent", "stepwise"),  # float32's largest persistent units: 48,600 bytes
+    (2, 4, 3, 55): ("stepwise", "stepwise"),
+    (4, 6, 3, 160): ("stepwise", "stepwise"),
+}
+DTYPES = [np.float32, np.float64]
+
+
+def taken_path(result):
+    """The launch-plan path the forward ran, from its cache."""
+    saved, _ = result.cache.saved  # (the engine's Saved, whether the inputs were NumPy arrays)
+    return saved.plan.path
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", PATHS, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("options", [
+    dict(), dict(return_sequences=True, go_backwards=True),
+    dict(recurrent_activation="hard_sigmoid_keras2", activation="relu", return_sequences=True),
+], ids=["plain", "sequences-backwards", "hard_sigmoid_keras2-relu"])
+def test_numba_cuda_matches_the_reference(shape, dtype, options):
+    import cupy
+
+    result = check_against_the_reference("numba_cuda", shape, dtype, options, cupy.asarray)
+    assert taken_path(result) == PATHS[shape][DTYPES.index(dtype)]
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 2, 8), (3, 4, 2, 64)], ids=["persistent", "stepwise"])
+def test_numba_device_arrays_are_taken(shape):
+    from numba import cuda
+
+    check_against_the_reference("numba_cuda", shape, np.float32, {}, cuda.to_device)
+
+
+def test_the_kernels_run_on_cupys_current_stream():
+    """On a stream of its own the stepwise path's GEMMs (CuPy) and kernels (Numba) of every step
+    must still run in order, as on the default stream."""
+    import cupy
+
+    with cupy.cuda.Stream(non_blocking=True):
+        result = check_against_the_reference("numba_cuda", (64, 50, 16, 128), np.float32, {}, cupy.asarray)
+    assert taken_path(result) == "stepwise"
+
+
+def test_numpy_arrays_go_to_the_device_and_back():
+    inputs = random_inputs(np.random.default_rng(0), 3, 4, 2, 8, np.float32)
+    reference = lstm_forward(**inputs, backend="numpy")
+    result = lstm_forward(**inputs, backend="numba_cuda")
+    grads = lstm_backward(result.cache, np.ones_like(result.outputs))
+    assert all(isinstance(a, np.ndarray) for a in (*result[:3], *grads))
+    assert np.abs(result.outputs - reference.outputs).max() <= TOLERANCE[np.float32]
