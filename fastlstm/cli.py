@@ -1,5 +1,6 @@
-"""The ``fastlstm`` command: ``fastlstm alphabet`` (the tutorial's experiments) and
-``fastlstm backends`` (what runs here)."""
+"""The ``fastlstm`` command: ``fastlstm alphabet`` (the tutorial's experiments),
+``fastlstm backends`` (what runs here), ``fastlstm bench-report`` (tables and plots of benchmark
+results) and ``fastlstm gpu-check`` (tests and benchmarks on a GPU)."""
 import argparse
 import concurrent.futures
 import contextlib
@@ -9,6 +10,7 @@ import json
 import math
 import multiprocessing
 import os
+import pathlib
 import signal
 import sys
 import tempfile
@@ -388,6 +390,16 @@ def _writable_file(text):
     return text
 
 
+def _output_directory(text):
+    """A directory to write in, made if missing, checked before any run rather than after."""
+    try:
+        os.makedirs(text, exist_ok=True)
+        tempfile.TemporaryFile(dir=text).close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write in {text}: {e.strerror}") from e
+    return pathlib.Path(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastlstm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -396,6 +408,10 @@ def main(argv=None):
     report.add_argument("results", metavar="RESULTS.json")
     report.add_argument("--out", default="bench-report", help="the folder for bench-report.md and the plots")
     report.add_argument("--no-plots", action="store_true", help="write the tables only (no matplotlib needed)")
+    check = commands.add_parser("gpu-check", help="on a GPU: the device, the GPU tests and the GPU benchmarks against "
+                                "cuDNN, into OUTDIR (under 8 minutes); without one, says so")
+    check.add_argument("outdir", metavar="OUTDIR", type=_output_directory,
+                       help="the folder for the logs, benchmarks.json, bench-report.md and summary.json")
     run = commands.add_parser("alphabet", help="the alphabet experiments of the Keras stateful-LSTM tutorial")
     run.add_argument("--experiment", type=int, nargs="+", choices=sorted(experiments.EXPERIMENTS),
                      default=sorted(experiments.EXPERIMENTS), metavar="N",
@@ -428,6 +444,15 @@ def main(argv=None):
             report.error(str(e))
         print(f"wrote {args.out}/bench-report.md")
         return 0
+    if args.command == "gpu-check":
+        from fastlstm import gpu_check  # here, not above: it imports this module
+
+        try:
+            with _interruptible():
+                return gpu_check.gpu_check(args.outdir)
+        except Interrupted as e:
+            print("fastlstm: interrupted", file=sys.stderr)
+            return 128 + e.signal_number
     if args.seed + args.seeds - 1 > LAST_SEED:
         run.error(f"argument --seeds: the last seed, {args.seed + args.seeds - 1}, is over {LAST_SEED}")
     try:
