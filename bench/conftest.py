@@ -3,6 +3,7 @@
     pytest bench/ --benchmark-only                      # the default grid, a few minutes
     pytest bench/ --benchmark-only --bench-grid=full    # every shape of the grid
     pytest bench/ --benchmark-disable                   # each once, as a test (CI)
+    pytest bench/test_kernels.py --benchmark-only --bench-grid=gpu --bench-device=gpu   # fastlstm against cuDNN
 """
 import functools
 import itertools
@@ -11,18 +12,33 @@ import time as clock
 import numpy as np
 import pytest
 
+from fastlstm import experiments
 from fastlstm.bench_report import flops
-from implementations import implementations, make_inputs, versions
+from implementations import gpu_info, implementations, make_inputs, versions
 
 # (batch, time, input_dim, units)
 REFERENCE_SHAPES = [(1, 1, 1, 50), (1, 25, 1, 32), (32, 25, 1, 32), (256, 25, 64, 128), (1024, 25, 64, 128),
                     (64, 100, 128, 512)]
 BATCH_SWEEP = [(batch, time, 16, 32) for time in (1, 25) for batch in (1, 8, 32, 128, 512)]
+
+
+def experiment_shape(experiment):
+    """(batch, time, input_dim, units) of an alphabet experiment's LSTM as it trains."""
+    _, time, input_dim = experiment.make_data(np.random.RandomState(experiments.DEFAULT_SEED)).x.shape
+    return experiment.batch_size, time, input_dim, experiment.units
+
+
+ALPHABET_SHAPES = sorted({experiment_shape(e) for e in experiments.EXPERIMENTS.values()})
 GRIDS = {
     "default": REFERENCE_SHAPES + BATCH_SWEEP,
     "full": [(b, t, u, u) for b, t, u in itertools.product((1, 8, 32, 128, 512, 1024), (1, 5, 25, 100),
                                                           (16, 32, 50, 128, 256, 512))],
+    # The alphabet experiments' shapes, where a GPU's fixed cost per call decides, then the
+    # default grid's, each shape once.
+    "gpu": list(dict.fromkeys(ALPHABET_SHAPES + REFERENCE_SHAPES + BATCH_SWEEP)),
 }
+DEVICES = {"any": lambda implementation: True, "cpu": lambda implementation: not implementation.gpu,
+           "gpu": lambda implementation: implementation.gpu}
 FLOAT64_SHAPES = REFERENCE_SHAPES  # float64 is timed on these, for the implementations that offer it
 # max|result - reference| / max(1, max|reference|), for the outputs and dx: measured at most 6.3e-7
 # in float32 and 1.5e-15 in float64 across fastlstm, Keras, raw TensorFlow and PyTorch over the
@@ -63,7 +79,10 @@ def tolerance(name, shape, dtype):
 
 def pytest_addoption(parser):
     parser.addoption("--bench-grid", choices=sorted(GRIDS), default="default",
-                     help="the shapes of the kernel benchmarks: 'default' (a few minutes) or 'full'")
+                     help="the shapes of the kernel benchmarks: 'default' (a few minutes), 'full', or 'gpu' "
+                          "(the alphabet experiments' shapes, then the default grid's)")
+    parser.addoption("--bench-device", choices=sorted(DEVICES), default="any",
+                     help="the implementations to time, by where they run: 'any', 'cpu', or 'gpu' (on a CUDA device)")
 
 
 def shape_id(shape):
@@ -73,13 +92,18 @@ def shape_id(shape):
 def pytest_generate_tests(metafunc):
     if {"implementation", "shape", "dtype"} <= set(metafunc.fixturenames):
         shapes = GRIDS[metafunc.config.getoption("--bench-grid")]
+        device = metafunc.config.getoption("--bench-device")
+        chosen = [impl for impl in _implementations() if DEVICES[device](impl)]
         # Shape by shape, every implementation one after another: this machine's speed drifts by
         # tens of percent over minutes, so the implementations a ratio compares run seconds apart.
         cases = [(impl, shape, np.dtype(dtype)) for dtype in (np.float32, np.float64)
                  for shape in (shapes if dtype == np.float32 else FLOAT64_SHAPES)
-                 for impl in _implementations() if dtype in impl.dtypes]
-        metafunc.parametrize(("implementation", "shape", "dtype"), cases,
-                             ids=[f"{i.name}-{shape_id(s)}-{d.name}" for i, s, d in cases])
+                 for impl in chosen if dtype in impl.dtypes]
+        ids = [f"{i.name}-{shape_id(s)}-{d.name}" for i, s, d in cases]
+        if not cases:  # a skip that says why, rather than pytest's "got empty parameter set"
+            cases, ids = [pytest.param(None, None, None, marks=pytest.mark.skip(
+                reason=f"no implementation runs here with --bench-device={device}"))], ["none"]
+        metafunc.parametrize(("implementation", "shape", "dtype"), cases, ids=ids)
 
 
 _implementations = functools.cache(implementations)  # built once per session
@@ -115,7 +139,7 @@ def timed(benchmark, reference):
 
     def run(pass_name, implementation, shape, dtype):
         runner = implementation.prepare(make_inputs(*shape, dtype))
-        beside = implementation.name.startswith("fastlstm") and dtype == np.float32 and \
+        beside = implementation.name.startswith("fastlstm") and not implementation.gpu and dtype == np.float32 and \
             flops("forward", *shape) >= LARGE_FLOPS
         throughput_before = matrix_product_gflops() if beside else None
         batch, time, input_dim, units = shape
@@ -125,6 +149,11 @@ def timed(benchmark, reference):
             pass_name=pass_name, batch=batch, time=time, input_dim=input_dim, units=units, dtype=dtype.name,
             path=runner.path, versions={**versions(), **implementation.versions},
         )
+        if implementation.gpu:
+            benchmark.extra_info.update(gpu_info())
+            getattr(runner, pass_name)()  # compilation and the device's first use, outside the timing
+        if runner.launches:
+            benchmark.extra_info["launches"] = runner.launches[pass_name]
         results = as_numpy(runner, pass_name, benchmark(getattr(runner, pass_name)))
         expected = reference(pass_name, shape, dtype)
         assert {name: a.shape for name, a in results.items()} == {name: a.shape for name, a in expected.items()}

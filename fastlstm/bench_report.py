@@ -4,9 +4,12 @@ ratios and PNG plots.
 Kernel benchmarks: per shape, pass and dtype, each implementation's median time and, for fastlstm,
 its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run;
 at the large shapes, fastlstm's share of the machine's matrix-product throughput measured beside it.
-Training benchmarks: per experiment, each implementation's median epoch time and its speed-up over
-Keras, and the tutorial's experiments at full length together. Plots: median time against batch
-size, one panel per sequence length.
+The benchmarks on a GPU (those whose extra_info names a ``gpu``) have a table of their own, which
+names the GPU: fastlstm on the GPU against the GPU baselines (cuDNN through PyTorch and Keras),
+never against one on the CPU, and for each fastlstm backend its kernel path and device operations
+per call. Training benchmarks: per experiment, each implementation's median epoch time and its
+speed-up over Keras, and the tutorial's experiments at full length together. Plots: median time
+against batch size, one panel per sequence length, the GPU's apart.
 """
 import json
 import pathlib
@@ -82,6 +85,14 @@ def _machine(path, document):
     return f"{cpu.get('brand_raw', machine.get('machine', '?'))}, Python {machine.get('python_version', '?')}"
 
 
+def _gpus(rows):
+    """The GPUs that ran ``rows`` (benchmarks on a GPU), each as its name, compute capability and
+    CUDA versions ('?' where one was not recorded)."""
+    return sorted({f"{r['gpu']}, compute capability {r.get('compute_capability') or '?'}, "
+                   f"CUDA driver {r.get('cuda_driver') or '?'}, runtime {r.get('cuda_runtime') or '?'}"
+                   for r in rows})
+
+
 def _speedup(time, baselines):
     return f"{min(baselines) / time:.2f}x" if baselines else "-"
 
@@ -93,7 +104,9 @@ def _table(header, body):
 
 
 def kernel_table(rows):
-    """Markdown: one row per (pass, shape, dtype); medians in ms, fastlstm speed-ups over the fastest baseline."""
+    """Markdown: one row per (pass, shape, dtype); medians in ms, fastlstm speed-ups over the fastest
+    baseline, and where recorded (on a GPU) each fastlstm backend's kernel path and device
+    operations per call. ``rows`` run on one kind of device, all on the CPU or all on a GPU."""
     kernels = [r for r in rows if r.get("pass_name") in KERNEL_PASSES]
     if not kernels:
         return ""
@@ -103,15 +116,18 @@ def kernel_table(rows):
         key = (r["dtype"], r["pass_name"], r["batch"], r["time"], r["input_dim"], r["units"])
         groups[key][r["implementation"]] = r
     fastlstm = [n for n in names if n.startswith("fastlstm")]
+    launched = [n for n in fastlstm if any("launches" in r for r in kernels if r["implementation"] == n)]
     header = ["dtype", "pass", "batch, time, input, units", *(f"{n} ms" for n in names),
-              *(f"{n} vs fastest baseline" for n in fastlstm)]
+              *(f"{n} vs fastest baseline" for n in fastlstm), *(f"{n} path, launches" for n in launched)]
     body = []
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[3], k[2], k[5])):
         found = groups[key]
         baselines = [r["median"] for r in found.values() if r["baseline"]]
         body.append([key[0], KERNEL_PASSES[key[1]], ", ".join(map(str, key[2:])),
                      *(f"{found[n]['median']:.3f}" if n in found else "-" for n in names),
-                     *(_speedup(found[n]["median"], baselines) if n in found else "-" for n in fastlstm)])
+                     *(_speedup(found[n]["median"], baselines) if n in found else "-" for n in fastlstm),
+                     *(f"{found[n]['path']}, {found[n]['launches']}" if "launches" in found.get(n, {}) else "-"
+                       for n in launched)])
     return _table(header, body)
 
 
@@ -179,7 +195,8 @@ def _tutorial_totals(training):
 
 def plot(rows, out_dir):
     """PNGs of median time against batch size per implementation, one panel per sequence length,
-    for each pass, dtype and (input, units) measured at several batch sizes. Returns their paths."""
+    for each pass, dtype and (input, units) measured at several batch sizes, the benchmarks on a
+    GPU in figures of their own (named ...-gpu.png). Returns their paths."""
     try:
         import matplotlib
     except ImportError as e:
@@ -192,10 +209,10 @@ def plot(rows, out_dir):
     series = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r.get("pass_name") in KERNEL_PASSES:
-            figure = (r["pass_name"], r["dtype"], r["input_dim"], r["units"])
+            figure = (r["pass_name"], r["dtype"], r["input_dim"], r["units"], bool(r.get("gpu")))
             series[figure][(r["time"], r["implementation"])].append((r["batch"], r["median"]))
     paths = []
-    for (pass_name, dtype, input_dim, units), lines in sorted(series.items()):
+    for (pass_name, dtype, input_dim, units, gpu), lines in sorted(series.items()):
         if max(len(points) for points in lines.values()) < 2:
             continue  # a single batch size is no curve
         times = sorted({time for time, _ in lines})
@@ -212,9 +229,9 @@ def plot(rows, out_dir):
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle(f"{KERNEL_PASSES[pass_name]}, {dtype}, input {input_dim}, units {units}")
+        fig.suptitle(f"{KERNEL_PASSES[pass_name]}, {dtype}, input {input_dim}, units {units}{', on the GPU' * gpu}")
         fig.tight_layout()
-        path = pathlib.Path(out_dir) / f"{pass_name}-{dtype}-d{input_dim}-u{units}.png"
+        path = pathlib.Path(out_dir) / f"{pass_name}-{dtype}-d{input_dim}-u{units}{'-gpu' * gpu}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
@@ -227,8 +244,11 @@ def report(path, out_dir, plots=True):
     rows = _rows(path, document)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = [f"Benchmarks of {path} ({_machine(path, document)}); medians, ratios measured in the same run."]
-    for title, table in (("Kernels", kernel_table(rows)),
+    on_gpu = [r for r in rows if r.get("gpu")]
+    machine = "; ".join([_machine(path, document), *(f"GPU {gpu}" for gpu in _gpus(on_gpu))])
+    sections = [f"Benchmarks of {path} ({machine}); medians, ratios measured in the same run."]
+    for title, table in (("Kernels", kernel_table([r for r in rows if not r.get("gpu")])),
+                         ("Kernels on the GPU: fastlstm against the fastest GPU baseline (cuDNN)", kernel_table(on_gpu)),
                          ("Share of the matrix-product throughput (float32 products of 1024 x 1024 on every "
                           "core, the mean of the best of 10 just before and just after each pass)",
                           throughput_table(rows)),

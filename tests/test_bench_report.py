@@ -141,3 +141,29 @@ def test_a_missing_file_is_refused_in_one_line_naming_it(tmp_path):
                             capture_output=True, text=True, cwd=tempfile.gettempdir())
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1] == f"fastlstm bench-report: error: {path}: No such file or directory"
+
+
+def test_a_gpu_run_is_reported_against_gpu_baselines_and_names_the_gpu(tmp_path):
+    """tests/data/gpu-bench.json: a run's file as bench/ writes it on a GPU machine (the extra_info
+    of bench/conftest.py), by hand: at 1, 1, 1, 32 the CPU's torch (0.030 ms) is faster than every
+    GPU implementation, so a GPU time compared with it would read 0.75x and 0.60x."""
+    markdown = bench_report.report(ROOT / "tests" / "data" / "gpu-bench.json", tmp_path)
+    assert "GPU NVIDIA H100 80GB HBM3, compute capability 9.0, CUDA driver 13.0, runtime 13.0" in markdown.splitlines()[0]
+    cpu, gpu = (section.split("\n\n")[1] for section in markdown.split("## ")[1:3])
+
+    def cells(table):
+        header, _, *rows = ([c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines())
+        return [dict(zip(header, row)) for row in rows]
+
+    assert [(r["pass"], r["fastlstm-numba_cpu vs fastest baseline"]) for r in cells(cpu)] == [("forward", "1.50x")]
+    assert not any("cuda" in column or "cupy" in column for column in cells(cpu)[0])
+    assert [(r["pass"], r["batch, time, input, units"], r["fastlstm-cupy vs fastest baseline"],
+             r["fastlstm-numba_cuda vs fastest baseline"], r["fastlstm-cupy path, launches"]) for r in cells(gpu)] == [
+        ("forward", "1, 1, 1, 32", "2.50x", "2.00x", "persistent, 11"),
+        ("forward", "1, 25, 16, 32", "5.00x", "-", "persistent, 11"),
+        ("forward", "8, 25, 16, 32", "5.00x", "-", "persistent, 11"),
+        ("forward+backward", "1, 1, 1, 32", "2.50x", "2.00x", "persistent, 18"),
+    ]
+    assert not any(column.startswith(("torch ms", "fastlstm-numba_cpu")) for column in cells(gpu)[0])
+    assert [p.name for p in tmp_path.glob("*.png")] == ["forward-float32-d16-u32-gpu.png"]
+    assert (tmp_path / "forward-float32-d16-u32-gpu.png").read_bytes().startswith(PNG)
