@@ -9,7 +9,8 @@ from fastlstm.backends import cupy as cupy_backend
 from lstm_testing import CPU_BACKENDS, random_inputs
 from test_cupy_backend import device  # noqa: F401 (the fixture: the CuPy backend on the CPU)
 
-SHAPES = {"one-call": (3, 4, 2, 5), "stepwise": (64, 16, 8, 32)}  # batch, time, input_dim, units
+# batch, time, input_dim, units; over one step, x reversed in time is a view of the caller's x
+SHAPES = {"one-call": (3, 4, 2, 5), "one-step": (3, 1, 2, 5), "stepwise": (64, 16, 8, 32)}
 
 
 def _changed(inputs):

@@ -120,14 +120,7 @@ def _run(emulated, path, shape, options):
     return count, forward, DeviceArray.log
 
 
-# The forward over one step with go_backwards copies nothing yet: x[:, ::-1] is then contiguous,
-# so sequence.owned keeps a view of the caller's x where the cache should own a copy.
-ALIASED_X = pytest.mark.xfail(strict=True, reason="go_backwards over one step keeps a view of the caller's x")
-
-
-@pytest.mark.parametrize("path, shape, options", [
-    pytest.param(*case, id=name, marks=[ALIASED_X] if case[2]["go_backwards"] and case[1][1] == 1 else [])
-    for case, name in zip(CASES, IDS)])
+@pytest.mark.parametrize("path, shape, options", CASES, ids=IDS)
 def test_the_plan_counts_every_device_operation_of_a_forward(emulated, path, shape, options):
     count, forward, _ = _run(emulated, path, shape, options)
     assert len(forward) == count.forward, forward

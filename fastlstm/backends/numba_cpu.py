@@ -145,21 +145,21 @@ class Stepwise(NamedTuple):
 
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     """The backend contract's forward. What it saves is its own: x is copied into the shares'
-    inputs (stepwise) or copied unless reversing it made a copy (one call), the weights copied."""
+    inputs (stepwise) or into a new array in processing order (one call), the weights copied."""
     codes = _codes(options.activation, options.recurrent_activation)
-    x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
     if _stepwise(batch, time, units):
         weights = np.concatenate([kernel, recurrent_kernel])
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
+        x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
         shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes)
         hT = np.concatenate([share.inputs[time, :, input_dim:] for share in shares])
         cT = np.concatenate([share.c[time] for share in shares])
         saved = Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None, options, shares)
         return (hT.copy() if sequences is None else sequences), hT, cT, saved
-    x = sequence.owned(x_in_order, x)
+    x = sequence.owned_in_processing_order(np, x, options.go_backwards)
     kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
     h, c, gates, act_c = kernels.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
     outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()

@@ -9,11 +9,12 @@ def in_processing_order(xp, x, go_backwards):
     return xp.ascontiguousarray(x[:, ::-1] if go_backwards else x)
 
 
-def owned(a, given):
-    """``a``, an array a backend saves for its backward pass made from the caller's ``given``, or
-    a copy of it where it is ``given`` itself (in_processing_order and ascontiguousarray return
-    their argument where they need no copy): the caller may change its arrays after the forward."""
-    return a.copy() if a is given else a
+def owned_in_processing_order(xp, x, go_backwards):
+    """:func:`in_processing_order`, always a new array, never a view of the caller's ``x``: for a
+    backend to save for its backward pass, as the caller may change ``x`` after the forward."""
+    ordered = x[:, ::-1] if go_backwards else x
+    # ascontiguousarray returns its argument where it is contiguous: x, or over one step its reversal
+    return ordered.copy() if ordered.flags.c_contiguous else xp.ascontiguousarray(ordered)
 
 
 def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
@@ -24,7 +25,7 @@ def start(xp, x, kernel, bias, h0, c0, units, go_backwards):
     ``zx = x @ kernel + bias`` [batch, time, 4*units], and empty ``h``, ``c``
     [batch, time + 1, units] holding h0, c0 at index 0, and ``gates`` [batch, time, 4*units].
     """
-    x = owned(in_processing_order(xp, x, go_backwards), x)
+    x = owned_in_processing_order(xp, x, go_backwards)
     batch, time, input_dim = x.shape
     zx = xp.matmul(x.reshape(batch * time, input_dim), kernel).reshape(batch, time, 4 * units)
     if bias is not None:
