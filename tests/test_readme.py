@@ -1,4 +1,6 @@
-"""The README's set-up commands are the ones CI runs and the ones the package supports."""
+"""The README's set-up commands are the ones CI runs and the ones the package supports, and its GPU
+results are those of the newest GPU run kept in bench/results/."""
+import json
 import pathlib
 import re
 
@@ -14,3 +16,48 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert main_job == 'pip install ".[numba]" && fastlstm alphabet'
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert ci[-1] == tests
+
+
+# The GPU results: the README's table is the GPU table of the newest `fastlstm gpu-check` run kept
+# in bench/results/DATE-GPU/, named with its folder and commit; until a run exists, it says so.
+NO_GPU_RESULTS = "GPU results: none yet."
+
+
+def newest_gpu_run(results):
+    """The newest folder under ``results`` whose summary.json names a device (a run on a GPU), or
+    None. The folders are named DATE-GPU, so their names sort by date."""
+    runs = sorted(summary.parent for summary in results.glob("*/summary.json")
+                  if json.loads(summary.read_text()).get("device"))
+    return runs[-1] if runs else None
+
+
+def gpu_results_mismatch(readme, results):
+    """What keeps the README's GPU results from being those of the newest run under ``results``:
+    a list of problems, empty where they agree."""
+    run = newest_gpu_run(results)
+    if run is None:
+        return [] if NO_GPU_RESULTS in readme else [f"no GPU run in {results}, and the README does not say so"]
+    report = (run / "bench-report.md").read_text()
+    table = report.split("## Kernels on the GPU", 1)[1].split("\n\n")[1]
+    commit = json.loads((run / "summary.json").read_text())["commit"][:7]
+    expected = {f"the GPU table of {run.name}": table, "the run's folder": run.name, "its commit": commit}
+    return [f"the README lacks {what}" for what, text in expected.items() if text not in readme] + \
+        ([f"the README still says {NO_GPU_RESULTS!r}"] if NO_GPU_RESULTS in readme else [])
+
+
+def test_readme_gpu_results_are_those_of_the_newest_gpu_run():
+    assert gpu_results_mismatch((ROOT / "README.md").read_text(), ROOT / "bench" / "results") == []
+
+
+def test_a_gpu_run_must_reach_the_readme(tmp_path):
+    table = "| dtype | pass | fastlstm-cupy ms |\n| - | - | - |\n| float32 | forward | 0.050 |"
+    for name, device in (("2026-12-01-h100", {"name": "NVIDIA H100"}), ("2026-12-05-cpu", None),
+                         ("2026-11-30-a100", {"name": "NVIDIA A100"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"device": device, "commit": "abcdef0123"}))
+        (tmp_path / name / "bench-report.md").write_text(f"Benchmarks\n\n## Kernels on the GPU: x\n\n{table}\n")
+    assert newest_gpu_run(tmp_path).name == "2026-12-01-h100"  # the newest with a device
+    assert len(gpu_results_mismatch(f"{NO_GPU_RESULTS} ...", tmp_path)) == 4
+    assert gpu_results_mismatch(f"2026-12-01-h100 at abcdef0\n\n{table}\n", tmp_path) == []
+    assert gpu_results_mismatch("no GPU run\n", tmp_path / "2026-12-05-cpu") == [
+        f"no GPU run in {tmp_path / '2026-12-05-cpu'}, and the README does not say so"]
