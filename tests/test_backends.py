@@ -71,11 +71,14 @@ def registry(monkeypatch):
     monkeypatch.setattr(backends, "MODULES", {"broken": "fake_broken", "missing": "fake_module_that_does_not_exist",
                                               "numpy": backends.MODULES["numpy"]})
     monkeypatch.setattr(backends, "PREFERENCE", ("broken", "missing", "numpy"))
-    backends._load.cache_clear()
-    backends._auto.cache_clear()
+    _forget_loaded_backends()
     yield
-    backends._load.cache_clear()
-    backends._auto.cache_clear()
+    _forget_loaded_backends()
+
+
+def _forget_loaded_backends():
+    for cached in (backends._load, backends._auto, backends.get_backend):
+        cached.cache_clear()
 
 
 def test_without_a_gpu_cupy_is_listed_unavailable_with_the_reason_and_never_picked():
@@ -98,6 +101,24 @@ def test_unavailable_backends_are_listed_with_their_reason(registry):
 def test_asking_for_an_unavailable_backend_says_why(registry):
     with pytest.raises(fastlstm.BackendUnavailable, match="broken: unavailable .no CUDA device"):
         backends.get_backend("broken")
+
+
+def test_resolve_names_the_backend_get_backend_gives(registry):
+    with pytest.warns(UserWarning, match="using backend 'numpy'"):
+        assert backends.resolve() == "numpy"
+    assert backends.resolve("auto") == "numpy"
+    assert backends.resolve("numpy") == "numpy"
+    assert backends.get_backend(backends.resolve()) is backends.get_backend("auto")
+
+
+def test_resolve_refuses_as_get_backend_does(registry):
+    for refuse in (backends.resolve, backends.get_backend):
+        with pytest.raises(ValueError, match=r"backend must be 'auto' or one of \['broken', 'missing', 'numpy'\], got 'nope'"):
+            refuse("nope")
+        with pytest.raises(fastlstm.BackendUnavailable, match="broken: unavailable .no CUDA device"):
+            refuse("broken")
+        with pytest.raises(fastlstm.BackendUnavailable, match="missing: unavailable .not installed"):
+            refuse("missing")
 
 
 def test_auto_reports_a_broken_backend_once_and_stays_silent_about_a_missing_one(registry):

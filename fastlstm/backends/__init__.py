@@ -97,8 +97,9 @@ def available_backends():
     return [_load(name)[1] for name in MODULES]
 
 
-def get_backend(name="auto"):
-    """The backend module called ``name``, or the best one that works here for 'auto'.
+def resolve(name="auto"):
+    """The name of the backend ``name`` stands for: itself, or for 'auto' the best one that works
+    here (the first of :data:`PREFERENCE` that does).
 
     Raises ValueError for an unknown name and BackendUnavailable for one that cannot run here.
     """
@@ -109,7 +110,13 @@ def get_backend(name="auto"):
     module, status, _ = _load(name)
     if module is None:
         raise BackendUnavailable(f"backend {status}")
-    return module
+    return name
+
+
+@functools.cache  # lstm_forward asks on every call: a resolved name's module is one look-up away
+def get_backend(name="auto"):
+    """The backend module :func:`resolve` names (same arguments, same errors)."""
+    return _load(resolve(name))[0]
 
 
 @functools.cache
@@ -122,8 +129,7 @@ def _auto():
                 warnings.warn(
                     f"fastlstm: using backend {name!r}; " + "; ".join(skipped), stacklevel=3
                 )
-            return module
+            return name
         if installed:
             skipped.append(f"{name} is installed but unavailable: {status.detail}")
     raise BackendUnavailable("no fastlstm backend works here: " + "; ".join(map(str, available_backends())))
-
