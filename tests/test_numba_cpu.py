@@ -17,7 +17,8 @@ from numba import njit  # noqa: E402
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
 from fastlstm.activations import ACTIVATIONS  # noqa: E402
 from fastlstm.backends import get_backend, numba_cpu  # noqa: E402
-from fastlstm.kernels import numba_cpu as kernels  # noqa: E402
+from fastlstm.kernels import cpu_arithmetic, cpu_matmul  # noqa: E402
+from fastlstm.kernels.activation_ids import ACTIVATION_IDS, ACTIVATION_NAMES  # noqa: E402
 from fastlstm.nn import LSTM, Dense, Sequential, set_random_seed  # noqa: E402
 from fastlstm.utils import usable_cores  # noqa: E402
 from lstm_testing import random_inputs, run_python  # noqa: E402
@@ -27,11 +28,11 @@ from test_nn import alphabet  # noqa: E402
 @njit
 def _derivatives(code, y, out):
     for j in range(y.size):
-        out[j] = kernels._derivative(code, y[j], y.dtype.type)
+        out[j] = cpu_arithmetic.derivative(code, y[j], y.dtype.type)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", kernels.ACTIVATIONS)
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
 def test_activations_match_fastlstm_activations(name, dtype):
     """Within 4 ulps of NumPy's (tanh and sigmoid use a vectorisable exp of the kernels' own;
     measured at most 2.5 ulps from the float64 value in float32, 3 in float64; exp flushes to 0
@@ -39,11 +40,11 @@ def test_activations_match_fastlstm_activations(name, dtype):
     z = np.concatenate([np.linspace(-30, 30, 20001), [-1e4, 1e4, -200, 200, 90, -90, 710, -710, 0, 1e-30]])
     z = z.astype(dtype)
     y = z.copy()
-    kernels._activate(kernels.ACTIVATIONS.index(name), y, y)
+    cpu_arithmetic.activate(ACTIVATION_IDS[name], y, y)
     finfo = np.finfo(dtype)
     np.testing.assert_allclose(y, ACTIVATIONS[name].fn(z), rtol=4 * finfo.eps, atol=finfo.tiny)
     derivative = np.empty_like(y)
-    _derivatives(kernels.ACTIVATIONS.index(name), y, derivative)
+    _derivatives(ACTIVATION_IDS[name], y, derivative)
     np.testing.assert_array_equal(derivative, ACTIVATIONS[name].grad_from_output(y))
 
 
@@ -121,7 +122,7 @@ def test_the_product_with_packed_weights_matches_numpys(m, k, n, dtype):
     w = rng.standard_normal((k, n)).astype(dtype)
     wider = np.full((m, n + 5), np.inf, dtype)
     out = wider[:, 2:n + 2]
-    kernels.matmul_packed(a, kernels.pack_columns(w), out)
+    cpu_matmul.matmul_packed(a, cpu_matmul.pack_columns(w), out)
     exact = a.astype(np.float64) @ w.astype(np.float64)
     bound = max(k, 1) * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(w).astype(np.float64))
     assert np.all(np.abs(out - exact) <= bound)
@@ -131,7 +132,8 @@ def test_the_product_with_packed_weights_matches_numpys(m, k, n, dtype):
 def test_the_product_with_packed_weights_wants_rows_that_are_contiguous():
     a = np.ones((8, 6), np.float32)
     with pytest.raises(ValueError, match="rows of a and out contiguous"):
-        kernels.matmul_packed(a.T, kernels.pack_columns(np.ones((8, 4), np.float32)), np.empty((6, 4), np.float32))
+        cpu_matmul.matmul_packed(a.T, cpu_matmul.pack_columns(np.ones((8, 4), np.float32)),
+                                 np.empty((6, 4), np.float32))
 
 
 def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypatch):
@@ -307,5 +309,5 @@ def test_each_xdist_worker_compiles_into_a_numba_cache_of_its_own(request):
         pytest.skip("not under pytest-xdist (the README's test command runs it)")
     cache = pathlib.Path(numba.config.CACHE_DIR)
     assert cache.name == request.config.workerinput["workerid"]
-    kernels.all_finite(np.zeros(3))  # compiled, or loaded from that cache
-    assert list(cache.rglob("numba_cpu.all_finite-*.nbi"))
+    cpu_arithmetic.all_finite(np.zeros(3))  # compiled, or loaded from that cache
+    assert list(cache.rglob("cpu_arithmetic.all_finite-*.nbi"))

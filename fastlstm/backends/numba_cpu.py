@@ -4,10 +4,10 @@ When a step's work is small (the alphabet's shapes, where a BLAS call per step w
 than the step), the whole layer runs in one compiled call: the input projection, the recurrence
 and the weight gradients as loops. Otherwise each core takes a slice of the samples and runs the
 forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step,
-with the weights packed once for the compiled product (``kernels.matmul_packed``), and one
+with the weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one
 compiled pointwise step; the backward one likewise, then its dx and share of the weight gradients
 as BLAS products over all time steps (single-threaded: one per core). The large arrays reuse the
-memory of earlier calls' (:data:`MEMORY`). Kernels: :mod:`fastlstm.kernels.numba_cpu`, compiled
+memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
 on first use per dtype and cached on disk.
 
 Beyond the backend contract it offers :func:`train_epoch`, the fused training pass of an LSTM +
@@ -26,7 +26,8 @@ from threadpoolctl import ThreadpoolController
 from fastlstm.backends import sequence
 from fastlstm.backends.memory import Pool
 from fastlstm.backends.numpy import Saved  # the one-call path's arrays, in the same layout
-from fastlstm.kernels import numba_cpu as kernels
+from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_training
+from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 from fastlstm.utils import usable_cores
 
 # From this many multiply-adds per step (batch * units * 4 * units), and 16 times as many over the
@@ -105,11 +106,11 @@ def probe():
 
 def all_finite(a):
     """Whether the array a holds no NaN and no inf (for ops' check, in one compiled pass)."""
-    return kernels.all_finite(a.reshape(-1))
+    return cpu_arithmetic.all_finite(a.reshape(-1))
 
 
 def _codes(activation, recurrent_activation):
-    return kernels.ACTIVATIONS.index(activation), kernels.ACTIVATIONS.index(recurrent_activation)
+    return ACTIVATION_IDS[activation], ACTIVATION_IDS[recurrent_activation]
 
 
 def _stepwise(batch, time, units):
@@ -161,7 +162,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
         return (hT.copy() if sequences is None else sequences), hT, cT, saved
     x = sequence.owned_in_processing_order(np, x, options.go_backwards)
     kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
-    h, c, gates, act_c = kernels.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
+    h, c, gates, act_c = cpu_lstm.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
     outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
     saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
@@ -173,14 +174,14 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
     one product with the inputs' and the state's rows together runs faster than the input
     projection over all steps and a product per step apart (measured: 6.9 ms against 8.5 ms for
     128 samples, 25 steps, 64 inputs, 128 units on one core), whose few inputs make a thin product.
-    The weights are packed once for kernels.matmul_packed, which at 32 rows a core of
+    The weights are packed once for cpu_matmul.matmul_packed, which at 32 rows a core of
     64, 100, 128, 512 took 0.88 ms a step against OpenBLAS's 1.14 (which packs them at every
     call). The product is made in the step's gates, which the compiled step activates in place.
     weights: [kernel; recurrent_kernel], [input_dim + units, 4*units]. Fills sequences
     [batch, time, units] (every step's output) unless None; returns a Share per core."""
     batch, time, input_dim = x.shape
     units = weights.shape[1] // 4
-    packed = kernels.pack_columns(weights)
+    packed = cpu_matmul.pack_columns(weights)
 
     def recurrence(samples):
         n = samples.stop - samples.start
@@ -192,8 +193,8 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
         inputs[0, :, input_dim:] = h0[samples]
         c[0] = c0[samples]
         for t in range(time):
-            kernels.matmul_packed(inputs[t], packed, gates[t])
-            kernels.forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, *codes)
+            cpu_matmul.matmul_packed(inputs[t], packed, gates[t])
+            cpu_lstm.forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, *codes)
         if sequences is not None:
             sequences[samples] = inputs[1:, :, input_dim:].transpose(1, 0, 2)
         return Share(samples, inputs, gates, c, act_c)
@@ -215,7 +216,7 @@ def backward(saved, dy, dhT, dcT):
         dx, dkernel, drecurrent_kernel, dbias = _backward_stepwise(saved, dy_steps, dh, dc)
     else:
         x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options = saved
-        dx, dkernel, drecurrent_kernel, dbias = kernels.backward(
+        dx, dkernel, drecurrent_kernel, dbias = cpu_lstm.backward(
             x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c,
             np.empty((batch, 0, units), x.dtype) if dy_steps is None else dy_steps, dh, dc,
             *_codes(options.activation, options.recurrent_activation))
@@ -233,7 +234,7 @@ def _backward_stepwise(saved, dy, dh, dc):
     x_shape, kernel, recurrent_kernel, has_bias, options, shares = saved
     codes = _codes(options.activation, options.recurrent_activation)
     time = x_shape[1]
-    recurrent_kernel_t = kernels.pack_columns(recurrent_kernel.T)
+    recurrent_kernel_t = cpu_matmul.pack_columns(recurrent_kernel.T)
     dx = MEMORY.empty(x_shape, kernel.dtype)
 
     def recurrence(share):
@@ -243,8 +244,8 @@ def _backward_stepwise(saved, dy, dh, dc):
         for t in reversed(range(time)):
             if dy is not None:
                 dh_share += dy[samples, t]
-            kernels.backward_step(share.gates[t], share.c[t], share.act_c[t], dh_share, dc_share, dz[t], *codes)
-            kernels.matmul_packed(dz[t], recurrent_kernel_t, dh_share)
+            cpu_lstm.backward_step(share.gates[t], share.c[t], share.act_c[t], dh_share, dc_share, dz[t], *codes)
+            cpu_matmul.matmul_packed(dz[t], recurrent_kernel_t, dh_share)
         # The products over all steps take the rows in (time, sample) order: dx [time, n, input_dim].
         dx_steps, dkernel, drecurrent_kernel, dbias = sequence.weight_gradients(
             np, share.inputs[:time], kernel, dz, has_bias, False, MEMORY.empty)
@@ -259,7 +260,7 @@ def _backward_stepwise(saved, dy, dh, dc):
 def train_epoch(x, y, batch_size, lstm_weights, dense_weights, lstm_grads, dense_grads, flat, adam, state,
                 activation, recurrent_activation, go_backwards):
     """One training pass of an LSTM (last output only) + Dense(softmax) model with categorical
-    cross-entropy and Adam, all of it in one compiled call (see ``kernels.train_epoch``).
+    cross-entropy and Adam, all of it in one compiled call (see ``cpu_training.train_epoch``).
 
     Args:
         x: [samples, time, features] and y: [samples, classes], in the epoch's order; the
@@ -288,9 +289,10 @@ def train_epoch(x, y, batch_size, lstm_weights, dense_weights, lstm_grads, dense
     if state is None:
         state = (np.empty((0, lstm_weights[1].shape[0]), x.dtype),) * 2
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
-    control = kernels.exchange_mxcsr(-1, kernels.FLUSH_SUBNORMALS)
+    control = cpu_arithmetic.exchange_mxcsr(-1, cpu_arithmetic.FLUSH_SUBNORMALS)
     try:
-        return kernels.train_epoch(x, y, batch_size, lstm_weights, tuple(dense_weights), lstm_grads,
-                                   tuple(dense_grads), tuple(flat), constants, iterations, tuple(state), options)
+        return cpu_training.train_epoch(x, y, batch_size, lstm_weights, tuple(dense_weights), lstm_grads,
+                                        tuple(dense_grads), tuple(flat), constants, iterations, tuple(state),
+                                        options)
     finally:
-        kernels.exchange_mxcsr(0, control)  # on every way out: an exception must not leave subnormals flushed
+        cpu_arithmetic.exchange_mxcsr(0, control)  # on every way out: an exception must not leave subnormals flushed

@@ -1,0 +1,207 @@
+"""The matrix products of the Numba CPU kernels: vector-matrix products as loops (:func:`add_product`,
+:func:`matvec`), for the one-call path's small shapes, and the packed product of the stepwise path
+(:func:`pack_columns`, :func:`matmul_packed`), its tiles written in LLVM IR.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from .cpu_arithmetic import FLAGS
+
+
+@njit(inline="always")
+def add_product(v, m, out):
+    """out += v @ m for v [n] and m [n, k], each element summed in the order of i. Four rows of
+    m per pass over out (the same sums, a quarter of the loads and stores of out); the inner
+    loops run along m's rows, with no reduction, so they vectorise."""
+    n = v.size
+    quad = n - n % 4
+    for i in range(0, quad, 4):
+        v0, v1, v2, v3 = v[i], v[i + 1], v[i + 2], v[i + 3]
+        for j in range(out.size):
+            out[j] = (((out[j] + v0 * m[i, j]) + v1 * m[i + 1, j]) + v2 * m[i + 2, j]) + v3 * m[i + 3, j]
+    for i in range(quad, n):
+        vi = v[i]
+        for j in range(out.size):
+            out[j] += vi * m[i, j]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def matvec(m, v, out):
+    """out = m @ v for m [n, k] and v [k]: a dot product along each row of m, summed in whatever
+    order vectorises (the one place where the order of a sum is left to the compiler). Four rows
+    at a time: four independent sums in flight rather than one waiting on its own additions."""
+    T = v.dtype.type
+    n = out.size
+    quad = n - n % 4
+    for i in range(0, quad, 4):
+        total0 = total1 = total2 = total3 = T(0)
+        for j in range(v.size):
+            total0 += m[i, j] * v[j]
+            total1 += m[i + 1, j] * v[j]
+            total2 += m[i + 2, j] * v[j]
+            total3 += m[i + 3, j] * v[j]
+        out[i], out[i + 1], out[i + 2], out[i + 3] = total0, total1, total2, total3
+    for i in range(quad, n):
+        total = T(0)
+        for j in range(v.size):
+            total += m[i, j] * v[j]
+        out[i] = total
+
+
+# The products of the stepwise path: ``a [m, k] @ w [k, n]`` for a few rows a time step, over the
+# same weights at every step. OpenBLAS copies all of w into its packed layout at every call, a
+# large part of a call of few rows; here the weights are packed once per pass (pack_columns) and
+# each step only multiplies (matmul_packed), faster than OpenBLAS at these shapes
+# (bench/test_kernels.py, 64, 100, 128, 512).
+TILE_ROWS = 4  # rows of a per tile: 4 x 2 vector accumulators, 3 more registers for the operands
+TILE_VECTORS = 2  # vectors of columns per tile, of 256 bits each (8 float32, 4 float64)
+CHUNK_BYTES = 192 << 10  # the rows of a taken at once: within a core's L2 cache, with a panel
+
+
+def tile_columns(dtype):
+    """The columns of a tile, and of a panel of packed weights, for float32 or float64."""
+    return TILE_VECTORS * 256 // (8 * np.dtype(dtype).itemsize)
+
+
+@intrinsic
+def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
+    """out[out_row:out_row + TILE_ROWS, column:column + tile_columns] = a[row:row + TILE_ROWS]
+    @ panel, for 2-D float32 or float64 arrays whose rows are contiguous; panel [k, tile_columns],
+    contiguous, k = a's columns. The caller checks the bounds. The accumulators stay in vector
+    registers for the whole sum: LLVM does not keep Numba's arrays in registers."""
+    if not (isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.ndim == 2
+            and panel == types.Array(a.dtype, 2, "C") and isinstance(out, types.Array) and out.dtype == a.dtype
+            and out.ndim == 2 and all(isinstance(i, types.Integer) for i in (row, out_row, column))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a_array, panel_array, out_array = (context.make_array(signature.args[i])(context, builder, args[i])
+                                           for i in (0, 2, 3))
+        i64 = ir.IntType(64)
+        row, out_row, column = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 4, 5))
+        float_type = context.get_value_type(a.dtype)
+        width = tile_columns(str(a.dtype)) // TILE_VECTORS
+        vector = ir.VectorType(float_type, width)
+        itemsize = ir.Constant(i64, a.dtype.bitwidth // 8)
+
+        def element(array, r, c):
+            """The address of array[r, c], its rows' stride in bytes, as a pointer to the dtype."""
+            offset = builder.add(builder.mul(r, builder.extract_value(array.strides, 0)), builder.mul(c, itemsize))
+            return builder.bitcast(builder.gep(builder.bitcast(array.data, ir.IntType(8).as_pointer()), [offset]),
+                                   float_type.as_pointer())
+
+        depth = builder.extract_value(panel_array.shape, 0)
+        fma_name = f"llvm.fma.v{width}f{a.dtype.bitwidth}"
+        fma = builder.module.globals.get(fma_name) or ir.Function(
+            builder.module, ir.FunctionType(vector, [vector] * 3), fma_name)
+        zero = ir.Constant(vector, [0.0] * width)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        a_rows = [element(a_array, builder.add(row, ir.Constant(i64, r)), ir.Constant(i64, 0)) for r in range(TILE_ROWS)]
+
+        entry = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", depth, ir.Constant(i64, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        sums = [builder.phi(vector) for _ in range(TILE_ROWS * TILE_VECTORS)]
+        panel_row = builder.gep(panel_array.data, [builder.mul(k, ir.Constant(i64, width * TILE_VECTORS))])
+        columns = [builder.load(builder.bitcast(builder.gep(panel_row, [ir.Constant(i64, v * width)]),
+                                                vector.as_pointer()), align=a.dtype.bitwidth // 8)
+                   for v in range(TILE_VECTORS)]
+        updated = []
+        for r in range(TILE_ROWS):
+            broadcast = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(vector, ir.Undefined), builder.load(builder.gep(a_rows[r], [k])),
+                                       ir.Constant(ir.IntType(32), 0)),
+                ir.Constant(vector, ir.Undefined), splat)
+            updated += [builder.call(fma, [broadcast, column_, sums[r * TILE_VECTORS + v]])
+                        for v, column_ in enumerate(columns)]
+        following = builder.add(k, ir.Constant(i64, 1))
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        k.add_incoming(following, loop)
+        for total, new in zip(sums, updated):
+            total.add_incoming(zero, entry)
+            total.add_incoming(new, loop)
+        builder.cbranch(builder.icmp_signed("<", following, depth), loop, done)
+
+        builder.position_at_end(done)
+        totals = []
+        for new in updated:
+            total = builder.phi(vector)
+            total.add_incoming(zero, entry)
+            total.add_incoming(new, loop)
+            totals.append(total)
+        for r in range(TILE_ROWS):
+            start = element(out_array, builder.add(out_row, ir.Constant(i64, r)), column)
+            for v in range(TILE_VECTORS):
+                builder.store(totals[r * TILE_VECTORS + v],
+                              builder.bitcast(builder.gep(start, [ir.Constant(i64, v * width)]), vector.as_pointer()),
+                              align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(a, row, panel, out, out_row, column), codegen
+
+
+def pack_columns(w):
+    """w [k, n] as panels [ceil(n / columns), k, columns] of tile_columns(w.dtype) columns each,
+    each panel contiguous (the last one padded with zeros): the layout matmul_packed reads."""
+    k, n = w.shape
+    columns = tile_columns(w.dtype)
+    full = n // columns
+    panels = np.empty((-(-n // columns), k, columns), w.dtype)
+    panels[:full] = w[:, :full * columns].reshape(k, full, columns).transpose(1, 0, 2)
+    if full < len(panels):
+        panels[full] = 0
+        panels[full, :, :n - full * columns] = w[:, full * columns:]
+    return panels
+
+
+@njit(**FLAGS)
+def matmul_packed(a, panels, out):
+    """out [m, n] = a [m, k] @ w [k, n], with w as pack_columns(w) made it; each element summed
+    in the order of k. The rows of a and out must be contiguous (any stride between them)."""
+    m, k = a.shape
+    n = out.shape[1]
+    if not (_contiguous_rows(a) and _contiguous_rows(out)) or out.shape[0] != m \
+            or panels.shape[1] != k or n > panels.shape[0] * panels.shape[2]:
+        raise ValueError("matmul_packed takes a [m, k], panels [>= n / tile columns, k, tile columns] and out "
+                         "[m, n], the rows of a and out contiguous")
+    if m >= TILE_ROWS:
+        _multiply_packed(a, panels, out)
+    else:  # too few rows for a tile: through a copy padded with zeros
+        padded = np.zeros((TILE_ROWS, k), a.dtype)
+        padded[:m] = a
+        result = np.empty((TILE_ROWS, n), a.dtype)
+        _multiply_packed(padded, panels, result)
+        out[:] = result[:m]
+
+
+@njit(inline="always")
+def _contiguous_rows(x):
+    return x.shape[1] <= 1 or x.strides[1] == x.itemsize
+
+
+@njit(inline="always")
+def _multiply_packed(a, panels, out):
+    """matmul_packed for TILE_ROWS rows or more. Each panel takes the rows TILE_ROWS at a time,
+    the last tile overlapping the one before (some rows computed twice, alike), in chunks of rows
+    that stay in the core's cache while every panel passes over them."""
+    m, k = a.shape
+    n = out.shape[1]
+    columns = panels.shape[2]
+    edge = np.empty((TILE_ROWS, columns), a.dtype)  # a tile of the last panel, when n ends inside it
+    chunk = max(TILE_ROWS, CHUNK_BYTES // (k * a.itemsize + 1) // TILE_ROWS * TILE_ROWS)
+    for first in range(0, m, chunk):
+        for p in range(panels.shape[0]):
+            column = p * columns
+            for tile in range(first, min(m, first + chunk), TILE_ROWS):
+                top = min(tile, m - TILE_ROWS)
+                if column + columns <= n:
+                    _multiply_tile(a, top, panels[p], out, top, column)
+                else:
+                    _multiply_tile(a, top, panels[p], edge, 0, 0)
+                    out[top:top + TILE_ROWS, column:] = edge[:, :n - column]
