@@ -1,51 +1,28 @@
-"""The ``fastlstm`` command: ``fastlstm alphabet`` (the tutorial's experiments),
-``fastlstm backends`` (what runs here), ``fastlstm bench-report`` (tables and plots of benchmark
-results) and ``fastlstm gpu-check`` (tests and benchmarks on a GPU)."""
+"""The fastlstm command: fastlstm alphabet (the tutorial's experiments), fastlstm backends (what
+runs here), fastlstm bench-report (tables and plots of benchmark results) and fastlstm gpu-check
+(tests and benchmarks on a GPU)."""
 import argparse
-import concurrent.futures
+import collections
 import contextlib
-import ctypes
 import dataclasses
+import itertools
 import json
 import math
-import multiprocessing
 import os
 import pathlib
 import signal
 import sys
 import tempfile
-import time
 
-from fastlstm import bench_report, experiments
+from fastlstm import __version__, bench_report, experiments
 from fastlstm.activations import ACTIVATIONS
 from fastlstm.backends import BackendUnavailable, available_backends
-from fastlstm.utils import usable_cores
+from fastlstm.utils import Progress, usable_cores
+from fastlstm.workers import WorkerPool
 
 
 def backends_report():
     return "\n".join(str(status) for status in available_backends())
-
-
-class Progress:
-    """An in-place 'label: epoch i/n' line on a terminal (``counts`` words the count); silent when
-    the output is not one."""
-
-    def __init__(self, label, stream=sys.stderr, counts="epoch {}/{}"):
-        self.label, self.stream, self.counts = label, stream, counts
-        self.enabled = stream.isatty()
-        self.shown_at = 0.0
-
-    def __call__(self, done, total):
-        now = time.monotonic()
-        if self.enabled and (now - self.shown_at > 0.1 or done == total):
-            self.stream.write(f"\r{self.label}: {self.counts.format(done, total)}\033[K")
-            self.stream.flush()
-            self.shown_at = now
-
-    def close(self):
-        if self.enabled:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
 
 
 def _describe(result):
@@ -54,12 +31,23 @@ def _describe(result):
             + (", DIVERGED" if result.diverged else ""))
 
 
+WRONG_SHOWN = 20  # distinct wrong predictions listed per demonstration, so that an experiment fits a screen
+
+
 def _demonstration_lines(result):
+    """A line per demonstration: how many predictions are right, and the wrong ones, each distinct
+    one once with its count (every prediction is in --json)."""
     lines = []
     for name, rows in result.demonstrations.items():
-        right = sum(predicted == expected for _, predicted, expected in rows)
-        shown = " ".join(f"{pattern}->{predicted}" for pattern, predicted, _ in rows)
-        lines.append(f"  {name} ({right}/{len(rows)} right): {shown}")
+        wrong = collections.Counter(f"{pattern}->{predicted}" for pattern, predicted, expected in rows
+                                    if predicted != expected)
+        line = f"  {name} ({len(rows) - wrong.total()}/{len(rows)} right)"
+        if wrong:
+            shown = [text if count == 1 else f"{text} x{count}"
+                     for text, count in itertools.islice(wrong.items(), WRONG_SHOWN)]
+            more = len(wrong) - len(shown)
+            line += "; wrong: " + ", ".join(shown) + (f", and {more} more" if more else "")
+        lines.append(line)
     return lines
 
 
@@ -111,90 +99,6 @@ def frameworks(args):
     return chosen
 
 
-# How many threads OpenMP, OpenBLAS, MKL and Numba start in a process: read once, when each loads.
-_ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"), "1")
-
-
-@contextlib.contextmanager
-def _environment(values):
-    """``os.environ`` with ``values`` set inside the block, restored when the block is left."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def _blocked(signals):
-    """The calling thread with ``signals`` blocked inside the block: held back until it is left."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows has no signal masks
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def _die_with(parent):
-    """On Linux, has the kernel kill this process when its parent ends, even by SIGKILL, so that no
-    worker outlives the main process; elsewhere nothing."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # it ended before the line above
-            os._exit(1)
-
-
-def _start_worker(parent, initializer, initargs):
-    _die_with(parent)
-    if initializer:
-        initializer(*initargs)
-
-
-def start_in_workers(jobs, function, calls, initializer=None, initargs=()):
-    """A ProcessPoolExecutor of ``jobs`` worker processes of one thread each, given
-    ``function(*call)`` for every call in ``calls`` at once, and the futures of the calls in their
-    order; ``initializer(*initargs)`` runs first in every worker. Shutting it down is the caller's.
-
-    The workers are spawned: forking a process whose BLAS or Numba threads already run is unsafe.
-    A spawned worker imports this program's main module, and NumPy and its BLAS with it, before an
-    initializer could run, so the one-thread limits go into the environment it starts with. The
-    executor starts its processes inside ``submit``, and none later (a worker that dies breaks the
-    pool instead of being replaced), so the limits are set around the submissions only and this
-    process's environment is restored after them. SIGINT is blocked there too, and so stays blocked
-    in the workers: a Ctrl-C in a terminal, which reaches the whole process group, is for this
-    process to handle (:func:`stop_children`). On Linux a worker ends with this process.
-    """
-    executor = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_start_worker,
-                                                      initargs=(os.getpid(), initializer, initargs))
-    with _environment(_ONE_THREAD), _blocked({signal.SIGINT}):
-        futures = [executor.submit(function, *call) for call in calls]
-    return executor, futures
-
-
-def stop_children(grace=1.0):
-    """Ends every process this one started with multiprocessing: SIGTERM, then SIGKILL for any still
-    running ``grace`` seconds later."""
-    children = multiprocessing.active_children()
-    for child in children:
-        child.terminate()
-    deadline = time.monotonic() + grace
-    for child in children:
-        child.join(max(0.0, deadline - time.monotonic()))
-        if child.is_alive():
-            child.kill()
-            child.join()
-
-
 class Interrupted(BaseException):
     """SIGINT or SIGTERM came; ``signal_number`` says which. A BaseException, as KeyboardInterrupt,
     so that no ``except Exception`` takes it for an error."""
@@ -222,53 +126,6 @@ def _interruptible():
             signal.signal(name, handler)
 
 
-def wait_for(futures, label):
-    """The results of ``futures`` in their order, once all are done, with the number done on a
-    progress line meanwhile; a worker's exception is raised as soon as it comes back, with the
-    worker's traceback as its cause."""
-    progress = Progress(label, counts="{}/{} runs done")
-    try:
-        progress(0, len(futures))
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            future.result()
-            progress(done, len(futures))
-    finally:
-        progress.close()
-    return [future.result() for future in futures]
-
-
-class Workers:
-    """fastlstm's runs of every requested experiment and seed in ``jobs`` worker processes, all
-    submitted at once so that every core stays busy from one experiment to the next. Each worker
-    first warms up as the main process did, so that no run's time includes loading the kernels.
-    Leaving the ``with`` block cancels the runs not started yet, and waits for the running ones
-    unless it is left by an exception: then the caller stops them (:func:`stop_children`) rather
-    than wait up to a minute for them."""
-
-    def __init__(self, args, framework, seeds, jobs):
-        options = (args.recurrent_activation, args.epsilon)
-        calls = [(number, framework, seed, *options, args.epochs) for number in args.experiment for seed in seeds]
-        self.executor, futures = start_in_workers(jobs, experiments.run, calls, experiments.warm_up,
-                                                  (args.experiment, framework, *options))
-        self.futures = {number: futures[i * len(seeds):(i + 1) * len(seeds)]
-                        for i, number in enumerate(args.experiment)}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exception, traceback):
-        self.executor.shutdown(wait=exception is None, cancel_futures=True)
-
-    def results(self, number):
-        """The Results of experiment ``number``, in seed order, once all its runs are done."""
-        return wait_for(self.futures[number], f"experiment {number}")
-
-    def finish(self):
-        """Waits for every run."""
-        for number in self.futures:
-            self.results(number)
-
-
 def _run_here(args, framework, number, seeds):
     """Yields the Results of experiment ``number`` over ``seeds``, run in this process one after
     another with an epoch progress line."""
@@ -279,9 +136,10 @@ def _run_here(args, framework, number, seeds):
         yield result
 
 
-def _run_all(args, frameworks, seeds, workers):
-    """Every experiment on every framework over ``seeds``, each Result printed as it comes (fastlstm's
-    from ``workers`` where there are some): (the Results, the rows of the table)."""
+def _run_all(args, frameworks, seeds, in_workers):
+    """Every experiment on every framework over ``seeds``, each Result printed as it comes, fastlstm's
+    taken from ``in_workers`` (an iterator of its Results in order) where given: (the Results, the
+    rows of the table)."""
     results, rows = [], []
     for number in args.experiment:
         experiment = experiments.EXPERIMENTS[number]
@@ -290,8 +148,9 @@ def _run_all(args, frameworks, seeds, workers):
         summaries = []
         for framework in frameworks:
             runs = []
-            in_workers = workers and framework is frameworks[0]
-            for result in workers.results(number) if in_workers else _run_here(args, framework, number, seeds):
+            from_workers = in_workers and framework is frameworks[0]
+            for result in itertools.islice(in_workers, len(seeds)) if from_workers \
+                    else _run_here(args, framework, number, seeds):
                 print(_describe(result), flush=True)
                 if len(seeds) == 1:
                     print("\n".join(_demonstration_lines(result)))
@@ -306,19 +165,24 @@ def alphabet(args, frameworks):
     """Runs, prints and (with --json) writes the experiments; returns their Results."""
     seeds = range(args.seed, args.seed + args.seeds)
     fastlstm = frameworks[0]
+    options = (args.recurrent_activation, args.epsilon)
     jobs = min(args.jobs or usable_cores(), len(args.experiment) * len(seeds))
     print(backends_report())
     print(f"fastlstm backend: {fastlstm.backend}; seeds {seeds.start}..{seeds.stop - 1}; "
           f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}; "
           + ("runs in this process" if jobs == 1 else f"runs in {jobs} worker processes"))
-    warm_up = experiments.warm_up(args.experiment, fastlstm, args.recurrent_activation, args.epsilon)
+    warm_up = experiments.warm_up(args.experiment, fastlstm, *options)
     print(f"{fastlstm.backend} kernels ready in {warm_up:.1f} s (untimed warm-up, one epoch of each experiment; "
           "a compiling backend compiles its kernels on first use and caches them on disk, later runs load them)",
           flush=True)
-    with Workers(args, fastlstm, seeds, jobs) if jobs > 1 else contextlib.nullcontext() as workers:
-        if workers and args.keras:
-            workers.finish()  # so that Keras's runs, in this process, share no core with fastlstm's
-        results, rows = _run_all(args, frameworks, seeds, workers)
+    runs = [experiments.Run(number, fastlstm, seed, *options, args.epochs) for number in args.experiment
+            for seed in seeds]
+    with WorkerPool(jobs, experiments.warm_up, (args.experiment, fastlstm, *options)) if jobs > 1 \
+            else contextlib.nullcontext() as pool:
+        in_workers = pool and experiments.run_many(runs, pool)
+        if in_workers and args.keras:
+            in_workers = iter(list(in_workers))  # so that Keras's runs, in this process, share no core with fastlstm's
+        results, rows = _run_all(args, frameworks, seeds, in_workers)
     print()
     print(table(rows))
     if args.json:
@@ -400,23 +264,30 @@ def _output_directory(text):
     return pathlib.Path(text)
 
 
+def _command(commands, name, summary):
+    """Subcommand ``name``, with ``summary`` on its line in fastlstm --help and atop its own --help."""
+    return commands.add_parser(name, help=summary, description=summary)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastlstm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastlstm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("backends", help="list every backend and whether it works here")
-    report = commands.add_parser("bench-report", help="tables of ratios and plots from `pytest bench/ --benchmark-json`")
+    _command(commands, "backends", "list every backend and whether it works here")
+    report = _command(commands, "bench-report",
+                      "tables of ratios and plots from the output of pytest bench/ --benchmark-json")
     report.add_argument("results", metavar="RESULTS.json")
     report.add_argument("--out", default="bench-report", help="the folder for bench-report.md and the plots")
     report.add_argument("--no-plots", action="store_true", help="write the tables only (no matplotlib needed)")
-    check = commands.add_parser("gpu-check", help="on a GPU: the device, the GPU tests and the GPU benchmarks against "
-                                "cuDNN, into OUTDIR (under 8 minutes); without one, says so")
+    check = _command(commands, "gpu-check", "on a GPU: the device, the GPU tests and the GPU benchmarks against "
+                     "cuDNN, into OUTDIR (under 8 minutes); without one, says so")
     check.add_argument("outdir", metavar="OUTDIR", type=_output_directory,
                        help="the folder for the logs, benchmarks.json, bench-report.md and summary.json")
-    run = commands.add_parser("alphabet", help="the alphabet experiments of the Keras stateful-LSTM tutorial")
+    run = _command(commands, "alphabet", "the alphabet experiments of the Keras stateful-LSTM tutorial")
     run.add_argument("--experiment", type=int, nargs="+", choices=sorted(experiments.EXPERIMENTS),
                      default=sorted(experiments.EXPERIMENTS), metavar="N",
                      help="which experiments (1-6 are the tutorial's, 7 its stateless prefix variant); default all")
-    run.add_argument("--backend", default="auto", help="fastlstm backend (see `fastlstm backends`); default auto")
+    run.add_argument("--backend", default="auto", help="fastlstm backend (see: fastlstm backends); default auto")
     run.add_argument("--seeds", type=_positive, default=1, metavar="K", help="run K seeds and report the spread")
     run.add_argument("--seed", type=_seed, default=experiments.DEFAULT_SEED,
                      help=f"first seed, 0 to {LAST_SEED} (default 7, the tutorial's)")
@@ -465,6 +336,4 @@ def main(argv=None):
     except Interrupted as e:
         print("fastlstm: interrupted", file=sys.stderr)
         return 128 + e.signal_number
-    finally:
-        stop_children()  # none is left after a complete run; after an exception, the workers still running
     return _divergence_status(results)

@@ -3,9 +3,11 @@
 Each experiment is data plus a training schedule; :func:`run` trains one on a framework
 (:class:`FastLSTM`, or :class:`Keras` for the side-by-side comparison) for one seed and returns a
 :class:`Result` with the accuracy of ``evaluate`` on the training data, the loss, the training
-time and the tutorial's demonstrations.
+time and the tutorial's demonstrations. :func:`run_many` runs many of them on an executor, e.g. a
+:class:`fastlstm.workers.WorkerPool`.
 """
 import dataclasses
+import itertools
 import math
 import os
 import string
@@ -16,7 +18,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from fastlstm import nn
+from fastlstm.backends import resolve
 from fastlstm.utils import pad_sequences, to_categorical
+from fastlstm.workers import wait_for
 
 ALPHABET = string.ascii_uppercase
 DEFAULT_SEED = 7
@@ -128,9 +132,7 @@ class FastLSTM:
     name = "fastlstm"
 
     def __init__(self, backend="auto"):
-        from fastlstm.backends import get_backend
-
-        self.backend = get_backend(backend).__name__.rsplit(".", 1)[-1]
+        self.backend = resolve(backend)
 
     def model(self, experiment, input_shape, seed, recurrent_activation, epsilon):
         nn.set_random_seed(seed)
@@ -212,6 +214,33 @@ def run(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", ep
                     experiment.published, 100 * float(accuracy), float(loss), seconds)
     result.demonstrations = _demonstrations(experiment, framework, model, data, rng)
     return result
+
+
+class Run(NamedTuple):
+    """The arguments of one :func:`run`."""
+    number: int
+    framework: object  # FastLSTM or Keras
+    seed: int = DEFAULT_SEED
+    recurrent_activation: str = "sigmoid"
+    epsilon: float = 1e-7
+    epochs: int | None = None  # None: the experiment's own schedule
+
+
+def run_many(runs, executor):
+    """The Results of ``runs`` (Runs), in their order, run by ``executor``: any
+    ``concurrent.futures.Executor``, e.g. a :class:`fastlstm.workers.WorkerPool` whose workers
+    :func:`warm_up` first, so that no run's time includes loading the kernels.
+
+    Every run is submitted here, at once, so that the workers stay busy from one experiment to the
+    next; the returned iterator gives the Results of an experiment's consecutive runs once all of
+    them are done, with 'experiment N: k/n runs done' on a terminal's progress line meanwhile. A
+    run's exception is raised as soon as it comes back, with the worker's traceback as its cause.
+    """
+    runs = list(runs)
+    futures = [executor.submit(run, *arguments) for arguments in runs]
+    experiments = itertools.groupby(zip(runs, futures), key=lambda pair: pair[0].number)
+    return itertools.chain.from_iterable(wait_for([future for _, future in pairs], f"experiment {number}")
+                                         for number, pairs in experiments)
 
 
 def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7):

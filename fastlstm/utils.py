@@ -5,10 +5,13 @@
 - :func:`set_random_seed`: seeds Python's and NumPy's global random state, which every random
   draw of :mod:`fastlstm.nn` (weight initializers, shuffling in ``fit``) takes from.
 
-And :func:`usable_cores`, for whatever spreads work over the cores.
+And for the command line: :func:`usable_cores`, for whatever spreads work over the cores, and
+:class:`Progress`, a progress line on a terminal (as ``keras.utils.Progbar``).
 """
 import os
 import random
+import sys
+import time
 
 import numpy as np
 
@@ -123,3 +126,25 @@ def usable_cores():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on macOS and Windows
         return os.cpu_count() or 1
+
+
+class Progress:
+    """An in-place 'label: epoch i/n' line on a terminal (``counts`` words the count); silent when
+    the output is not one."""
+
+    def __init__(self, label, stream=sys.stderr, counts="epoch {}/{}"):
+        self.label, self.stream, self.counts = label, stream, counts
+        self.enabled = stream.isatty()
+        self.shown_at = 0.0
+
+    def __call__(self, done, total):
+        now = time.monotonic()
+        if self.enabled and (now - self.shown_at > 0.1 or done == total):
+            self.stream.write(f"\r{self.label}: {self.counts.format(done, total)}\033[K")
+            self.stream.flush()
+            self.shown_at = now
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()

@@ -12,9 +12,11 @@ import tempfile
 import numba
 import pytest
 
+import fastlstm
 from fastlstm import cli, experiments
-from fastlstm.cli import Progress, start_in_workers, wait_for, write_json
-from fastlstm.utils import usable_cores
+from fastlstm.cli import write_json
+from fastlstm.utils import Progress, usable_cores
+from fastlstm.workers import WorkerPool, wait_for
 
 
 NEUTRAL = tempfile.gettempdir()  # run from here, so `python -m fastlstm` finds the installed package
@@ -87,18 +89,17 @@ def test_worker_processes_give_the_same_runs_as_this_process(tmp_path):
 
 def test_workers_run_one_thread_each_and_leave_this_process_as_it_was():
     before = dict(os.environ)
-    executor, futures = start_in_workers(2, os.getenv, [("OPENBLAS_NUM_THREADS",), ("OMP_NUM_THREADS",)])
-    with executor:
+    with WorkerPool(2) as executor:
+        futures = [executor.submit(os.getenv, name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")]
         assert wait_for(futures, "threads") == ["1", "1"]
     assert dict(os.environ) == before
-    executor, futures = start_in_workers(1, numba.get_num_threads, [()])
-    with executor:
-        assert wait_for(futures, "numba") == [1]
+    with WorkerPool(1) as executor:
+        assert wait_for([executor.submit(numba.get_num_threads)], "numba") == [1]
 
 
 def test_a_workers_exception_is_raised_with_its_traceback():
-    executor, futures = start_in_workers(2, math.sqrt, [(4.0,), (-1.0,), (9.0,)])
-    with executor, pytest.raises(ValueError, match="math domain error") as raised:
+    with WorkerPool(2) as executor, pytest.raises(ValueError, match="math domain error") as raised:
+        futures = [executor.submit(math.sqrt, x) for x in (4.0, -1.0, 9.0)]
         wait_for(futures, "square roots")
     assert "Traceback" in str(raised.value.__cause__)  # the worker's, not only this process's
     assert futures[0].result() == 2.0
@@ -188,3 +189,35 @@ def test_a_diverged_run_is_reported_in_its_line_the_table_the_json_and_the_exit_
     report = json.loads(path.read_text())
     assert [r["diverged"] for r in report["results"]] == [False, True]
     assert [s["fastlstm"]["diverged"] for s in report["summaries"]] == [0, 1]
+
+
+def test_version_prints_the_packages_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"fastlstm {fastlstm.__version__}\n"
+    assert run(FASTLSTM, "--version") == "fastlstm 0.1.0\n"
+
+
+@pytest.mark.parametrize("command", [[], ["backends"], ["bench-report"], ["gpu-check"], ["alphabet"]])
+def test_help_is_plain_text_without_markup(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*command, "--help"])
+    shown = capsys.readouterr().out
+    assert exited.value.code == 0 and shown.startswith(" ".join(["usage: fastlstm", *command]))
+    assert "`" not in shown and ":func:" not in shown and ":class:" not in shown
+    if command:  # the subcommand's summary atop its own help
+        assert shown.split("\n\n")[1].replace("\n", " ").startswith(("list", "tables", "on a GPU", "the alphabet"))
+
+
+def test_a_demonstration_prints_its_count_right_and_its_distinct_wrong_predictions_only():
+    letters = experiments.ALPHABET
+    rows = [(letters[i % 24:i % 24 + 2], letters[i % 24 + 2], letters[i % 24 + 2]) for i in range(1000)]
+    rows[3] = rows[27] = rows[51] = ("DE", "G", "F")  # one wrong prediction, three times
+    for k in range(25):  # and 25 distinct ones
+        rows[100 + k] = (letters[k] * 3, letters[k], letters[k + 1])
+    result = experiments.Result(6, "x", "fastlstm", "numpy", 7, 1, 98.9, 97.2, 0.1, 1.0,
+                                {"training patterns": rows, "20 random patterns": rows[60:80]})
+    full, short = cli._demonstration_lines(result)
+    assert full.startswith("  training patterns (972/1000 right); wrong: DE->G x3, ")
+    assert full.endswith(", and 6 more") and full.count("->") == cli.WRONG_SHOWN and len(full) < 400
+    assert short == "  20 random patterns (20/20 right)"

@@ -1,4 +1,6 @@
 """The alphabet experiments: their data, their demonstrations, and two of them at full length."""
+import concurrent.futures
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,13 @@ def test_a_run_whose_loss_turns_nan_or_infinite_is_marked_diverged_and_counted()
     summary = experiments.summarize([diverged, finite, infinite])
     assert summary["diverged"] == 2 and summary["runs"] == 3
     assert experiments.summarize([finite])["diverged"] == 0
+
+
+def test_run_many_gives_each_runs_result_in_order_through_any_executor():
+    framework = experiments.FastLSTM("numpy")
+    runs = [experiments.Run(number, framework, seed, epochs=2) for number in (3, 1) for seed in (7, 8)]
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        results = list(experiments.run_many(runs, executor))
+    assert [(r.experiment, r.seed, r.epochs) for r in results] == [(3, 7, 2), (3, 8, 2), (1, 7, 2), (1, 8, 2)]
+    alone = experiments.run(1, framework, 8, epochs=2)
+    assert (results[3].loss, results[3].demonstrations) == (alone.loss, alone.demonstrations)
