@@ -1,5 +1,5 @@
-"""``fastlstm gpu-check OUTDIR``: what a GPU can tell about fastlstm, in one command that takes
-under 8 minutes on one H100, first compilations included.
+"""``fastlstm gpu-check OUTDIR``: what a GPU can tell about fastlstm, in one command whose
+stages' time limits hold it to under 8 minutes, first compilations included.
 
 It prints the device and the versions, then runs three stages from the source checkout beside the
 package (``pip install --no-deps --no-build-isolation -e .``):
@@ -53,8 +53,8 @@ class Stage(NamedTuple):
 
 def stages(outdir):
     """The three stages, with time limits that add up to under 8 minutes with the grace periods.
-    The tests skip tests/conftest.py, whose Hypothesis a GPU machine need not have; the
-    benchmarks take 0.25 s or 5 rounds each, which fits the grid in the limit."""
+    The tests skip tests/conftest.py, whose Hypothesis a GPU machine need not have; each benchmark
+    gets at most 0.25 s or 5 rounds, so that the grid fits in the limit."""
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
     outdir = outdir.resolve()  # the stages run in the checkout, not here
     results = str(outdir / "benchmarks.json")

@@ -14,7 +14,8 @@ from test_cli import FASTLSTM, NEUTRAL
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads processes in /proc (Linux)")
 
-# A run of experiment 6 on NumPy takes a minute or more: the runs are well under way when the signal comes.
+# Experiment 6 on NumPy, 500 epochs of 1,000 patterns a seed: the runs are well under way, and far from done, when the
+# signal comes.
 LONG_RUNS = ["alphabet", "--backend", "numpy", "--experiment", "6", "--seeds", "2"]
 
 
