@@ -1,6 +1,6 @@
 // Shared by the LSTM kernels: activation functions (each with its derivative written in terms of
 // its own output, so the backward pass never recomputes an activation) and the hook for dynamic
-// shared memory. Activation ids match fastlstm.backends.plan.ACTIVATION_IDS.
+// shared memory. Activation ids match kernels/activation_ids.py.
 #pragma once
 
 #ifndef FASTLSTM_DYNAMIC_SHARED

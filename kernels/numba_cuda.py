@@ -11,8 +11,8 @@ import math
 import numpy as np
 from numba import config, cuda, from_dtype
 
-# The activation ids of fastlstm.backends.plan.ACTIVATION_IDS.
-TANH, SIGMOID, HARD_SIGMOID, HARD_SIGMOID_KERAS2, RELU, SOFTSIGN = range(6)
+from .activation_ids import HARD_SIGMOID, HARD_SIGMOID_KERAS2, RELU, SIGMOID, SOFTSIGN, TANH
+
 # The persistent kernels may run 1024 threads a block: the compiler must fit them (64 registers).
 # (The simulator's cuda.jit takes no launch bounds; it has no registers to fit.)
 LAUNCH_BOUNDS = {"persistent_forward": 1024, "persistent_backward": 1024}

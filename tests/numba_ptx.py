@@ -6,8 +6,8 @@ CUDA 13 refuses:
 
     python numba_ptx.py KERNELS_FILE MAJOR.MINOR DTYPE SIGNATURES_JSON DIRECTORY
 
-It loads the kernels file by path and imports nothing of fastlstm (that file needs only numba and
-numpy).
+It loads the kernels file by path, its directory as a package of its own, and imports nothing of
+fastlstm (the kernels need only numba and numpy).
 """
 import importlib.util
 import json
@@ -27,9 +27,19 @@ def write_ptx(module, cc, dtype, signatures, directory):
         (pathlib.Path(directory) / f"{function}.ptx").write_text(ptx)
 
 
+def load_kernels(path):
+    """The module at ``path`` (kernels/numba_cuda.py) imported from its directory as a package, so
+    that its relative imports (kernels/activation_ids.py) resolve without fastlstm installed."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location("kernels", path.parent / "__init__.py",
+                                                  submodule_search_locations=[str(path.parent)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module(f"kernels.{path.stem}")
+
+
 if __name__ == "__main__":
     path, cc, dtype, signatures, directory = sys.argv[1:]
-    spec = importlib.util.spec_from_file_location("numba_cuda_kernels", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_kernels(path)
     write_ptx(module, tuple(map(int, cc.split("."))), np.dtype(dtype), json.loads(signatures), directory)

@@ -11,10 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-# The kernels' activation ids (kernels/lstm_common.cuh, enum Activation).
-ACTIVATION_IDS = {
-    "tanh": 0, "sigmoid": 1, "hard_sigmoid": 2, "hard_sigmoid_keras2": 3, "relu": 4, "softsign": 5, "linear": 6,
-}
+# FusedLSTM takes its launches' activation ids from the plan.
+from fastlstm.kernels.activation_ids import ACTIVATION_IDS  # noqa: F401
+
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 KERNELS = {
     "lstm_persistent.cu": ("persistent_forward", "persistent_backward"),
