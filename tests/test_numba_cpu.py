@@ -2,7 +2,6 @@
 reference, the fused training pass against the layer-by-layer one, and its absence without numba.
 The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
 import pathlib
-import sys
 import threading
 
 import numpy as np
@@ -16,10 +15,11 @@ from numba import njit  # noqa: E402
 
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
 from fastlstm.activations import ACTIVATIONS  # noqa: E402
-from fastlstm.backends import get_backend, numba_cpu  # noqa: E402
+from fastlstm.backends import LSTMOptions, get_backend, numba_cpu  # noqa: E402
 from fastlstm.kernels import cpu_arithmetic, cpu_matmul  # noqa: E402
 from fastlstm.kernels.activation_ids import ACTIVATION_IDS, ACTIVATION_NAMES  # noqa: E402
 from fastlstm.nn import LSTM, Dense, Sequential, set_random_seed  # noqa: E402
+from fastlstm.ops import AdamState, DenseWeights, LSTMWeights  # noqa: E402
 from fastlstm.utils import usable_cores  # noqa: E402
 from lstm_testing import random_inputs, run_python  # noqa: E402
 from test_nn import alphabet  # noqa: E402
@@ -223,7 +223,7 @@ def test_fused_training_takes_the_steps_of_the_layer_by_layer_path(model_options
     for fused in (True, False):
         model = _model(dtype=dtype, **model_options)
         if not fused:
-            model._fused_training = lambda: None
+            model._fusable = lambda: False
         np.random.seed(5)
         history = model.fit(x, y, epochs=3, verbose=0, **fit_options)
         runs.append((model, history.history, np.random.get_state()[1].copy()))
@@ -260,13 +260,13 @@ def test_an_exception_inside_the_fused_pass_leaves_subnormal_numbers_as_they_wer
     batch, after it flushed subnormals to zero: they must not stay flushed."""
     units, classes, batch, dtype = 3, 4, 2, np.float32
     x, y = np.zeros((batch, 5, 1), dtype), np.eye(classes, dtype=dtype)[:batch]
-    lstm = [np.zeros(shape, dtype) for shape in ((1, 4 * units), (units, 4 * units), (4 * units,))]
-    dense = [np.zeros(shape, dtype) for shape in ((units, classes), (classes,))]
-    flat = tuple(np.zeros(sum(a.size for a in lstm + dense), dtype) for _ in range(4))
-    adam = (tuple(dtype(value) for value in (0.001, 0.9, 0.999, 1e-7, 0.1, 0.001)), 0)
+    lstm = LSTMWeights(*(np.zeros(shape, dtype) for shape in ((1, 4 * units), (units, 4 * units), (4 * units,))))
+    dense = DenseWeights(*(np.zeros(shape, dtype) for shape in ((units, classes), (classes,))))
+    flat = (np.zeros(sum(a.size for a in lstm + dense), dtype) for _ in range(4))
+    adam = AdamState(*flat, tuple(dtype(value) for value in (0.001, 0.9, 0.999, 1e-7, 0.1, 0.001)), 0)
     wrong_state = (np.zeros((batch + 1, units), dtype),) * 2
     with pytest.raises(ValueError):
-        numba_cpu.train_epoch(x, y, batch, lstm, dense, lstm, dense, flat, adam, wrong_state, "tanh", "sigmoid", False)
+        numba_cpu.train_epoch(x, y, batch, lstm, dense, lstm, dense, adam, wrong_state, LSTMOptions())
     assert np.float32(1e-40) * np.float32(1) > 0
 
 def test_the_fused_pass_is_taken_only_for_an_lstm_then_a_softmax_dense(monkeypatch):
