@@ -1,4 +1,5 @@
-"""The functional core: ``lstm_forward`` and ``lstm_backward`` with Keras 3's conventions.
+"""The functional core: ``lstm_forward`` and ``lstm_backward`` with Keras 3's conventions, and
+``lstm_train_epoch``, a backend's fused training pass of an LSTM + Dense(softmax) model.
 
 Shapes: ``x`` is ``[batch, time, input_dim]``; the weights are stored exactly as Keras 3 stores
 them, ``kernel [input_dim, 4*units]``, ``recurrent_kernel [units, 4*units]``, ``bias [4*units]``,
@@ -8,7 +9,7 @@ gates in the order i, f, c, o::
     i, f, o = recurrent_activation(z_i, z_f, z_o);  g = activation(z_c)
     c_t = f * c_{t-1} + i * g;  h_t = o * activation(c_t)
 
-Both functions check their arguments, then hand the work to a backend (:mod:`fastlstm.backends`).
+Each function checks its arguments, then hands the work to a backend (:mod:`fastlstm.backends`).
 Stateful use is the caller passing one call's ``h, c`` as the next call's ``h0, c0``; gradients
 do not flow from one call into the previous one (truncated BPTT, as Keras does).
 """
@@ -17,7 +18,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastlstm.activations import activation_name
-from fastlstm.backends import LSTMOptions, get_backend
+from fastlstm.backends import AdamState, DenseWeights, LSTMOptions, LSTMWeights, get_backend, resolve
+
+__all__ = ["AdamState", "DenseWeights", "LSTMCache", "LSTMGradients", "LSTMResult", "LSTMWeights",
+           "lstm_backward", "lstm_forward", "lstm_train_epoch"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DLPACK_CPU = 1  # kDLCPU: the device type of host memory in DLPack's __dlpack_device__
@@ -177,6 +181,49 @@ def lstm_backward(cache, dy=None, dhT=None, dcT=None):
     return LSTMGradients(*cache.backend.backward(cache.saved, dy, dhT, dcT))
 
 
+def lstm_train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state=None, *,
+                     activation="tanh", recurrent_activation="sigmoid", go_backwards=False, backend="auto"):
+    """One training epoch of an LSTM returning its last output, then a Dense layer with softmax,
+    with categorical cross-entropy and Adam, in the backend's fused training pass: per batch the
+    forward pass, the loss, the backward pass and one Adam step, with Keras 3's rules.
+
+    Args:
+        x: ``[samples, time, features]`` and y: one-hot ``[samples, classes]``, in the epoch's
+            order; the batches are consecutive runs of ``batch_size`` samples (the last may be
+            shorter).
+        lstm: the LSTM's :class:`LSTMWeights`, ``kernel [features, 4*units]``, ``recurrent_kernel
+            [units, 4*units]``, ``bias [4*units]`` or None; dense: the Dense layer's
+            :class:`DenseWeights`, ``kernel [units, classes]``, ``bias [classes]``;
+            lstm_grads, dense_grads: where their gradients go, shaped alike.
+        adam: the :class:`AdamState`; every array of the four above is a view into its
+            ``weights`` or ``gradients``, so that the Adam step on those updates them.
+        state: ``(h, c)``, each ``[batch_size, units]``, the state of a stateful LSTM, which every
+            batch starts from and carries on in place; None for a stateless one (zeros).
+        activation, recurrent_activation, go_backwards, backend: as for :func:`lstm_forward`.
+
+    Returns:
+        ``(total_loss, correct)``: the sum over batches of the batch's mean loss times its size,
+        and the number of samples whose most probable class is the target's. The weights,
+        gradients, ``m``, ``v`` and the state are updated in place, one Adam step per batch; the
+        caller adds the steps to its count of ``iterations``.
+
+    Raises:
+        NotImplementedError: the backend has no fused training pass. The caller then trains a
+            batch at a time with :func:`lstm_forward` and :func:`lstm_backward`, as Keras's LSTM
+            layer takes its general path when ``backend.lstm`` raises it.
+
+    The arrays are the backend's to check (a stateful state of another batch size is refused
+    with a ValueError); the model that owns them (``fastlstm.nn.Sequential``) checked its data.
+    """
+    train_epoch = _hook(get_backend(backend), "train_epoch", None)
+    if train_epoch is None:
+        raise NotImplementedError(f"backend {resolve(backend)!r} has no fused training pass")
+    options = LSTMOptions(activation_name(activation, "activation"),
+                          activation_name(recurrent_activation, "recurrent_activation"),
+                          False, bool(go_backwards))
+    return train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state, options)
+
+
 def _as_array(a, name):
     """``a`` as a NumPy array, without a copy where it can be: a NumPy array as it is, an array on
     the CPU that exposes ``__dlpack__`` (PyTorch, JAX, ...) through ``np.from_dlpack``, anything
@@ -202,7 +249,8 @@ def _on_device(a):
 
 def _hook(impl, name, default):
     """The backend module's optional function ``name``, else ``default``. Not getattr(impl, name,
-    default): for a module without it, that raises and catches an AttributeError (about 0.7 µs)."""
+    default), which raises and catches an AttributeError for a module without it, a cost that
+    shows in the per-call overhead (bench/test_kernels.py at 1, 1, 1, 50)."""
     return vars(impl).get(name, default)
 
 

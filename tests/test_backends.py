@@ -67,6 +67,8 @@ def registry(monkeypatch):
         raise backends.BackendUnavailable("no CUDA device (cudaErrorInsufficientDriver)")
 
     broken.probe = probe
+    broken.forward = broken.backward = lambda *args: None
+    broken.CAPABILITIES = ("forward", "backward")
     monkeypatch.setitem(sys.modules, "fake_broken", broken)
     monkeypatch.setattr(backends, "MODULES", {"broken": "fake_broken", "missing": "fake_module_that_does_not_exist",
                                               "numpy": backends.MODULES["numpy"]})

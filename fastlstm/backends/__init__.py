@@ -1,6 +1,11 @@
 """The backend registry, and the contract every backend implements.
 
-A backend is a module with three functions:
+A backend is a module that declares, in ``CAPABILITIES``, which functions of the contract it
+defines: always ``forward`` and ``backward``, and any of the optional ``prepare``, ``all_finite``
+and ``train_epoch``. The registry checks the declaration when it loads the module. Where a
+backend lacks an optional function, :mod:`fastlstm.ops` does the general thing itself, and its
+``lstm_train_epoch`` raises NotImplementedError for its caller to take the general path, as
+Keras's ``backend.lstm`` does. Every backend also has ``probe``:
 
 - ``probe() -> str``: a one-line description of where it runs (for example the device), or
   raises :class:`BackendUnavailable` with a one-line reason.
@@ -11,6 +16,15 @@ A backend is a module with three functions:
   the caller may change them before the backward, which must still give the forward's gradients.
 - ``backward(saved, dy, dhT, dcT) -> (dx, dkernel, drecurrent_kernel, dbias, dh0, dc0)``:
   any of ``dy, dhT, dcT`` may be ``None`` (zero); ``dbias`` is ``None`` when ``bias`` was.
+- ``prepare(a) -> array`` (optional): an argument as the array type the backend works on (a GPU
+  backend's view of a device array), before fastlstm.ops checks it; without it, ops reads every
+  argument as a NumPy array.
+- ``all_finite(a) -> bool`` (optional): whether ``a`` holds no NaN and no inf; without it, ops
+  asks NumPy.
+- ``train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state, options)
+  -> (total_loss, correct)`` (optional): the fused training pass of an LSTM + Dense(softmax)
+  model, as :func:`fastlstm.ops.lstm_train_epoch` documents it, the weights an
+  :class:`LSTMWeights` and a :class:`DenseWeights`, ``adam`` an :class:`AdamState`.
 
 Backends are imported and probed on first use, never when fastlstm is imported, and each probe
 runs once per process.
@@ -21,7 +35,7 @@ import importlib
 import os
 import sys
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class LSTMOptions(NamedTuple):
@@ -31,6 +45,36 @@ class LSTMOptions(NamedTuple):
     recurrent_activation: str = "sigmoid"
     return_sequences: bool = False
     go_backwards: bool = False
+
+
+class LSTMWeights(NamedTuple):
+    """An LSTM layer's weights, or their gradients, as Keras 3 stores them: ``kernel
+    [input_dim, 4*units]``, ``recurrent_kernel [units, 4*units]``, ``bias [4*units]`` or None."""
+
+    kernel: Any
+    recurrent_kernel: Any
+    bias: Any = None
+
+
+class DenseWeights(NamedTuple):
+    """A Dense layer's weights, or their gradients: ``kernel [features, units]``, ``bias [units]``."""
+
+    kernel: Any
+    bias: Any
+
+
+class AdamState(NamedTuple):
+    """What a fused training pass updates with Adam: the model's ``weights`` and ``gradients``,
+    each one flat array that every layer's arrays are views into; Adam's moment estimates ``m``,
+    ``v`` for them (shaped alike); its ``constants`` ``(learning_rate, beta_1, beta_2, epsilon,
+    1 - beta_1, 1 - beta_2)`` in the weights' dtype; the number of steps taken before, ``iterations``."""
+
+    weights: Any
+    gradients: Any
+    m: Any
+    v: Any
+    constants: tuple
+    iterations: int
 
 
 class BackendUnavailable(RuntimeError):
@@ -51,6 +95,10 @@ class BackendStatus(NamedTuple):
         return f"{self.name}: {'ok' if self.available else 'unavailable'} ({self.detail})"
 
 
+# The contract's functions (see above): those every backend defines, and those it may.
+REQUIRED = frozenset({"forward", "backward"})
+OPTIONAL = frozenset({"prepare", "all_finite", "train_epoch"})
+
 # Every backend, and the order in which 'auto' prefers them (fastest first). The GPU backends are
 # left out of 'auto' until benchmarks on a GPU show the shapes where they win; ask for them by name.
 MODULES = {
@@ -62,7 +110,7 @@ MODULES = {
 PREFERENCE = ("numba_cpu", "numpy")
 # The GPU backends, each with the environment variable under which it runs without a GPU (Numba's
 # CUDA simulator) if there is one. Where no CUDA driver can be loaded they are reported unavailable
-# without being imported: importing CuPy and numba.cuda took 2.1 s on a machine without one.
+# without being imported: importing CuPy and numba.cuda takes seconds, only to end in that report.
 GPU_BACKENDS = {"cupy": None, "numba_cuda": "NUMBA_ENABLE_CUDASIM"}
 
 
@@ -85,11 +133,29 @@ def _load(name):
             return None, BackendStatus(name, False, f"no CUDA driver ({missing})"), True
     try:
         module = importlib.import_module(MODULES[name])
+        _check_contract(name, module)
         return module, BackendStatus(name, True, module.probe()), True
     except BackendUnavailable as e:
         return None, BackendStatus(name, False, str(e)), e.installed
     except ImportError as e:
         return None, BackendStatus(name, False, f"not installed ({e})"), False
+
+
+def _check_contract(name, module):
+    """Refuses a backend module whose ``CAPABILITIES`` leave out a required function, name one
+    outside the contract or one it does not define, or leave out an optional one it defines
+    (fastlstm.ops would call it undeclared)."""
+    declared = frozenset(getattr(module, "CAPABILITIES", ()))
+    defined = {f for f in REQUIRED | OPTIONAL if callable(getattr(module, f, None))}
+    problems = [f"{what}: {', '.join(sorted(functions))}" for what, functions in (
+        ("required but not declared", REQUIRED - declared),
+        ("declared but not in the contract", declared - REQUIRED - OPTIONAL),
+        ("declared but not defined", (declared & (REQUIRED | OPTIONAL)) - defined),
+        ("defined but not declared", (defined & OPTIONAL) - declared),
+    ) if functions]
+    if problems:
+        raise TypeError(f"backend {name!r} ({module.__name__}) breaks the backend contract of fastlstm.backends: "
+                        f"{'; '.join(problems)}")
 
 
 def available_backends():

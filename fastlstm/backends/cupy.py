@@ -19,6 +19,8 @@ from fastlstm.backends.plan import DEFAULT_SHARED_MEMORY, DeviceLimits, all_inst
 
 KERNELS = pathlib.Path(fastlstm.kernels.__file__).parent
 NVRTC_OPTIONS = ("--std=c++17", f"-I{KERNELS}")
+# What this backend implements of the contract in fastlstm.backends.
+CAPABILITIES = ("forward", "backward", "prepare")
 
 
 def probe():

@@ -10,8 +10,9 @@ as BLAS products over all time steps (single-threaded: one per core). The large 
 memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
 on first use per dtype and cached on disk.
 
-Beyond the backend contract it offers :func:`train_epoch`, the fused training pass of an LSTM +
-Dense(softmax) model that :class:`fastlstm.nn.Sequential` uses where it applies.
+Of the contract's optional functions it implements :func:`all_finite` and :func:`train_epoch`,
+the fused training pass of an LSTM + Dense(softmax) model, which :class:`fastlstm.nn.Sequential`
+takes through :func:`fastlstm.ops.lstm_train_epoch` where it applies.
 """
 import concurrent.futures
 import functools
@@ -31,14 +32,16 @@ from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 from fastlstm.utils import usable_cores
 
 # From this many multiply-adds per step (batch * units * 4 * units), and 16 times as many over the
-# sequence, a product per step and the samples on every core beat the one compiled call (measured:
-# 32 x 32 units is below it, 64 x 32 about even; at one step, starting the threads costs more than
-# they save).
+# sequence, a product per step and the samples on every core beat the one compiled call, below it
+# starting the threads costs more than they save (bench/test_kernels.py's batch sweep at 32 units).
 STEPWISE_WORK = 1 << 18
 
 # The large shapes' arrays reuse the memory of earlier calls' (see fastlstm.backends.memory): a
 # forward and backward pass at batch 1024, 25 steps, 64 inputs, 128 units takes about 180 MB.
 MEMORY = Pool(capacity=256 << 20)
+
+# What this backend implements of the contract in fastlstm.backends.
+CAPABILITIES = ("forward", "backward", "all_finite", "train_epoch")
 
 
 def _cores():
@@ -93,8 +96,8 @@ def _on_every_core(work, parts):
     """Runs ``work(part)`` for every part (a core's share of the samples), at once, each with a
     single-threaded BLAS; returns their results. The slices' recurrences are independent, so they
     need no synchronisation, and BLAS threads would fight them for the cores. Nothing of this
-    backend runs a multi-threaded BLAS product: OpenBLAS's threads spin for tens of milliseconds
-    after one, and the next recurrence took 60 % longer for it (256 x 25 steps x 128 units)."""
+    backend runs a multi-threaded BLAS product: OpenBLAS's threads keep spinning after one and
+    slow the next recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
     pool, single_threaded_blas = _threads()
     with single_threaded_blas:
         return [done.result() for done in [pool.submit(work, part) for part in parts]]
@@ -120,9 +123,9 @@ def _stepwise(batch, time, units):
 
 class Share(NamedTuple):
     """One core's share of the samples in a stepwise forward pass, what its backward pass reads.
-    Time-major, so that a step's rows lie together in memory: the pointwise steps took about twice
-    as long over rows a whole sequence apart ([batch, time, ...]; measured: the backward steps of 512
-    samples, 25 steps, 128 units, 14 to 17 ms against 7.5 to 9.4)."""
+    Time-major, so that a step's rows lie together in memory: the pointwise steps are slower over
+    rows a whole sequence apart, as [batch, time, ...] has them (bench/test_kernels.py's
+    forward_backward at 1024, 25, 64, 128)."""
 
     samples: slice
     # [time + 1, n, input_dim + units]: the rows [x_t, h_{t-1}] of each step's product, then h_T
@@ -172,11 +175,11 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
     """The forward recurrence as one product and one compiled step per time step, a slice of the
     samples per core. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
     one product with the inputs' and the state's rows together runs faster than the input
-    projection over all steps and a product per step apart (measured: 6.9 ms against 8.5 ms for
-    128 samples, 25 steps, 64 inputs, 128 units on one core), whose few inputs make a thin product.
-    The weights are packed once for cpu_matmul.matmul_packed, which at 32 rows a core of
-    64, 100, 128, 512 took 0.88 ms a step against OpenBLAS's 1.14 (which packs them at every
-    call). The product is made in the step's gates, which the compiled step activates in place.
+    projection over all steps and a product per step apart, whose few inputs make a thin product
+    (bench/test_kernels.py at 256, 25, 64, 128). The weights are packed once for
+    cpu_matmul.matmul_packed, faster at a core's few rows than OpenBLAS, which packs them at every
+    call (bench/test_kernels.py at 64, 100, 128, 512). The product is made in the step's gates,
+    which the compiled step activates in place.
     weights: [kernel; recurrent_kernel], [input_dim + units, 4*units]. Fills sequences
     [batch, time, units] (every step's output) unless None; returns a Share per core."""
     batch, time, input_dim = x.shape
@@ -257,42 +260,29 @@ def _backward_stepwise(saved, dy, dh, dc):
     return dx, dkernel, drecurrent_kernel, sum(part[2] for part in parts) if has_bias else None
 
 
-def train_epoch(x, y, batch_size, lstm_weights, dense_weights, lstm_grads, dense_grads, flat, adam, state,
-                activation, recurrent_activation, go_backwards):
-    """One training pass of an LSTM (last output only) + Dense(softmax) model with categorical
-    cross-entropy and Adam, all of it in one compiled call (see ``cpu_training.train_epoch``).
-
-    Args:
-        x: [samples, time, features] and y: [samples, classes], in the epoch's order; the
-            batches are consecutive runs of ``batch_size`` samples (the last may be shorter).
-        lstm_weights, lstm_grads: [kernel, recurrent_kernel, bias] (no bias without one);
-            dense_weights, dense_grads: [kernel, bias]; every one a view into flat.
-        flat: (weights, gradients, m, v), the model's flat buffers and Adam's moments for them.
-        adam: (learning_rate, beta_1, beta_2, epsilon, 1 - beta_1, 1 - beta_2) in the weights'
-            dtype, and the number of steps taken before.
-        state: (h, c) [batch_size, units] of a stateful LSTM, carried on in place; None for a
-            stateless one (zeros).
-        activation, recurrent_activation, go_backwards: the LSTM's options.
-
-    Returns:
-        (the sum over batches of the batch's mean loss times its size, the number of samples
-        whose most probable class is the target's). Weights, gradients, moments and the state
-        are updated in place, one Adam step per batch.
+def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state, options):
+    """The backend contract's fused training pass, as :func:`fastlstm.ops.lstm_train_epoch`
+    documents it, all of it in one compiled call (``cpu_training.train_epoch``).
 
     Subnormal numbers are flushed to zero while it runs, and only then: the calling thread's
     floating-point control is restored however the pass ends, an exception included.
     """
-    constants, iterations = adam
+    # The compiled boundary: the named tuples become the plain tuples of arrays the kernel takes.
     empty = np.empty(0, x.dtype)
-    lstm_weights, lstm_grads = (tuple(arrays) + (empty,) * (3 - len(arrays)) for arrays in (lstm_weights, lstm_grads))
-    options = (state is not None, go_backwards, *_codes(activation, recurrent_activation))
+    lstm, lstm_grads = _plain_lstm(lstm, empty), _plain_lstm(lstm_grads, empty)
+    flat = adam.weights, adam.gradients, adam.m, adam.v
+    flags = (state is not None, options.go_backwards, *_codes(options.activation, options.recurrent_activation))
     if state is None:
-        state = (np.empty((0, lstm_weights[1].shape[0]), x.dtype),) * 2
+        state = (np.empty((0, lstm[1].shape[0]), x.dtype),) * 2
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
     control = cpu_arithmetic.exchange_mxcsr(-1, cpu_arithmetic.FLUSH_SUBNORMALS)
     try:
-        return cpu_training.train_epoch(x, y, batch_size, lstm_weights, tuple(dense_weights), lstm_grads,
-                                        tuple(dense_grads), tuple(flat), constants, iterations, tuple(state),
-                                        options)
+        return cpu_training.train_epoch(x, y, batch_size, lstm, tuple(dense), lstm_grads, tuple(dense_grads), flat,
+                                        adam.constants, adam.iterations, tuple(state), flags)
     finally:
         cpu_arithmetic.exchange_mxcsr(0, control)  # on every way out: an exception must not leave subnormals flushed
+
+
+def _plain_lstm(weights, empty):
+    """LSTMWeights as the compiled pass takes them: a plain tuple, ``empty`` for no bias."""
+    return weights.kernel, weights.recurrent_kernel, empty if weights.bias is None else weights.bias

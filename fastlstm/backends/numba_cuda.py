@@ -3,7 +3,7 @@ CuPy's cuBLAS, orchestrated by :class:`~fastlstm.backends.fused.FusedLSTM` with 
 the CuPy backend uses.
 
 The input projection and the weight gradients are cuBLAS GEMMs through CuPy rather than a tiled
-Numba kernel: cuBLAS is faster at every shape, and the 'cuda' extra installs CuPy beside Numba.
+Numba kernel: cuBLAS is tuned for every GPU, and the 'cuda' extra installs CuPy beside Numba.
 Numba has no public way to raise a kernel's dynamic shared memory past 48 KB
 (NVIDIA/numba-cuda#94), so the plan keeps to that: the persistent path up to 54 units in float32.
 
@@ -29,6 +29,8 @@ from fastlstm.kernels.numba_cuda import kernels
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 DTYPES = {c_type: dtype for dtype, c_type in C_TYPES.items()}
 _NAME = re.compile(r"fastlstm::(\w+)<(\w+)>")
+# What this backend implements of the contract in fastlstm.backends.
+CAPABILITIES = ("forward", "backward", "prepare")
 
 
 def probe():

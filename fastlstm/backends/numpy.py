@@ -10,6 +10,9 @@ import numpy as np
 from fastlstm.activations import ACTIVATIONS
 from fastlstm.backends import sequence
 
+# What this backend implements of the contract in fastlstm.backends.
+CAPABILITIES = ("forward", "backward")
+
 
 def probe():
     return f"CPU, NumPy {np.__version__}"

@@ -5,10 +5,10 @@ import warnings
 
 import numpy as np
 
-from fastlstm.backends import get_backend
 from fastlstm.nn import losses
 from fastlstm.nn.layers import LSTM, Dense, Layer, as_shape, unique_name
 from fastlstm.nn.optimizers import Adam
+from fastlstm.ops import DenseWeights, LSTMWeights, lstm_train_epoch
 
 METRICS = ("accuracy", "acc", "categorical_accuracy")  # all categorical accuracy, as Keras resolves them
 DEFAULT_BATCH_SIZE = 32  # Keras's, for batch_size=None
@@ -359,11 +359,8 @@ class Sequential:
         """One pass over the batches (as :meth:`_batches` gives them), training or not; the loss
         and metrics averaged over samples. Training takes the backend's fused pass where there is
         one for this model."""
-        train_epoch = self._fused_training() if train else None
-        if train_epoch:
-            total_loss, correct = self._train_fused(train_epoch, x, y, min(batches.step, len(x)))
-        else:
-            total_loss, correct = self._run_batches(x, y, batches, train)
+        fused = self._train_fused(x, y, min(batches.step, len(x))) if train and self._fusable() else None
+        total_loss, correct = self._run_batches(x, y, batches, train) if fused is None else fused
         logs = {"loss": total_loss / len(x)}
         for metric in self.metrics:
             logs[metric] = correct / (y.size // y.shape[-1])
@@ -387,29 +384,30 @@ class Sequential:
                 correct += int((y_pred.argmax(axis=-1) == yb.argmax(axis=-1)).sum())
         return total_loss, correct
 
-    def _fused_training(self):
-        """The backend's fused training pass (its ``train_epoch``) if it offers one and this model
-        is the one it trains: an LSTM returning its last output, then the softmax Dense, with
-        categorical cross-entropy and Adam. None otherwise."""
+    def _fusable(self):
+        """Whether this model is the one a fused training pass trains: an LSTM returning its last
+        output, then the softmax Dense, with categorical cross-entropy and Adam."""
         if len(self.layers) != 2 or not isinstance(self.optimizer, Adam) \
                 or not isinstance(self.loss, losses.CategoricalCrossentropy):
-            return None
+            return False
         lstm, dense = self.layers
-        if not isinstance(lstm, LSTM) or lstm.return_sequences or not isinstance(dense, Dense):
-            return None
-        return getattr(get_backend(lstm.backend), "train_epoch", None)
+        return isinstance(lstm, LSTM) and not lstm.return_sequences and isinstance(dense, Dense)
 
-    def _train_fused(self, train_epoch, x, y, batch_size):
-        """The pass of :meth:`_run_batches` in one call of the backend's fused ``train_epoch``:
-        the same steps on the same weights, gradients, Adam moments and LSTM state."""
+    def _train_fused(self, x, y, batch_size):
+        """The pass of :meth:`_run_batches` in one call of the backend's fused training pass
+        (:func:`fastlstm.ops.lstm_train_epoch`): the same steps on the same weights, gradients,
+        Adam moments and LSTM state. None where the backend has none."""
         lstm, dense = self.layers
         adam = self.optimizer
-        (m, v), = adam.moments([(self._grads, self._weights)])
-        result = train_epoch(
-            x, y, batch_size, lstm.weights, dense.weights, lstm.grads, dense.grads,
-            (self._weights, self._grads, m, v), (adam.constants(self.dtype.type), adam.iterations),
-            lstm.states if lstm.stateful else None, lstm.activation, lstm.recurrent_activation, lstm.go_backwards,
-        )
+        try:
+            result = lstm_train_epoch(
+                x, y, batch_size, LSTMWeights(*lstm.weights), DenseWeights(*dense.weights),
+                LSTMWeights(*lstm.grads), DenseWeights(*dense.grads), adam.state(self._weights, self._grads),
+                lstm.states if lstm.stateful else None, activation=lstm.activation,
+                recurrent_activation=lstm.recurrent_activation, go_backwards=lstm.go_backwards, backend=lstm.backend,
+            )
+        except NotImplementedError:
+            return None
         adam.iterations += len(range(0, len(x), batch_size))
         return result
 

@@ -1,7 +1,10 @@
 """Optimizers with Keras 3's update rules, updating NumPy arrays in place."""
+import functools
 import numbers
 
 import numpy as np
+
+from fastlstm.ops import AdamState
 
 
 class Adam:
@@ -66,16 +69,17 @@ class Adam:
             u /= t
             w -= u
 
-    def moments(self, grads_and_vars):
-        """The moment estimates ``(m, v)`` of each variable of ``grads_and_vars`` (zeros before
-        the first step), for a fused training step that updates them in place and then adds
-        its steps to ``iterations``."""
-        return [slots[:2] for slots in self._slots_for(list(grads_and_vars))]
+    def state(self, variable, gradient):
+        """Everything a fused training pass needs to take Adam steps on the one array ``variable``
+        with ``gradient``: an :class:`~fastlstm.ops.AdamState` with the moment estimates (zeros
+        before the first step), which the pass updates in place; it then adds its steps to
+        ``iterations``. The same variable as :meth:`apply_gradients` takes, or it refuses."""
+        (m, v, _, _), = self._slots_for([(gradient, variable)])
+        return AdamState(variable, gradient, m, v, self.constants(variable.dtype.type), self.iterations)
 
     def constants(self, dtype):
         """``(learning_rate, beta_1, beta_2, epsilon, 1 - beta_1, 1 - beta_2)`` rounded to ``dtype``."""
-        return tuple(dtype(value) for value in (self.learning_rate, self.beta_1, self.beta_2, self.epsilon,
-                                                1 - self.beta_1, 1 - self.beta_2))
+        return _rounded_constants(dtype, self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
 
     def _slots_for(self, pairs):
         """Per variable (m, v, scratch, scratch), created on first use; refuses other variables."""
@@ -87,3 +91,10 @@ class Adam:
                 f"got {[w.shape for _, w in pairs]}: use one optimizer instance per model"
             )
         return self._slots
+
+
+# Rounded once per dtype and values: every step, and every epoch of a fused training pass, asks for
+# them, a cost that shows at the small shapes (bench/test_experiments.py's one epoch of experiment 4).
+@functools.lru_cache(maxsize=16)
+def _rounded_constants(dtype, learning_rate, beta_1, beta_2, epsilon):
+    return tuple(dtype(value) for value in (learning_rate, beta_1, beta_2, epsilon, 1 - beta_1, 1 - beta_2))
