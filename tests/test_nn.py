@@ -221,6 +221,19 @@ def test_adam_matches_a_hand_written_step():
         adam.apply_gradients([(g1[:3], w[:3])])
 
 
+def test_adam_steps_with_its_hyperparameters_as_they_are_at_each_step():
+    """Keras lets a learning rate change between steps; the rounded constants follow it."""
+    adam = Adam(learning_rate=0.01)
+    assert adam.constants(np.float32) == tuple(np.float32(v) for v in (0.01, 0.9, 0.999, 1e-7, 0.1, 1 - 0.999))
+    adam.learning_rate, adam.beta_1 = 0.5, 0.25
+    assert adam.constants(np.float32)[:2] == (np.float32(0.5), np.float32(0.25))
+    assert adam.constants(np.float32)[4] == np.float32(0.75)
+    assert type(adam.constants(np.float64)[0]) is np.float64
+    w, g = np.zeros(3), np.ones(3)
+    adam.apply_gradients([(g, w)])  # step 1 on g = 1: w -= lr / (1 + epsilon / sqrt(1 - beta_2)), whatever beta_1
+    np.testing.assert_allclose(w, -0.5 / (1 + 1e-7 / np.sqrt(0.001)), rtol=1e-13)
+
+
 # -- stateful ----------------------------------------------------------------------------------
 
 def test_stateful_needs_a_fixed_batch_size():
