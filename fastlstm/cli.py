@@ -6,19 +6,17 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
 import os
 import pathlib
-import signal
 import sys
 import tempfile
 
-from fastlstm import __version__, bench_report, experiments
+from fastlstm import __version__, bench_report, experiments, gpu_check
 from fastlstm.activations import ACTIVATIONS
 from fastlstm.backends import BackendUnavailable, available_backends
-from fastlstm.utils import Progress, usable_cores
-from fastlstm.workers import WorkerPool
+from fastlstm.utils import Progress, usable_cores, write_json
+from fastlstm.workers import Interrupted, WorkerPool, interruptible
 
 
 def backends_report():
@@ -99,33 +97,6 @@ def frameworks(args):
     return chosen
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM came; ``signal_number`` says which. A BaseException, as KeyboardInterrupt,
-    so that no ``except Exception`` takes it for an error."""
-
-    def __init__(self, signal_number):
-        super().__init__(signal.Signals(signal_number).name)
-        self.signal_number = signal_number
-
-
-def _interrupt(signal_number, frame):
-    # Once only: a second signal must not cut short the stopping of the workers.
-    for name in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(name, signal.SIG_IGN)
-    raise Interrupted(signal_number)
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """SIGINT and SIGTERM raise Interrupted inside the block; their handlers are restored after it."""
-    before = {name: signal.signal(name, _interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for name, handler in before.items():
-            signal.signal(name, handler)
-
-
 def _run_here(args, framework, number, seeds):
     """Yields the Results of experiment ``number`` over ``seeds``, run in this process one after
     another with an epoch progress line."""
@@ -200,20 +171,6 @@ def _divergence_status(results):
     if diverged:
         print(f"fastlstm: diverged (loss not finite): {'; '.join(diverged)}", file=sys.stderr)
     return 1 if diverged else 0
-
-
-def write_json(path, document):
-    """Writes ``document`` to ``path`` as JSON whole or not at all: into a file beside it first,
-    renamed over ``path`` once complete, so that no failure or interruption leaves a partial file."""
-    partial = f"{path}.{os.getpid()}.partial"
-    try:
-        with open(partial, "w") as f:
-            json.dump(document, f, indent=1)
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
-        raise
 
 
 def _positive(text):
@@ -316,10 +273,8 @@ def main(argv=None):
         print(f"wrote {args.out}/bench-report.md")
         return 0
     if args.command == "gpu-check":
-        from fastlstm import gpu_check  # here, not above: it imports this module
-
         try:
-            with _interruptible():
+            with interruptible():
                 return gpu_check.gpu_check(args.outdir)
         except Interrupted as e:
             print("fastlstm: interrupted", file=sys.stderr)
@@ -327,7 +282,7 @@ def main(argv=None):
     if args.seed + args.seeds - 1 > LAST_SEED:
         run.error(f"argument --seeds: the last seed, {args.seed + args.seeds - 1}, is over {LAST_SEED}")
     try:
-        with _interruptible():
+        with interruptible():
             try:
                 chosen = frameworks(args)
             except (ValueError, ImportError, BackendUnavailable) as e:

@@ -31,7 +31,8 @@ from typing import NamedTuple
 
 import fastlstm
 from fastlstm.backends import GPU_BACKENDS, available_backends
-from fastlstm.cli import Interrupted, write_json
+from fastlstm.utils import write_json
+from fastlstm.workers import Interrupted
 
 # tests/ and bench/ of the checkout that an editable install runs from.
 SOURCE = pathlib.Path(fastlstm.__file__).resolve().parent.parent

@@ -6,8 +6,11 @@
   draw of :mod:`fastlstm.nn` (weight initializers, shuffling in ``fit``) takes from.
 
 And for the command line: :func:`usable_cores`, for whatever spreads work over the cores, and
-:class:`Progress`, a progress line on a terminal (as ``keras.utils.Progbar``).
+:class:`Progress`, a progress line on a terminal (as ``keras.utils.Progbar``), and
+:func:`write_json`, which writes a file whole or not at all.
 """
+import contextlib
+import json
 import os
 import random
 import sys
@@ -148,3 +151,17 @@ class Progress:
         if self.enabled:
             self.stream.write("\r\033[K")
             self.stream.flush()
+
+
+def write_json(path, document):
+    """Writes ``document`` to ``path`` as JSON whole or not at all: into a file beside it first,
+    renamed over ``path`` once complete, so that no failure or interruption leaves a partial file."""
+    partial = f"{path}.{os.getpid()}.partial"
+    try:
+        with open(partial, "w") as f:
+            json.dump(document, f, indent=1)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise

@@ -4,6 +4,8 @@
   thread each, leave a Ctrl-C to this process and end with it.
 - :func:`wait_for`: the results of futures in their order, with the number done on a progress line.
 - :func:`stop_children`: ends every worker at once.
+- :func:`interruptible`: SIGINT and SIGTERM raise :class:`Interrupted`, so that the main process
+  can stop its workers and end in one line.
 """
 import concurrent.futures
 import contextlib
@@ -123,3 +125,30 @@ def stop_children(grace=1.0):
         if child.is_alive():
             child.kill()
             child.join()
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM came; ``signal_number`` says which. A BaseException, as KeyboardInterrupt,
+    so that no ``except Exception`` takes it for an error."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+def _interrupt(signal_number, frame):
+    # Once only: a second signal must not cut short the stopping of the workers.
+    for name in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(name, signal.SIG_IGN)
+    raise Interrupted(signal_number)
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGINT and SIGTERM raise Interrupted inside the block; their handlers are restored after it."""
+    before = {name: signal.signal(name, _interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for name, handler in before.items():
+            signal.signal(name, handler)

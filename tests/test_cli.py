@@ -14,7 +14,7 @@ import pytest
 
 import fastlstm
 from fastlstm import cli, experiments
-from fastlstm.cli import write_json
+from fastlstm.utils import write_json
 from fastlstm.utils import Progress, usable_cores
 from fastlstm.workers import WorkerPool, wait_for
 

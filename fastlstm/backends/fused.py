@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastlstm.backends import sequence
-from fastlstm.backends.plan import ACTIVATION_IDS, plan_lstm
+from fastlstm.backends.plan import plan_lstm
+from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 
 
 class Saved(NamedTuple):

@@ -11,9 +11,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-# FusedLSTM takes its launches' activation ids from the plan.
-from fastlstm.kernels.activation_ids import ACTIVATION_IDS  # noqa: F401
-
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 KERNELS = {
     "lstm_persistent.cu": ("persistent_forward", "persistent_backward"),
