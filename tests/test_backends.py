@@ -8,7 +8,7 @@ import pytest
 
 import fastlstm
 from fastlstm import backends
-from lstm_testing import run_python
+from support.lstm_testing import run_python
 
 
 def test_import_needs_numpy_alone_and_probes_nothing():

@@ -6,7 +6,7 @@ import pytest
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.backends import LSTMOptions, numba_cpu
 from fastlstm.backends import cupy as cupy_backend
-from lstm_testing import CPU_BACKENDS, random_inputs
+from support.lstm_testing import CPU_BACKENDS, random_inputs
 from test_cupy_backend import device  # noqa: F401 (the fixture: the CuPy backend on the CPU)
 
 # batch, time, input_dim, units; over one step, x reversed in time is a view of the caller's x

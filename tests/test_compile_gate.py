@@ -20,7 +20,7 @@ import pytest
 from fastlstm.backends.cupy import KERNELS, NVRTC_OPTIONS
 from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, POINTWISE_THREADS, all_instances, plan_lstm
 
-from nvrtc import NVRTC
+from support.nvrtc import NVRTC
 
 CUPY_OPTIONS = ["-ftz=true", "--device-as-default-execution-space"]  # what CuPy adds for NVRTC
 NVRTC_LIBRARIES = {"sm_70": "cuda_nvrtc/lib/libnvrtc.so.12", "sm_80": "cu13/lib/libnvrtc.so.13",

@@ -10,12 +10,12 @@ import itertools
 import numpy as np
 import pytest
 
-from cuda_emulation import EmulatedLauncher, build
+from support.cuda_emulation import EmulatedLauncher, build
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.backends import LSTMOptions
 from fastlstm.backends.fused import FusedLSTM
 from fastlstm.backends.plan import DeviceLimits, plan_lstm
-from lstm_testing import random_inputs
+from support.lstm_testing import random_inputs, relative_error
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 # Limits that force each path: 'persistent' with few multiprocessors, so a block holds several
@@ -57,7 +57,7 @@ def _compare(launcher, path, shape, dtype, state=True, bias=True, **options):
             assert mine is None, name
             continue
         assert mine.shape == want.shape and mine.dtype == dtype, name
-        error = np.abs(mine - want).max() / max(1.0, np.abs(want).max())
+        error = relative_error(mine, want)
         assert error <= TOLERANCE[dtype], f"{name}: {error:.2e}"
 
 

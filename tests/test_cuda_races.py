@@ -10,17 +10,17 @@ import tempfile
 
 import pytest
 
-from cuda_emulation import KERNELS, build
+from support.cuda_emulation import KERNELS, build
 
 TSAN_EXIT = 66
 CHILD = """
 import sys
 import numpy as np
-from cuda_emulation import EmulatedLauncher
+from support.cuda_emulation import EmulatedLauncher
 from fastlstm.backends import LSTMOptions
 from fastlstm.backends.fused import FusedLSTM
 from fastlstm.backends.plan import DeviceLimits
-from lstm_testing import random_inputs
+from support.lstm_testing import random_inputs
 
 launcher = EmulatedLauncher(sys.argv[1])
 for optin in (96 * 1024, 64):  # the persistent path, then the stepwise one

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import fastlstm
-from cuda_emulation import EmulatedLauncher, build
+from support.cuda_emulation import EmulatedLauncher, build
 from fastlstm.backends import cupy as cupy_backend
 from fastlstm.backends.plan import DEFAULT_SHARED_MEMORY, Launch
-from lstm_testing import random_inputs
+from support.lstm_testing import random_inputs
 
 
 class FakeRawModule:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fastlstm import lstm_backward, lstm_forward
-from gpu_testing import check_against_the_reference, needs_gpu
-from lstm_testing import random_inputs
+from support.gpu_testing import check_against_the_reference, needs_gpu
+from support.lstm_testing import random_inputs
 
 pytestmark = needs_gpu("cupy")
 

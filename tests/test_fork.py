@@ -8,7 +8,7 @@ import pytest
 
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.backends.memory import Pool
-from lstm_testing import in_forked_child, random_inputs
+from support.lstm_testing import in_forked_child, random_inputs
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 

@@ -16,7 +16,7 @@ keras = pytest.importorskip("keras")  # the 'test' extra installs it; CI runs th
 tf = pytest.importorskip("tensorflow")
 
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
-from lstm_testing import ARGUMENTS, CPU_BACKENDS, random_inputs  # noqa: E402
+from support.lstm_testing import ARGUMENTS, CPU_BACKENDS, random_inputs, relative_error  # noqa: E402
 
 pytestmark = pytest.mark.parity
 # Measured over every case below (the worst array of each): numpy median 2.5e-7, worst 6.7e-6;
@@ -83,7 +83,7 @@ def _compare(shape, units, backend, activation="tanh", recurrent_activation="sig
     for name, (mine, reference) in pairs.items():
         reference = np.asarray(reference)
         assert mine.shape == reference.shape and mine.dtype == np.float32, name
-        errors[name] = float(np.abs(mine - reference).max() / max(1.0, np.abs(reference).max()))
+        errors[name] = relative_error(mine, reference)
     return errors
 
 

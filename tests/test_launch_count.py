@@ -6,11 +6,11 @@ an operation FusedLSTM starts to use fails here until it is counted."""
 import numpy as np
 import pytest
 
-from cuda_emulation import EmulatedLauncher, build
+from support.cuda_emulation import EmulatedLauncher, build
 from fastlstm.backends.fused import FusedLSTM
 from fastlstm.backends.plan import DeviceLimits, launch_count, plan_lstm
 from fastlstm.ops import LSTMOptions
-from lstm_testing import random_inputs
+from support.lstm_testing import random_inputs
 
 LIMITS = {"persistent": DeviceLimits(1024, 227 * 1024, 2), "stepwise": DeviceLimits(1024, 64, 2)}
 

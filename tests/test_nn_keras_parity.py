@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
 from fastlstm.nn import LSTM, Dense, Sequential  # noqa: E402
-from lstm_testing import CPU_BACKENDS  # noqa: E402  (tests/ is on the path)
+from support.lstm_testing import CPU_BACKENDS  # noqa: E402  (tests/ is on the path)
 from test_nn import alphabet  # noqa: E402  (the tutorial's data)
 
 pytestmark = pytest.mark.parity

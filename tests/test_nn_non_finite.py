@@ -7,7 +7,7 @@ import pytest
 
 from fastlstm.backends import get_backend
 from fastlstm.nn import LSTM, Adam, Dense, Sequential, set_random_seed
-from lstm_testing import CPU_BACKENDS  # tests/ is on the path
+from support.lstm_testing import CPU_BACKENDS  # tests/ is on the path
 from test_nn import alphabet, model_for
 
 

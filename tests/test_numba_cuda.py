@@ -7,7 +7,7 @@ local memory, more registers than the largest block the plan launches allows, sh
 the 48 KB the backend plans with, or any float64 instruction in a float32 kernel. numba-cuda on
 CUDA 13 refuses compute capability 7.0 (CUDA 13 dropped Volta), so sm_70 is compiled and assembled
 by a CUDA 12 Numba stack, as a Volta user would have, in a virtual environment of its own that
-the test makes under build/ (tests/numba_ptx.py runs there).
+the test makes under build/ (tests/support/numba_ptx.py runs there).
 """
 import fcntl
 import json
@@ -25,7 +25,7 @@ import pytest
 from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, DEFAULT_SHARED_MEMORY, DeviceLimits, plan_lstm
 from fastlstm.kernels import numba_cuda
 
-from numba_ptx import write_ptx
+from support.numba_ptx import write_ptx
 
 TESTS = pathlib.Path(__file__).parent
 REGISTERS_PER_BLOCK = 65536
@@ -50,8 +50,8 @@ def test_simulator_suite_passes_in_its_own_process():
 
 
 def _signatures(dtype):
-    """The argument types the backend passes, as Numba signature strings (which tests/numba_ptx.py
-    takes to a CUDA 12 Numba): C-contiguous arrays and Python ints."""
+    """The argument types the backend passes, as Numba signature strings (which
+    tests/support/numba_ptx.py takes to a CUDA 12 Numba): C-contiguous arrays and Python ints."""
     T = np.dtype(dtype).name
     a2, a3, i = f"{T}[:, ::1]", f"{T}[:, :, ::1]", "int64"
     return {function: ", ".join(types) for function, types in {
@@ -132,7 +132,7 @@ def test_every_kernel_compiles_without_spills_or_float64_in_float32(arch, dtype,
     signatures = _signatures(dtype)
     if arch in CUDA12_ARCHITECTURES:
         python, ptxas = request.getfixturevalue("cuda12")
-        _run([python, "-I", str(TESTS / "numba_ptx.py"), numba_cuda.__file__, "%d.%d" % GATED[arch],
+        _run([python, "-I", str(TESTS / "support" / "numba_ptx.py"), numba_cuda.__file__, "%d.%d" % GATED[arch],
               np.dtype(dtype).name, json.dumps(signatures), str(tmp_path)], f"numba-cuda (CUDA 12) failed for {arch}")
     else:
         ptxas = "ptxas"

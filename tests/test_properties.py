@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.activations import ACTIVATIONS
-from lstm_testing import ARGUMENTS, CPU_BACKENDS, ProbeLoss, loop_reference, random_inputs
+from support.lstm_testing import ARGUMENTS, CPU_BACKENDS, ProbeLoss, loop_reference, random_inputs
 
 cases = st.fixed_dictionaries(
     {

@@ -8,7 +8,7 @@ import pytest
 
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.activations import ACTIVATIONS
-from lstm_testing import ARGUMENTS, CPU_BACKENDS, ProbeLoss, loop_reference, random_inputs
+from support.lstm_testing import ARGUMENTS, CPU_BACKENDS, ProbeLoss, loop_reference, random_inputs
 
 OPTION_COMBINATIONS = [
     dict(activation=a, recurrent_activation=r, return_sequences=rs, go_backwards=gb, bias=bias, state=state)

@@ -6,7 +6,7 @@ import torch
 
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.backends.plan import DeviceLimits, plan_lstm
-from lstm_testing import CPU_BACKENDS, random_inputs
+from support.lstm_testing import CPU_BACKENDS, random_inputs
 
 
 @pytest.fixture

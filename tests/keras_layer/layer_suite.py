@@ -16,6 +16,7 @@ import pytest
 
 import fastlstm.keras
 from fastlstm.keras import LSTM, reset_states, with_batch_size
+from support.lstm_testing import relative_error
 
 BACKEND = keras.backend.backend()
 assert BACKEND == os.environ["KERAS_BACKEND"], "run by tests/test_keras_layer.py with KERAS_BACKEND set"
@@ -135,9 +136,10 @@ def forward_and_gradients(model, inputs, probes, training):
     return [keras.ops.convert_to_numpy(a) for a in (*outputs, *grads)]
 
 
-def relative_error(mine, reference):
+def checked_error(mine, reference):
+    """relative_error of two arrays of one shape and dtype."""
     assert mine.shape == reference.shape and mine.dtype == reference.dtype
-    return float(np.abs(mine - reference).max() / max(1.0, np.abs(reference).max()))
+    return relative_error(mine, reference)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -155,7 +157,7 @@ def test_outputs_states_and_gradients_match_keras(name, fused_calls):
         ours = forward_and_gradients(ours_model, inputs, probes, training)
     names = ["outputs", "h", "c", *(f"d{n}" for n in ["x", "h0", "c0"][:len(inputs)]),
              *(f"d{w.name}" for w in theirs_model.trainable_weights)]
-    errors = {n: relative_error(m, r) for n, m, r in zip(names, ours, theirs)}
+    errors = {n: checked_error(m, r) for n, m, r in zip(names, ours, theirs)}
     worst = max(errors, key=errors.get)
     print(f"{BACKEND} {name}: worst {worst} {errors[worst]:.1e}")
     assert len(errors) == len(names) == len(ours)
@@ -210,7 +212,7 @@ def test_training_for_20_steps_matches_keras(options, fused_calls):
     ours.set_weights(theirs.get_weights())
     theirs_loss, ours_loss = train(theirs, batches), train(ours, batches)
     loss_error = float(np.abs(ours_loss / theirs_loss - 1).max())
-    weight_error = max(relative_error(m, r) for m, r in zip(ours.get_weights(), theirs.get_weights()))
+    weight_error = max(checked_error(m, r) for m, r in zip(ours.get_weights(), theirs.get_weights()))
     print(f"{BACKEND} training {options}: loss {loss_error:.1e}, weights {weight_error:.1e}")
     assert loss_error <= LOSS_TOLERANCE and weight_error <= WEIGHT_TOLERANCE
     assert theirs_loss[-5:].mean() < theirs_loss[:5].mean()  # it learned something
@@ -252,7 +254,7 @@ def test_integer_and_boolean_inputs_give_keras_outputs(name, fused_calls):
     if isinstance(expected, str):  # Keras's own error, raised before the loop
         assert result == expected
     else:
-        error = relative_error(result, expected)
+        error = checked_error(result, expected)
         print(f"{BACKEND} {name} inputs: {error:.1e}")
         assert error <= TOLERANCE[expected.dtype.name]
         assert fused_calls

@@ -14,6 +14,7 @@ import torch
 
 import fastlstm.keras
 from fastlstm.keras import LSTM
+from support.lstm_testing import relative_error
 
 assert keras.backend.backend() == "torch" and torch.cuda.is_available(), "run by tests/test_keras_layer_gpu.py"
 # PyTorch lets cuDNN compute float32 in TF32 by default; Keras's cuDNN LSTM would then be the less
@@ -65,5 +66,5 @@ def test_cuda_tensors_match_keras(backend, return_sequences, monkeypatch):
     assert len(got) == len(expected) == len(names) == 7
     for name, mine, want in zip(names, got, expected):
         assert mine.shape == want.shape and mine.dtype == want.dtype, name
-        error = np.abs(mine - want).max() / max(1.0, np.abs(want).max())
+        error = relative_error(mine, want)
         assert error <= TOLERANCE, f"{name} differs by {error:.2e}"

@@ -1,4 +1,5 @@
-"""Helpers shared by the LSTM tests: random inputs, an independent loop reference, a probe loss."""
+"""Helpers shared by the LSTM tests: random inputs, an independent loop reference, a probe loss, and
+the one measure of closeness every comparison uses."""
 import math
 import multiprocessing
 import os
@@ -14,6 +15,13 @@ ARGUMENTS = ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0")
 # The CPU backends that work here (numba_cpu where numba is installed, as the test extra does):
 # the reference and parity tests run on each.
 CPU_BACKENDS = [s.name for s in available_backends() if s.available and s.name in ("numba_cpu", "numpy")]
+
+
+def relative_error(result, reference):
+    """max|result - reference| / max(1, max|reference|): an absolute error for small values, a
+    relative one for large, so one tolerance fits outputs and gradients of any scale."""
+    result, reference = np.asarray(result), np.asarray(reference)
+    return float(np.abs(result - reference).max() / max(1.0, np.abs(reference).max()))
 
 
 def random_inputs(rng, batch, time, input_dim, units, dtype=np.float64, bias=True, state=True, scale=0.5):
