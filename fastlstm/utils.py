@@ -11,6 +11,7 @@ And for the command line: :func:`usable_cores`, for whatever spreads work over t
 """
 import contextlib
 import json
+import math
 import os
 import random
 import sys
@@ -155,13 +156,25 @@ class Progress:
 
 def write_json(path, document):
     """Writes ``document`` to ``path`` as JSON whole or not at all: into a file beside it first,
-    renamed over ``path`` once complete, so that no failure or interruption leaves a partial file."""
+    renamed over ``path`` once complete, so that no failure or interruption leaves a partial file.
+    NaN and infinite numbers (a diverged run's loss) are written as null: strict JSON has none."""
     partial = f"{path}.{os.getpid()}.partial"
     try:
         with open(partial, "w") as f:
-            json.dump(document, f, indent=1)
+            json.dump(_finite_or_null(document), f, indent=1, allow_nan=False)
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
         raise
+
+
+def _finite_or_null(value):
+    """``value`` (dicts, lists and tuples of JSON values) with each NaN or infinite float as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value

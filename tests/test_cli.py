@@ -14,8 +14,7 @@ import pytest
 
 import fastlstm
 from fastlstm import cli, experiments
-from fastlstm.utils import write_json
-from fastlstm.utils import Progress, usable_cores
+from fastlstm.utils import Progress, usable_cores, write_json
 from fastlstm.workers import WorkerPool, wait_for
 
 
@@ -141,6 +140,17 @@ def test_json_is_written_whole_or_not_at_all(tmp_path):
     assert os.listdir(tmp_path) == ["out.json"]
 
 
+def test_json_holds_no_nan_or_infinity_which_strict_parsers_refuse(tmp_path):
+    path = tmp_path / "out.json"
+    write_json(path, {"loss": float("nan"), "runs": [{"loss": float("inf"), "accuracy": 4.0}, (-float("inf"),)]})
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == \
+        {"loss": None, "runs": [{"loss": None, "accuracy": 4.0}, [None]]}
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -188,6 +198,7 @@ def test_a_diverged_run_is_reported_in_its_line_the_table_the_json_and_the_exit_
     assert "diverged" not in rows[0] and "| 0.00, 1 diverged " in rows[1]
     report = json.loads(path.read_text())
     assert [r["diverged"] for r in report["results"]] == [False, True]
+    assert report["results"][1]["loss"] is None  # NaN, written as JSON's null
     assert [s["fastlstm"]["diverged"] for s in report["summaries"]] == [0, 1]
 
 
