@@ -145,10 +145,12 @@ def test_the_real_stages_commands_are_valid_here(tmp_path):
     times nothing (every case skipped, or none collected: pytest's exit code 5), rather than either
     failing on its arguments."""
     tests, benchmarks, report = gpu_check.stages(tmp_path)
-    # As a user starts them: not inside this test's pytest-xdist worker, whose variables would make
+    # As a user starts them: in the checkout (this one, which an install that is not editable does
+    # not point at), and not inside this test's pytest-xdist worker, whose variables would make
     # pytest-benchmark refuse --benchmark-only.
     environment = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
-    results = {stage.name: subprocess.run(stage.command, capture_output=True, text=True, cwd=gpu_check.SOURCE,
+    checkout = pathlib.Path(__file__).resolve().parents[1]
+    results = {stage.name: subprocess.run(stage.command, capture_output=True, text=True, cwd=checkout,
                                           env={**environment, **stage.environment}, timeout=300)
                for stage in (tests, benchmarks)}
     output = {name: result.stdout[-3000:] + result.stderr[-3000:] for name, result in results.items()}
