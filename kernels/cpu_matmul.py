@@ -2,9 +2,14 @@
 :func:`matvec`), for the one-call path's small shapes, and the packed product of the stepwise path
 (:func:`pack_columns`, :func:`matmul_packed`), its tiles written in LLVM IR.
 """
+import re
+from typing import NamedTuple
+
+import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
 from .cpu_arithmetic import FLAGS
@@ -55,20 +60,79 @@ def matvec(m, v, out):
 # large part of a call of few rows; here the weights are packed once per pass (pack_columns) and
 # each step only multiplies (matmul_packed), faster than OpenBLAS at these shapes
 # (bench/test_kernels.py, 64, 100, 128, 512).
-TILE_ROWS = 4  # rows of a per tile: 4 x 2 vector accumulators, 3 more registers for the operands
-TILE_VECTORS = 2  # vectors of columns per tile, of 256 bits each (8 float32, 4 float64)
 CHUNK_BYTES = 192 << 10  # the rows of a taken at once: within a core's L2 cache, with a panel
 
 
-def tile_columns(dtype):
-    """The columns of a tile, and of a panel of packed weights, for float32 or float64."""
-    return TILE_VECTORS * 256 // (8 * np.dtype(dtype).itemsize)
+class Tile(NamedTuple):
+    """The block of out that matmul_packed holds in vector registers: rows of a by vectors of
+    vector_bits bits of columns, one accumulator each."""
+    rows: int
+    vectors: int
+    vector_bits: int
+
+    def columns(self, dtype):
+        """The columns of a tile, and of a panel of packed weights, for float32 or float64."""
+        return self.vectors * self.vector_bits // (8 * np.dtype(dtype).itemsize)
+
+    def __str__(self):
+        return f"{self.rows} rows x {self.vectors} vectors of {self.vector_bits} bits"
+
+
+def _probe_target():
+    """Numba's CPU name and the vector extensions LLVM uses for it, read from the assembly of a
+    probe compiled for Numba's own target (NUMBA_CPU_NAME and NUMBA_CPU_FEATURES, else the host):
+    a CPU name alone does not say which of its features Numba leaves on."""
+    triple, cpu_name, features = cpu_target.target_context.codegen().magic_tuple()
+    module = ir.Module("probe")
+    module.triple = triple
+    floats8, integers8, floats16 = (ir.VectorType(t, n) for t, n in ((ir.FloatType(), 8), (ir.IntType(32), 8),
+                                                                      (ir.FloatType(), 16)))
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), [t.as_pointer() for t in
+                                                                   (floats8, integers8, floats16)]), "probe")
+    builder = ir.IRBuilder(function.append_basic_block())
+    fma = ir.Function(module, ir.FunctionType(floats16, [floats16] * 3), "llvm.fma.v16f32")
+    operations = (lambda x: builder.fadd(x, ir.Constant(floats8, [1.0] * 8)),  # vaddps ymm with AVX
+                  lambda x: builder.add(x, ir.Constant(integers8, list(range(8)))),  # vpaddd ymm with AVX2
+                  lambda x: builder.call(fma, [x, x, x]))  # vfmadd with FMA, on zmm with AVX-512
+    for pointer, operation in zip(function.args, operations):
+        builder.store(operation(builder.load(pointer)), pointer)
+    builder.ret_void()
+    machine = ll.Target.from_triple(triple).create_target_machine(cpu=cpu_name, features=features, opt=2)
+    assembly = machine.emit_assembly(ll.parse_assembly(str(module)))
+    found = {"avx": re.search(r"vaddps\s[^\n]*ymm", assembly) is not None,
+             "avx2": re.search(r"vpaddd\s[^\n]*ymm", assembly) is not None,
+             "fma": "vfmadd" in assembly, "avx512f": "zmm" in assembly}
+    extensions = [name for name, present in found.items() if present]
+    vector_bits = 512 if found["avx512f"] else 256 if found["avx"] else 128
+    return cpu_name, extensions, vector_bits
+
+
+def _tile_for(vector_bits):
+    """Two vectors of columns by as many rows of a as the vector registers hold beside the two
+    column vectors and one broadcast element (16 registers below AVX-512, 32 with it), at most 8:
+    12 independent accumulators on AVX2, 16 on AVX-512, where two FMA units of 4 cycles' latency
+    need 8. Rows beyond 8 would only add rows computed twice at the edge of a thread's few rows;
+    a third vector, columns past the end of n = units. Measured on a Zen 3 at the stepwise path's
+    per-thread shapes, 6 x 2 beat 4 x 2, 5 x 2, 4 x 3, 8 x 1 and 12 x 1 (geometric mean)."""
+    registers = 32 if vector_bits == 512 else 16
+    vectors = 2
+    return Tile(min(8, (registers - vectors - 1) // vectors), vectors, vector_bits)
+
+
+CPU_NAME, VECTOR_EXTENSIONS, _VECTOR_BITS = _probe_target()
+TILE = _tile_for(_VECTOR_BITS)
+
+
+def describe_target():
+    """Numba's CPU target and the tile chosen for it, as JSON for benchmark records."""
+    return {"cpu_name": CPU_NAME, "vector_extensions": VECTOR_EXTENSIONS, "vector_bits": TILE.vector_bits,
+            "tile": str(TILE)}
 
 
 @intrinsic
 def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
-    """out[out_row:out_row + TILE_ROWS, column:column + tile_columns] = a[row:row + TILE_ROWS]
-    @ panel, for 2-D float32 or float64 arrays whose rows are contiguous; panel [k, tile_columns],
+    """out[out_row:out_row + TILE.rows, column:column + TILE.columns] = a[row:row + TILE.rows]
+    @ panel, for 2-D float32 or float64 arrays whose rows are contiguous; panel [k, TILE.columns],
     contiguous, k = a's columns. The caller checks the bounds. The accumulators stay in vector
     registers for the whole sum: LLVM does not keep Numba's arrays in registers."""
     if not (isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.ndim == 2
@@ -82,7 +146,7 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
         i64 = ir.IntType(64)
         row, out_row, column = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 4, 5))
         float_type = context.get_value_type(a.dtype)
-        width = tile_columns(str(a.dtype)) // TILE_VECTORS
+        width = TILE.vector_bits // a.dtype.bitwidth
         vector = ir.VectorType(float_type, width)
         itemsize = ir.Constant(i64, a.dtype.bitwidth // 8)
 
@@ -98,7 +162,7 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
             builder.module, ir.FunctionType(vector, [vector] * 3), fma_name)
         zero = ir.Constant(vector, [0.0] * width)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-        a_rows = [element(a_array, builder.add(row, ir.Constant(i64, r)), ir.Constant(i64, 0)) for r in range(TILE_ROWS)]
+        a_rows = [element(a_array, builder.add(row, ir.Constant(i64, r)), ir.Constant(i64, 0)) for r in range(TILE.rows)]
 
         entry = builder.block
         loop = builder.append_basic_block("tile.loop")
@@ -107,18 +171,18 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
 
         builder.position_at_end(loop)
         k = builder.phi(i64)
-        sums = [builder.phi(vector) for _ in range(TILE_ROWS * TILE_VECTORS)]
-        panel_row = builder.gep(panel_array.data, [builder.mul(k, ir.Constant(i64, width * TILE_VECTORS))])
+        sums = [builder.phi(vector) for _ in range(TILE.rows * TILE.vectors)]
+        panel_row = builder.gep(panel_array.data, [builder.mul(k, ir.Constant(i64, width * TILE.vectors))])
         columns = [builder.load(builder.bitcast(builder.gep(panel_row, [ir.Constant(i64, v * width)]),
                                                 vector.as_pointer()), align=a.dtype.bitwidth // 8)
-                   for v in range(TILE_VECTORS)]
+                   for v in range(TILE.vectors)]
         updated = []
-        for r in range(TILE_ROWS):
+        for r in range(TILE.rows):
             broadcast = builder.shuffle_vector(
                 builder.insert_element(ir.Constant(vector, ir.Undefined), builder.load(builder.gep(a_rows[r], [k])),
                                        ir.Constant(ir.IntType(32), 0)),
                 ir.Constant(vector, ir.Undefined), splat)
-            updated += [builder.call(fma, [broadcast, column_, sums[r * TILE_VECTORS + v]])
+            updated += [builder.call(fma, [broadcast, column_, sums[r * TILE.vectors + v]])
                         for v, column_ in enumerate(columns)]
         following = builder.add(k, ir.Constant(i64, 1))
         k.add_incoming(ir.Constant(i64, 0), entry)
@@ -135,10 +199,10 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
             total.add_incoming(zero, entry)
             total.add_incoming(new, loop)
             totals.append(total)
-        for r in range(TILE_ROWS):
+        for r in range(TILE.rows):
             start = element(out_array, builder.add(out_row, ir.Constant(i64, r)), column)
-            for v in range(TILE_VECTORS):
-                builder.store(totals[r * TILE_VECTORS + v],
+            for v in range(TILE.vectors):
+                builder.store(totals[r * TILE.vectors + v],
                               builder.bitcast(builder.gep(start, [ir.Constant(i64, v * width)]), vector.as_pointer()),
                               align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()
@@ -147,10 +211,10 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
 
 
 def pack_columns(w):
-    """w [k, n] as panels [ceil(n / columns), k, columns] of tile_columns(w.dtype) columns each,
+    """w [k, n] as panels [ceil(n / columns), k, columns] of TILE.columns(w.dtype) columns each,
     each panel contiguous (the last one padded with zeros): the layout matmul_packed reads."""
     k, n = w.shape
-    columns = tile_columns(w.dtype)
+    columns = TILE.columns(w.dtype)
     full = n // columns
     panels = np.empty((-(-n // columns), k, columns), w.dtype)
     panels[:full] = w[:, :full * columns].reshape(k, full, columns).transpose(1, 0, 2)
@@ -170,12 +234,12 @@ def matmul_packed(a, panels, out):
             or panels.shape[1] != k or n > panels.shape[0] * panels.shape[2]:
         raise ValueError("matmul_packed takes a [m, k], panels [>= n / tile columns, k, tile columns] and out "
                          "[m, n], the rows of a and out contiguous")
-    if m >= TILE_ROWS:
+    if m >= TILE.rows:
         _multiply_packed(a, panels, out)
     else:  # too few rows for a tile: through a copy padded with zeros
-        padded = np.zeros((TILE_ROWS, k), a.dtype)
+        padded = np.zeros((TILE.rows, k), a.dtype)
         padded[:m] = a
-        result = np.empty((TILE_ROWS, n), a.dtype)
+        result = np.empty((TILE.rows, n), a.dtype)
         _multiply_packed(padded, panels, result)
         out[:] = result[:m]
 
@@ -187,21 +251,21 @@ def _contiguous_rows(x):
 
 @njit(inline="always")
 def _multiply_packed(a, panels, out):
-    """matmul_packed for TILE_ROWS rows or more. Each panel takes the rows TILE_ROWS at a time,
+    """matmul_packed for TILE.rows rows or more. Each panel takes the rows TILE.rows at a time,
     the last tile overlapping the one before (some rows computed twice, alike), in chunks of rows
     that stay in the core's cache while every panel passes over them."""
     m, k = a.shape
     n = out.shape[1]
     columns = panels.shape[2]
-    edge = np.empty((TILE_ROWS, columns), a.dtype)  # a tile of the last panel, when n ends inside it
-    chunk = max(TILE_ROWS, CHUNK_BYTES // (k * a.itemsize + 1) // TILE_ROWS * TILE_ROWS)
+    edge = np.empty((TILE.rows, columns), a.dtype)  # a tile of the last panel, when n ends inside it
+    chunk = max(TILE.rows, CHUNK_BYTES // (k * a.itemsize + 1) // TILE.rows * TILE.rows)
     for first in range(0, m, chunk):
         for p in range(panels.shape[0]):
             column = p * columns
-            for tile in range(first, min(m, first + chunk), TILE_ROWS):
-                top = min(tile, m - TILE_ROWS)
+            for tile in range(first, min(m, first + chunk), TILE.rows):
+                top = min(tile, m - TILE.rows)
                 if column + columns <= n:
                     _multiply_tile(a, top, panels[p], out, top, column)
                 else:
                     _multiply_tile(a, top, panels[p], edge, 0, 0)
-                    out[top:top + TILE_ROWS, column:] = edge[:, :n - column]
+                    out[top:top + TILE.rows, column:] = edge[:, :n - column]
