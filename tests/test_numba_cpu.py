@@ -108,14 +108,27 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
             assert relative_error(ours, reference) <= tolerance
 
 
+@njit
+def _sums_of_fused_multiply_adds(a, w):
+    """a @ w with each element one fused multiply-add after another in the order of k, from 0."""
+    out = np.zeros((a.shape[0], w.shape[1]), a.dtype)
+    for i in range(a.shape[0]):
+        for j in range(w.shape[1]):
+            for k in range(a.shape[1]):
+                out[i, j] = cpu_arithmetic._fma(a[i, k], w[k, j], out[i, j])
+    return out
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, k, n", [(1, 5, 4), (3, 70, 17), (4, 1, 16), (9, 3, 3), (33, 17, 36), (32, 96, 512),
-                                     (700, 300, 40), (6, 0, 8)])
+                                     (700, 300, 40), (6, 0, 8)]
+                         + [(m, 7, 19) for m in range(1, 2 * cpu_matmul.TILE.rows + 2)])
 def test_the_product_with_packed_weights_matches_numpys(m, k, n, dtype):
     """matmul_packed, the stepwise path's product, on views whose rows lie apart in wider arrays:
-    fewer rows than a tile (4), a last tile overlapping the one before, a last panel that the
-    columns end inside, fewer columns than a panel (16 in float32, 8 in float64), rows in chunks
-    (700 x 300), no columns to sum. Within k rounding errors of a float64 product, and not an
+    every row count up to two tiles and one more (fewer rows than a tile, a last tile overlapping
+    the one before), a last panel that the columns end inside, fewer columns than a panel, rows
+    in chunks (700 x 300), no columns to sum. Each element bit for bit the fused multiply-adds in
+    the order of k (whatever the tile), within k rounding errors of a float64 product, and not an
     element written outside out."""
     rng = np.random.default_rng([m, k, n])
     a = rng.standard_normal((m, k + 3)).astype(dtype)[:, 1:k + 1]
@@ -123,6 +136,7 @@ def test_the_product_with_packed_weights_matches_numpys(m, k, n, dtype):
     wider = np.full((m, n + 5), np.inf, dtype)
     out = wider[:, 2:n + 2]
     cpu_matmul.matmul_packed(a, cpu_matmul.pack_columns(w), out)
+    assert np.array_equal(out, _sums_of_fused_multiply_adds(a, w))
     exact = a.astype(np.float64) @ w.astype(np.float64)
     bound = max(k, 1) * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(w).astype(np.float64))
     assert np.all(np.abs(out - exact) <= bound)
