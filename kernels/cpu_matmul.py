@@ -234,14 +234,14 @@ def matmul_packed(a, panels, out):
             or panels.shape[1] != k or n > panels.shape[0] * panels.shape[2]:
         raise ValueError("matmul_packed takes a [m, k], panels [>= n / tile columns, k, tile columns] and out "
                          "[m, n], the rows of a and out contiguous")
-    if m >= TILE.rows:
-        _multiply_packed(a, panels, out)
-    else:  # too few rows for a tile: through a copy padded with zeros
-        padded = np.zeros((TILE.rows, k), a.dtype)
-        padded[:m] = a
-        result = np.empty((TILE.rows, n), a.dtype)
-        _multiply_packed(padded, panels, result)
-        out[:] = result[:m]
+    source, target = a, out
+    if m < TILE.rows:  # too few rows for a tile: through copies padded with zeros
+        source = np.zeros((TILE.rows, k), a.dtype)
+        source[:m] = a
+        target = np.empty((TILE.rows, n), a.dtype)
+    _multiply_packed(source, panels, target)
+    if m < TILE.rows:
+        out[:] = target[:m]
 
 
 @njit(inline="always")
@@ -264,8 +264,7 @@ def _multiply_packed(a, panels, out):
             column = p * columns
             for tile in range(first, min(m, first + chunk), TILE.rows):
                 top = min(tile, m - TILE.rows)
-                if column + columns <= n:
-                    _multiply_tile(a, top, panels[p], out, top, column)
-                else:
-                    _multiply_tile(a, top, panels[p], edge, 0, 0)
+                inside = column + columns <= n  # else the tile goes through edge
+                _multiply_tile(a, top, panels[p], out if inside else edge, top if inside else 0, column if inside else 0)
+                if not inside:
                     out[top:top + TILE.rows, column:] = edge[:, :n - column]
