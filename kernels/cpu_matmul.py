@@ -162,7 +162,8 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
             builder.module, ir.FunctionType(vector, [vector] * 3), fma_name)
         zero = ir.Constant(vector, [0.0] * width)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-        a_rows = [element(a_array, builder.add(row, ir.Constant(i64, r)), ir.Constant(i64, 0)) for r in range(TILE.rows)]
+        a_rows = [element(a_array, builder.add(row, ir.Constant(i64, r)), ir.Constant(i64, 0))
+                  for r in range(TILE.rows)]
 
         entry = builder.block
         loop = builder.append_basic_block("tile.loop")
@@ -265,6 +266,7 @@ def _multiply_packed(a, panels, out):
             for tile in range(first, min(m, first + chunk), TILE.rows):
                 top = min(tile, m - TILE.rows)
                 inside = column + columns <= n  # else the tile goes through edge
-                _multiply_tile(a, top, panels[p], out if inside else edge, top if inside else 0, column if inside else 0)
+                _multiply_tile(a, top, panels[p], out if inside else edge, top if inside else 0,
+                               column if inside else 0)
                 if not inside:
                     out[top:top + TILE.rows, column:] = edge[:, :n - column]
