@@ -1,6 +1,7 @@
 """The matrix products of the Numba CPU kernels: vector-matrix products as loops (:func:`add_product`,
 :func:`matvec`), for the one-call path's small shapes, and the packed product of the stepwise path
-(:func:`pack_columns`, :func:`matmul_packed`), its tiles written in LLVM IR.
+(:func:`pack_columns`, :func:`matmul_packed`), its tiles written in LLVM IR and shaped for the CPU
+that Numba compiles for (:data:`TILE`, :func:`describe_target`).
 """
 import re
 from typing import NamedTuple
