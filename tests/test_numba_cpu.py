@@ -1,8 +1,10 @@
 """The numba_cpu backend on its own: its activations, its two recurrence paths against the NumPy
 reference, the fused training pass against the layer-by-layer one, and its absence without numba.
 The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
+import contextlib
 import pathlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -158,6 +160,57 @@ def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypat
     slices = numba_cpu._slices(10)
     assert len(slices) == min(10, usable_cores())
     assert [s.start for s in slices[1:]] == [s.stop for s in slices[:-1]] and slices[-1].stop == 10
+
+
+class _StalledPool:
+    """A thread pool whose threads have not started yet (their cores busy elsewhere): what it is
+    given waits in a queue until release()."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def submit(self, work):
+        self.waiting.append(work)
+
+    def release(self):
+        for work in self.waiting:
+            work()
+
+
+def test_the_calling_thread_takes_every_part_no_other_thread_has_taken(monkeypatch):
+    """The parts are taken as threads come free: with the pool's threads stalled, the calling
+    thread runs every part itself, in order, and returns without waiting for them; a thread that
+    starts afterwards finds nothing left."""
+    pool = _StalledPool()
+    monkeypatch.setattr(numba_cpu, "_threads", lambda: (pool, contextlib.nullcontext()))
+    monkeypatch.setattr(numba_cpu, "_cores", lambda: 4)
+    ran = []
+
+    def work(part):
+        ran.append((part, threading.get_ident()))
+        return part * part
+
+    assert numba_cpu._on_every_core(work, [1, 2, 3, 4, 5]) == [1, 4, 9, 16, 25]
+    assert ran == [(part, threading.get_ident()) for part in (1, 2, 3, 4, 5)]
+    assert len(pool.waiting) == 3  # a thread asked for each core but the calling one's
+    pool.release()
+    assert len(ran) == 5
+
+
+def test_a_part_that_fails_raises_its_error_in_the_calling_thread_after_every_part_ran():
+    """An error in a part is raised where the call was made, once the other parts are done (none
+    is left running on the recycled memory of a later call)."""
+    done = []
+
+    def work(part):
+        if part == 0:
+            raise ArithmeticError("part 0")
+        time.sleep(0.05)
+        done.append(part)
+
+    with pytest.raises(ArithmeticError, match="part 0"):
+        numba_cpu._on_every_core(work, [0, 1, 2])
+    assert sorted(done) == [1, 2]
 
 
 def test_results_and_caches_outlive_later_calls_whose_memory_is_recycled(path):

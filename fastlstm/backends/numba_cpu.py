@@ -16,6 +16,7 @@ takes through :func:`fastlstm.ops.lstm_train_epoch` where it applies.
 """
 import concurrent.futures
 import functools
+import itertools
 import os
 import threading
 from typing import NamedTuple
@@ -27,7 +28,7 @@ from threadpoolctl import ThreadpoolController
 from fastlstm.backends import sequence
 from fastlstm.backends.memory import Pool
 from fastlstm.backends.numpy import Saved  # the one-call path's arrays, in the same layout
-from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_training
+from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_stepwise, cpu_training
 from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 from fastlstm.utils import usable_cores
 
@@ -87,20 +88,47 @@ class SingleThreadedBlas:
 
 
 def _slices(batch):
-    """The samples of each core: as many slices of the batch as cores, or samples if fewer."""
+    """The samples of each core: as many slices of the batch as cores, or samples if fewer. (Two
+    or four slices a core, taken as threads come free, ran no faster beside a busy process and
+    up to a quarter slower alone, at 128 to 1024 samples: each step's product had fewer rows.)"""
     bounds = np.linspace(0, batch, min(_cores(), batch) + 1).astype(int)
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _on_every_core(work, parts):
-    """Runs ``work(part)`` for every part (a core's share of the samples), at once, each with a
-    single-threaded BLAS; returns their results. The slices' recurrences are independent, so they
-    need no synchronisation, and BLAS threads would fight them for the cores. Nothing of this
-    backend runs a multi-threaded BLAS product: OpenBLAS's threads keep spinning after one and
-    slow the next recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
+    """Runs ``work(part)`` for every part (a slice of the samples) and returns their results in
+    order. This thread and the pool's take the parts one at a time until none is left, each with a
+    single-threaded BLAS: a thread slowed by another process, or by another framework's threads
+    spinning on its core, takes fewer parts instead of setting the time of all, and this thread
+    waits for the parts other threads have taken, never for a thread still waking up (on a virtual
+    machine that costs about 0.1 ms a call). The slices' recurrences are independent, so they need
+    no synchronisation, and BLAS threads would fight them for the cores. Nothing of this backend
+    runs a multi-threaded BLAS product: OpenBLAS's threads keep spinning after one and slow the
+    next recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
     pool, single_threaded_blas = _threads()
+    outcomes = [None] * len(parts)
+    taken = itertools.count()  # next() on it is atomic: each part is taken once
+    finished = threading.Semaphore(0)
+
+    def take_parts():
+        while (i := next(taken)) < len(parts):
+            try:
+                outcomes[i] = (True, work(parts[i]))
+            except BaseException as error:  # raised again in the calling thread
+                outcomes[i] = (False, error)
+            finally:
+                finished.release()
+
     with single_threaded_blas:
-        return [done.result() for done in [pool.submit(work, part) for part in parts]]
+        for _ in range(min(_cores(), len(parts)) - 1):
+            pool.submit(take_parts)
+        take_parts()
+        for _ in parts:
+            finished.acquire()
+    for succeeded, value in outcomes:
+        if not succeeded:
+            raise value
+    return [value for _, value in outcomes]
 
 
 def probe():
@@ -195,9 +223,7 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
         inputs[:time, :, :input_dim] = x[samples].transpose(1, 0, 2)
         inputs[0, :, input_dim:] = h0[samples]
         c[0] = c0[samples]
-        for t in range(time):
-            cpu_matmul.matmul_packed(inputs[t], packed, gates[t])
-            cpu_lstm.forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, *codes)
+        cpu_stepwise.forward_slice(inputs, packed, bias, gates, c, act_c, *codes)
         if sequences is not None:
             sequences[samples] = inputs[1:, :, input_dim:].transpose(1, 0, 2)
         return Share(samples, inputs, gates, c, act_c)
@@ -239,16 +265,14 @@ def _backward_stepwise(saved, dy, dh, dc):
     time = x_shape[1]
     recurrent_kernel_t = cpu_matmul.pack_columns(recurrent_kernel.T)
     dx = MEMORY.empty(x_shape, kernel.dtype)
+    no_dy = np.empty((0, 0, recurrent_kernel.shape[0]), kernel.dtype)
 
     def recurrence(share):
         samples = share.samples
         dh_share, dc_share = dh[samples], dc[samples]  # views: dh and dc are updated in place
         dz = MEMORY.empty(share.gates.shape, kernel.dtype)
-        for t in reversed(range(time)):
-            if dy is not None:
-                dh_share += dy[samples, t]
-            cpu_lstm.backward_step(share.gates[t], share.c[t], share.act_c[t], dh_share, dc_share, dz[t], *codes)
-            cpu_matmul.matmul_packed(dz[t], recurrent_kernel_t, dh_share)
+        cpu_stepwise.backward_slice(share.gates, share.c, share.act_c, recurrent_kernel_t,
+                                    no_dy if dy is None else dy[samples], dh_share, dc_share, dz, *codes)
         # The products over all steps take the rows in (time, sample) order: dx [time, n, input_dim].
         dx_steps, dkernel, drecurrent_kernel, dbias = sequence.weight_gradients(
             np, share.inputs[:time], kernel, dz, has_bias, False, MEMORY.empty)
