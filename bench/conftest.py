@@ -4,6 +4,10 @@
     pytest bench/ --benchmark-only --bench-grid=full    # every shape of the grid
     pytest bench/ --benchmark-disable                   # each once, as a test (CI)
     pytest bench/test_kernels.py --benchmark-only --bench-grid=gpu --bench-device=gpu   # fastlstm against cuDNN
+
+Each kernel benchmark starts once the other implementations' threads have come to rest
+(bench/idle.py): each implementation as if alone. bench/test_side_by_side.py times them the
+other way, each right after the others.
 """
 import functools
 import itertools
@@ -14,7 +18,8 @@ import pytest
 
 from fastlstm import experiments
 from fastlstm.bench_report import flops
-from implementations import gpu_info, implementations, make_inputs, versions
+from idle import wait_for_other_threads
+from implementations import cpu_info, gpu_info, implementations, make_inputs, versions
 
 # (batch, time, input_dim, units)
 REFERENCE_SHAPES = [(1, 1, 1, 50), (1, 25, 1, 32), (32, 25, 1, 32), (256, 25, 64, 128), (1024, 25, 64, 128),
@@ -51,23 +56,26 @@ WEIGHT_GRADIENTS = ("kernel", "recurrent_kernel", "bias")
 # The large shapes, a forward pass of at least this many floating-point operations: their float32
 # fastlstm benchmarks also record the machine's matrix-product throughput, measured beside them.
 LARGE_FLOPS = 1e9
-# After a product, OpenBLAS's threads spin about 0.1 s waiting for the next: a pass timed during
-# that ran up to twice as long (measured: 256, 25, 64, 128's forward, the first 6 calls).
-BLAS_SPIN_SECONDS = 0.25
-
 
 def matrix_product_gflops(size=1024, repeats=10):
     """GFLOP/s of NumPy's float32 size x size matrix product with its BLAS's default threads (every
     core), best of ``repeats``: the ceiling of the large shapes (the issue's reference figure).
-    Returns once the BLAS threads have stopped spinning, so that they take no core from what runs next."""
+    Returns once the BLAS threads have stopped spinning, so that they take no core from what runs next:
+    a pass timed while they spin ran up to twice as long (256, 25, 64, 128's forward)."""
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     best = float("inf")
     for _ in range(repeats):
         start = clock.perf_counter()
         a @ a
         best = min(best, clock.perf_counter() - start)
-    clock.sleep(BLAS_SPIN_SECONDS)
+    wait_for_other_threads()
     return 2 * size ** 3 / best / 1e9
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The CPU as the kernels see it, beside pytest-benchmark's own record: its model, vector
+    extensions, and the target and register tile numba_cpu compiles for."""
+    machine_info["fastlstm_cpu"] = cpu_info()
 
 
 def tolerance(name, shape, dtype):
@@ -89,14 +97,28 @@ def shape_id(shape):
     return "b{}-t{}-d{}-u{}".format(*shape)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "side_by_side: times the CPU implementations one right after another, "
+                                       "float32, at the grid's shapes of more than one time step")
+
+
+def side_by_side(implementations):
+    """The implementations timed side by side: those on the CPU but the reference (fastlstm-numpy),
+    each a contender for a program's CPU."""
+    return [impl for impl in implementations if not impl.gpu and impl.name != "fastlstm-numpy"]
+
+
 def pytest_generate_tests(metafunc):
     if {"implementation", "shape", "dtype"} <= set(metafunc.fixturenames):
         shapes = GRIDS[metafunc.config.getoption("--bench-grid")]
         device = metafunc.config.getoption("--bench-device")
         chosen = [impl for impl in _implementations() if DEVICES[device](impl)]
+        dtypes = (np.float32, np.float64)
+        if metafunc.definition.get_closest_marker("side_by_side"):
+            chosen, dtypes, shapes = side_by_side(chosen), (np.float32,), [s for s in shapes if s[1] > 1]
         # Shape by shape, every implementation one after another: this machine's speed drifts by
         # tens of percent over minutes, so the implementations a ratio compares run seconds apart.
-        cases = [(impl, shape, np.dtype(dtype)) for dtype in (np.float32, np.float64)
+        cases = [(impl, shape, np.dtype(dtype)) for dtype in dtypes
                  for shape in (shapes if dtype == np.float32 else FLOAT64_SHAPES)
                  for impl in chosen if dtype in impl.dtypes]
         ids = [f"{i.name}-{shape_id(s)}-{d.name}" for i, s, d in cases]
@@ -132,13 +154,20 @@ def reference():
     return get
 
 
+# Rounds of a side-by-side benchmark: each runs every other implementation first, so it is long.
+SIDE_BY_SIDE_ROUNDS = 9
+
+
 @pytest.fixture
 def timed(benchmark, reference):
-    """timed(pass_name, implementation, shape, dtype): times one pass, records what it ran, and
-    checks its result against the reference."""
+    """timed(pass_name, implementation, shape, dtype, after_others=False): times one pass, records
+    what it ran, and checks its result against the reference. Alone (the default): once the other
+    implementations' threads rest; after_others: each call right after every other
+    implementation of side_by_side() made the same pass, their threads still spinning."""
 
-    def run(pass_name, implementation, shape, dtype):
-        runner = implementation.prepare(make_inputs(*shape, dtype))
+    def run(pass_name, implementation, shape, dtype, after_others=False):
+        inputs = make_inputs(*shape, dtype)
+        runner = implementation.prepare(inputs)
         beside = implementation.name.startswith("fastlstm") and not implementation.gpu and dtype == np.float32 and \
             flops("forward", *shape) >= LARGE_FLOPS
         throughput_before = matrix_product_gflops() if beside else None
@@ -147,6 +176,7 @@ def timed(benchmark, reference):
         benchmark.extra_info.update(
             implementation=implementation.name, baseline=implementation.baseline, device=implementation.device,
             pass_name=pass_name, batch=batch, time=time, input_dim=input_dim, units=units, dtype=dtype.name,
+            situation="side by side" if after_others else "alone",
             path=runner.path, versions={**versions(), **implementation.versions},
         )
         if implementation.gpu:
@@ -154,7 +184,20 @@ def timed(benchmark, reference):
             getattr(runner, pass_name)()  # compilation and the device's first use, outside the timing
         if runner.launches:
             benchmark.extra_info["launches"] = runner.launches[pass_name]
-        results = as_numpy(runner, pass_name, benchmark(getattr(runner, pass_name)))
+        if after_others:
+            others = [getattr(other.prepare(inputs), pass_name) for other in side_by_side(_implementations())
+                      if other.name != implementation.name and dtype in other.dtypes]
+
+            def others_first():
+                for other in others:
+                    other()
+
+            result = benchmark.pedantic(getattr(runner, pass_name), setup=others_first, rounds=SIDE_BY_SIDE_ROUNDS,
+                                        warmup_rounds=1)
+        else:
+            wait_for_other_threads()
+            result = benchmark(getattr(runner, pass_name))
+        results = as_numpy(runner, pass_name, result)
         expected = reference(pass_name, shape, dtype)
         assert {name: a.shape for name, a in results.items()} == {name: a.shape for name, a in expected.items()}
         errors = {name: np.abs(results[name] - a).max() / max(1.0, np.abs(a).max()) for name, a in expected.items()}

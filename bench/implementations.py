@@ -368,6 +368,37 @@ def _cuda_version(number):
     return f"{number // 1000}.{number % 1000 // 10}"
 
 
+# The vector extensions a CPU's flags name (as Linux's /proc/cpuinfo spells them) that decide the
+# kernels' speed: 256-bit vectors and fused multiply-adds, then AVX-512's foundation and extensions.
+VECTOR_EXTENSIONS = ("avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
+                     "avx512_fp16")
+
+
+def cpu_info():
+    """What the CPU benchmarks record of the CPU: ``model`` (its name, family and model numbers),
+    ``vector_extensions`` (those of VECTOR_EXTENSIONS it has) and ``numba_target`` (the target and
+    register tile numba_cpu's kernels are compiled for; None without Numba)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = set(fields.get("flags", "").split())
+    try:
+        from fastlstm.kernels import cpu_matmul
+    except ImportError:  # no Numba
+        target = None
+    else:
+        target = cpu_matmul.describe_target()
+    return {"model": model, "vector_extensions": [x for x in VECTOR_EXTENSIONS if x in flags], "numba_target": target}
+
+
 @functools.cache
 def versions():
     return {package: _version(package) for package in ("fastlstm", "numpy", "numba", "numba-cuda", "cupy-cuda13x",

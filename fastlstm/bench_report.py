@@ -79,10 +79,18 @@ def load(path):
 
 
 def _machine(path, document):
-    """The processor and Python version of the machine that ran the benchmarks."""
+    """The processor and Python version of the machine that ran the benchmarks, and where recorded
+    (bench/conftest.py) the CPU's vector extensions and numba_cpu's target and register tile."""
     machine = _checked(path, "'machine_info'", document.get("machine_info", {}), dict)
     cpu = _checked(path, "'machine_info' 'cpu'", machine.get("cpu", {}), dict)
-    return f"{cpu.get('brand_raw', machine.get('machine', '?'))}, Python {machine.get('python_version', '?')}"
+    recorded = _checked(path, "'machine_info' 'fastlstm_cpu'", machine.get("fastlstm_cpu", {}), dict)
+    processor = recorded.get("model") or cpu.get("brand_raw", machine.get("machine", "?"))
+    if recorded.get("vector_extensions"):
+        processor += ", " + " ".join(recorded["vector_extensions"])
+    target = recorded.get("numba_target")
+    if isinstance(target, dict):
+        processor += f"; numba_cpu compiled for {target.get('cpu_name', '?')}, tile {target.get('tile', '?')}"
+    return f"{processor}; Python {machine.get('python_version', '?')}"
 
 
 def _gpus(rows):
@@ -245,9 +253,14 @@ def report(path, out_dir, plots=True):
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     on_gpu = [r for r in rows if r.get("gpu")]
+    on_cpu = [r for r in rows if not r.get("gpu")]
     machine = "; ".join([_machine(path, document), *(f"GPU {gpu}" for gpu in _gpus(on_gpu))])
     sections = [f"Benchmarks of {path} ({machine}); medians, ratios measured in the same run."]
-    for title, table in (("Kernels", kernel_table([r for r in rows if not r.get("gpu")])),
+    for title, table in (("Kernels, each implementation alone (timed once the others' threads rest)",
+                          kernel_table([r for r in on_cpu if r.get("situation", "alone") == "alone"])),
+                         ("Kernels side by side in one process (each call right after every other "
+                          "implementation's, their threads still spinning)",
+                          kernel_table([r for r in on_cpu if r.get("situation") == "side by side"])),
                          ("Kernels on the GPU: fastlstm against the fastest GPU baseline (cuDNN)", kernel_table(on_gpu)),
                          ("Share of the matrix-product throughput (float32 products of 1024 x 1024 on every "
                           "core, the mean of the best of 10 just before and just after each pass)",

@@ -1,4 +1,5 @@
 """fastlstm bench-report, on a real (tiny) run of bench/ and on hand-made results."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -15,20 +16,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """A --benchmark-json file of bench/, a few fastlstm-numpy and Keras shapes of the batch sweep."""
-    path = tmp_path_factory.mktemp("bench") / "results.json"
+def _run_bench(path, test_file, selection):
+    """Runs bench/``test_file``'s benchmarks that ``selection`` (-k) picks, briefly, into the
+    --benchmark-json file ``path``."""
     # Without pytest-xdist's variables, which a worker's children inherit: pytest-benchmark would
     # take them for a parallel run and refuse to time.
     env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST_")}
     subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "bench" / "test_kernels.py"), "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", str(ROOT / "bench" / test_file), "-q", "-p", "no:cacheprovider",
          "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), "--benchmark-only",
          "--benchmark-min-rounds=1", "--benchmark-max-time=0.01", "--benchmark-warmup=off",
-         f"--benchmark-json={path}", "-k", "(fastlstm-numpy or keras) and (b1-t1-d16 or b8-t1-d16 or b1-t25-d16)"],
+         f"--benchmark-json={path}", "-k", selection],
         check=True, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=600)
     return path
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A --benchmark-json file of bench/, a few fastlstm-numpy and Keras shapes of the batch sweep."""
+    return _run_bench(tmp_path_factory.mktemp("bench") / "results.json", "test_kernels.py",
+                      "(fastlstm-numpy or keras) and (b1-t1-d16 or b8-t1-d16 or b1-t25-d16)")
 
 
 def test_a_real_run_becomes_a_table_and_plots(results, tmp_path):
@@ -42,10 +49,55 @@ def test_a_real_run_becomes_a_table_and_plots(results, tmp_path):
     assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 10_000 for p in plots)
 
 
-def _bench(implementation, baseline, median_seconds, batch, time=1):
+def test_a_real_run_records_the_cpu_as_the_kernels_see_it(results, tmp_path):
+    """The CPU's model, its vector extensions and numba_cpu's target and tile, in the file and in
+    the report's first line; every kernel benchmark timed alone."""
+    document = json.loads(results.read_text())
+    cpu = document["machine_info"]["fastlstm_cpu"]
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert ("avx2" in cpu["vector_extensions"]) == (" avx2" in flags)
+    target = cpu["numba_target"]
+    assert re.fullmatch(r"\d+ rows x \d+ vectors of (128|256|512) bits", target["tile"])
+    assert {b["extra_info"]["situation"] for b in document["benchmarks"]} == {"alone"}
+    first_line = bench_report.report(results, tmp_path, plots=False).splitlines()[0]
+    assert cpu["model"] in first_line and f"numba_cpu compiled for {target['cpu_name']}, tile {target['tile']}" \
+        in first_line
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("numba", "torch", "tensorflow", "keras")),
+                    reason="times numba_cpu side by side with PyTorch, TensorFlow and Keras")
+def test_a_real_side_by_side_run_times_each_after_the_others_in_a_table_of_its_own(tmp_path):
+    path = _run_bench(tmp_path / "side.json", "test_side_by_side.py", "b1-t25-d16")
+    benchmarks = json.loads(path.read_text())["benchmarks"]
+    timed = {(b["extra_info"]["implementation"], b["extra_info"]["pass_name"]) for b in benchmarks}
+    assert timed == {(name, p) for name in ("fastlstm-numba_cpu", "keras", "tensorflow", "torch")
+                     for p in ("forward", "forward_backward")}
+    assert {(b["extra_info"]["situation"], b["stats"]["rounds"]) for b in benchmarks} == {("side by side", 9)}
+    markdown = bench_report.report(path, tmp_path, plots=False)
+    assert "## Kernels side by side in one process" in markdown and "## Kernels, each" not in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| float32")]
+    assert len(rows) == 2 and all(line.split("|")[-2].strip().endswith("x") for line in rows)
+
+
+def _bench(implementation, baseline, median_seconds, batch, time=1, situation="alone"):
     return {"extra_info": {"implementation": implementation, "baseline": baseline, "pass_name": "forward",
-                           "batch": batch, "time": time, "input_dim": 1, "units": 8, "dtype": "float32"},
+                           "batch": batch, "time": time, "input_dim": 1, "units": 8, "dtype": "float32",
+                           "situation": situation},
             "stats": {"median": median_seconds}}
+
+
+def test_alone_and_side_by_side_are_compared_each_within_its_own_table(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmarks": [
+        _bench("fastlstm-numba_cpu", False, 0.001, 1), _bench("torch", True, 0.002, 1),
+        _bench("fastlstm-numba_cpu", False, 0.004, 1, situation="side by side"),
+        _bench("torch", True, 0.003, 1, situation="side by side"),
+    ]}))
+    sections = bench_report.report(path, tmp_path, plots=False).split("## ")
+    alone, = (s for s in sections if s.startswith("Kernels, each implementation alone"))
+    side, = (s for s in sections if s.startswith("Kernels side by side"))
+    assert [c.strip() for c in alone.splitlines()[4].split("|")[4:7]] == ["1.000", "2.000", "2.00x"]
+    assert [c.strip() for c in side.splitlines()[4].split("|")[4:7]] == ["4.000", "3.000", "0.75x"]
 
 
 def test_speedups_are_over_the_fastest_baseline(tmp_path):
