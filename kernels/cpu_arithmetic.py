@@ -207,6 +207,16 @@ def add_to(out, a):
         out[j] += a[j]
 
 
+@njit(inline="always")
+def copy_to(out, a):
+    """out[:] = a for 2-D arrays of one shape (the caller checks), as loops: Numba's slice
+    assignment of an array compiles a shape check whose error message (integers formatted and
+    joined) takes seconds to compile (bench/test_training.py)."""
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = a[i, j]
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def all_finite(a):
     """Whether the vector a holds no NaN and no inf: v - v is NaN for those alone, and one NaN

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from .activation_ids import SIGMOID, TANH
-from .cpu_arithmetic import FLAGS, activate, add_to, derivative, sigmoid, tanh
+from .cpu_arithmetic import FLAGS, activate, add_to, copy_to, derivative, sigmoid, tanh
 from .cpu_matmul import add_product, matvec
 
 
@@ -211,10 +211,12 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, activation, recurrent_act
     c = np.empty_like(h)
     gates = np.empty((batch, time, 4 * units), x.dtype)
     act_c = np.empty((batch, time, units), x.dtype)
-    h[:, 0] = h0
-    c[:, 0] = c0
+    copy_to(h[:, 0], h0)
+    copy_to(c[:, 0], c0)
     project(x, kernel, bias, gates)
-    forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, False,
+    # bool(False), not the literal False: a literal argument compiles forward_sequence apart from
+    # cpu_training.train_epoch's call.
+    forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, bool(False),
                      np.empty(gates.shape[2], x.dtype))
     return h, c, gates, act_c
 
@@ -228,7 +230,8 @@ def backward(x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, dy, dh, 
     features] (processing order), kernel, recurrent_kernel and bias (empty when has_bias is
     False)."""
     dz = np.empty_like(gates)
-    backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation, True)
+    backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation,
+                      bool(True))  # not a literal, as train_epoch's call
     dkernel = np.zeros_like(kernel)
     drecurrent_kernel = np.zeros_like(recurrent_kernel)
     dbias = np.zeros(gates.shape[2] if has_bias else 0, x.dtype)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .cpu_arithmetic import FLAGS, add_to, exp
+from .cpu_arithmetic import FLAGS, add_to, copy_to, exp
 from .cpu_lstm import add_weight_gradients, backward_sequence, forward_sequence, project
 from .cpu_matmul import add_product, matvec
 
@@ -96,6 +96,10 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
     samples, time, _ = x.shape
     units, classes = dense_kernel.shape
     T = x.dtype.type
+    if stateful and (state[0].shape != (batch_size, units) or state[1].shape != (batch_size, units)
+                     or samples % batch_size):
+        # A fixed message: formatting the shapes into it would take seconds to compile.
+        raise ValueError("state: expected h and c of shape [batch_size, units], and whole batches")
     scratch = np.empty(batch_size * (time * 9 * units + (time + 1) * 2 * units + classes + 2 * units), x.dtype)
     exps = np.empty(classes, x.dtype)
     recurrent_part = np.empty(4 * units, x.dtype)
@@ -110,20 +114,21 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         probs, offset = _carve(scratch, offset, (rows, classes))
         dh, offset = _carve(scratch, offset, (rows, units))
         dc, offset = _carve(scratch, offset, (rows, units))
+        no_dy, offset = _carve(scratch, offset, (rows, 0, units))  # only the last step's output has a gradient
         # Forward: the input projection, then the recurrence from the state.
         inputs = x[start:start + rows, ::-1] if go_backwards else x[start:start + rows, ::1]  # processing order
         project(inputs, kernel, bias, gates)
         if stateful:
-            h[:, 0] = state[0]
-            c[:, 0] = state[1]
+            copy_to(h[:, 0], state[0])
+            copy_to(c[:, 0], state[1])
         else:
             h[:, 0] = 0
             c[:, 0] = 0
         forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, zero_state,
                          recurrent_part)
         if stateful:
-            state[0][:] = h[:, time]
-            state[1][:] = c[:, time]
+            copy_to(state[0], h[:, time])
+            copy_to(state[1], c[:, time])
         # Dense, softmax and the loss; probs becomes the gradient w.r.t. the logits, (probs - y) / rows.
         batch_loss = T(0)
         for b in range(rows):
@@ -144,8 +149,10 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
             _add_outer(h[b, time], probs[b], ddense_kernel)
             add_to(ddense_bias, probs[b])
             matvec(dense_kernel, probs[b], dh[b])
-        backward_sequence(gates, c, act_c, recurrent_kernel, dz[:, :0], dh, dc, dz, activation,
-                          recurrent_activation, False)
+        # The same argument types as cpu_lstm.backward's call (a C-contiguous dy, a bool that is not
+        # a literal), so that backward_sequence compiles once for both.
+        backward_sequence(gates, c, act_c, recurrent_kernel, no_dy, dh, dc, dz, activation,
+                          recurrent_activation, bool(False))
         dkernel[:] = 0
         drecurrent_kernel[:] = 0
         dbias[:] = 0
