@@ -15,13 +15,14 @@ import fastlstm
 NUMBA_CPU = next(s for s in fastlstm.available_backends() if s.name == "numba_cpu")
 
 # Everything the alphabet experiments and the layer API call, in float32: the fused training
-# pass, the forward kernel (evaluate, predict) and the layer's backward.
+# pass and the forward kernel (evaluate, predict), as `fastlstm alphabet` warms them up (in two
+# processes at once, kernels/cpu_compile.py), then the layer's backward.
 FIRST_USE = """
 import time
 start = time.perf_counter()
 import numpy as np
 from fastlstm import experiments, lstm_backward, lstm_forward
-experiments.run(5, experiments.FastLSTM("numba_cpu"), epochs=1)
+experiments.warm_up([5], experiments.FastLSTM("numba_cpu"))
 x, kernel, recurrent_kernel = np.ones((1, 2, 1), np.float32), np.ones((1, 8), np.float32), np.ones((2, 8), np.float32)
 lstm_backward(lstm_forward(x, kernel, recurrent_kernel, backend="numba_cpu").cache, np.ones((1, 2), np.float32))
 print(time.perf_counter() - start)

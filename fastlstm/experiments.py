@@ -246,8 +246,14 @@ def run_many(runs, executor):
 def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7):
     """Runs experiments ``numbers`` for one epoch each, untimed, so that the backend compiles its
     kernels, or loads them from its on-disk cache, for every path their runs take (training,
-    evaluate and predict, stateful or not) before a run is timed. Returns the seconds it took."""
+    evaluate and predict, stateful or not) before a run is timed. Returns the seconds it took.
+    numba_cpu compiles its two kernels, training's and the forward pass's, in two processes at once
+    first (see kernels/cpu_compile.py)."""
     start = time.perf_counter()
+    if getattr(framework, "backend", None) == "numba_cpu":
+        from fastlstm.kernels import cpu_compile  # imports Numba: only for this backend
+
+        cpu_compile.compile_in_two_processes(np.float32)  # the models' dtype
     for number in numbers:
         run(number, framework, DEFAULT_SEED, recurrent_activation, epsilon, epochs=1)
     return time.perf_counter() - start

@@ -1,0 +1,76 @@
+"""Compiling the CPU kernels of training and of the forward pass in two processes at once, for a
+first run on a fresh install: :func:`compile_in_two_processes`.
+
+The fused training pass (``cpu_training.train_epoch``) calls ``cpu_lstm.forward_sequence`` and
+``cpu_lstm.backward_sequence``; the layer's forward (``cpu_lstm.forward``) calls
+``forward_sequence`` too. A child process compiles ``forward_sequence``, then ``forward``;
+meanwhile this process compiles ``backward_sequence`` and, once the child has saved
+``forward_sequence`` in Numba's disk cache, ``train_epoch``, which loads it from there. Numba's
+cache of a function is not safe against two processes writing it at once, so no function is
+compiled by both. Each kernel is called once on arrays of one element or none, with the argument
+types of the backend's calls, so that Numba compiles (or loads) the specialisation they use.
+"""
+import multiprocessing
+import threading
+
+import numpy as np
+
+from .activation_ids import SIGMOID, TANH
+from .cpu_lstm import backward_sequence, forward, forward_sequence
+from .cpu_training import train_epoch
+
+CODES = (TANH, SIGMOID)  # ints: any codes compile the same specialisation
+
+
+def compile_in_two_processes(dtype):
+    """Compiles, or loads from the disk cache, train_epoch, forward and their callees for dtype
+    (float32 or float64), the child process and this one in parallel. Should the child fail,
+    this process compiles what it needs itself."""
+    # A fork starts at once, but only a process of one thread forks safely (another thread may
+    # hold a lock the child would wait on forever); a spawned child imports Numba first.
+    fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_compile_forward, args=(dtype, send), daemon=True)
+    child.start()
+    send.close()  # so that recv() raises EOFError, rather than waits, if the child dies
+    _call_backward_sequence(dtype)
+    try:
+        receive.recv()  # forward_sequence is in the cache
+    except EOFError:
+        pass
+    _call_train_epoch(dtype)
+    child.join()
+
+
+def _compile_forward(dtype, ready):
+    """The child's part: forward_sequence, then (once it is saved) forward."""
+    units = 1
+    forward_sequence(np.zeros((1, 1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
+                     np.zeros((1, 2, units), dtype), np.zeros((1, 2, units), dtype), np.zeros((1, 1, units), dtype),
+                     *CODES, False, np.zeros(4 * units, dtype))
+    ready.send(True)
+    ready.close()
+    forward(np.zeros((1, 1, 1), dtype), np.zeros((1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
+            np.zeros(4 * units, dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype), *CODES)
+
+
+def _call_backward_sequence(dtype):
+    units = 1
+    backward_sequence(np.zeros((1, 1, 4 * units), dtype), np.zeros((1, 2, units), dtype),
+                      np.zeros((1, 1, units), dtype), np.zeros((units, 4 * units), dtype),
+                      np.zeros((1, 0, units), dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype),
+                      np.zeros((1, 1, 4 * units), dtype), *CODES, False)
+
+
+def _call_train_epoch(dtype):
+    """One sample, one step, one input, one unit, two classes, no state."""
+    units, classes = 1, 2
+    lstm = (np.zeros((1, 4 * units), dtype), np.zeros((units, 4 * units), dtype), np.zeros(4 * units, dtype))
+    dense = (np.zeros((units, classes), dtype), np.zeros(classes, dtype))
+    flat = tuple(np.zeros(4 * units * (2 + units) + classes * (units + 1), dtype) for _ in range(4))
+    adam = tuple(dtype(value) for value in (0.001, 0.9, 0.999, 1e-7, 0.1, 0.001))
+    no_state = (np.empty((0, units), dtype),) * 2
+    train_epoch(np.zeros((1, 1, 1), dtype), np.eye(1, classes, dtype=dtype), 1, lstm, dense,
+                tuple(np.zeros_like(a) for a in lstm), tuple(np.zeros_like(a) for a in dense), flat, adam, 0,
+                no_state, (False, False, *CODES))

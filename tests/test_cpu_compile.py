@@ -1,0 +1,48 @@
+"""The numba_cpu warm-up on a fresh install: each kernel compiled once, in one of two processes
+(kernels/cpu_compile.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastlstm
+
+NUMBA_CPU = next(s for s in fastlstm.available_backends() if s.name == "numba_cpu")
+
+# Warms the six experiments up and prints every compile of this process: [function, signature].
+WARM_UP = """
+import json
+from numba.core import event
+compiles = []
+
+class Compiles(event.Listener):
+    def on_start(self, ev):
+        function = ev.data["dispatcher"].py_func
+        compiles.append([function.__module__ + "." + function.__qualname__, str(ev.data["args"])])
+
+    def on_end(self, ev):
+        pass
+
+event.register("numba:compile", Compiles())
+from fastlstm import experiments
+experiments.warm_up(range(1, 7), experiments.FastLSTM("numba_cpu"))
+print(json.dumps(compiles))
+"""
+
+
+@pytest.mark.skipif(not NUMBA_CPU.available, reason=str(NUMBA_CPU))
+def test_the_warm_up_compiles_each_kernel_once_and_leaves_the_forward_kernels_to_the_child(tmp_path):
+    run = subprocess.run([sys.executable, "-c", WARM_UP], env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)),
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    compiles = json.loads(run.stdout.splitlines()[-1])
+    ours = [pair for pair in compiles if pair[0].startswith("fastlstm.kernels.")]
+    repeated = [pair for pair in ours if ours.count(pair) > 1]
+    assert not repeated, f"compiled more than once: {repeated}"
+    kernels = [name.removeprefix("fastlstm.kernels.") for name, _ in ours]
+    # The child compiled forward_sequence and forward; this process loaded them from the cache.
+    assert "cpu_training.train_epoch" in kernels and "cpu_lstm.backward_sequence" in kernels
+    assert "cpu_lstm.forward_sequence" not in kernels and "cpu_lstm.forward" not in kernels
+    # A slice assignment of an array compiles Numba's shape-mismatch message, seconds of compiling.
+    assert not [name for name, _ in compiles if "raise_with_shape_context" in name]
