@@ -7,8 +7,9 @@ exp is vectorisable code instead of libm's, within an ulp of it. Numba inlines a
 (``inline="always"``) by copying its whole expanded IR at every site, which is slow to compile,
 so only the helpers that loop over rows and the seven-way :func:`_activation` (too large for
 LLVM to inline) are inlined that way; exp, tanh, sigmoid and the derivatives are plain calls,
-which LLVM inlines into the loops and vectorises all the same. Inlining everything made the
-first compile several times slower (bench/test_training.py times the first compile).
+which LLVM inlines into the loops and vectorises all the same, and so is :func:`activate`,
+compiled once for its four call sites in a cell. Inlining everything made the first compile
+several times slower (bench/test_training.py times the first compile).
 """
 import math
 import platform
@@ -182,11 +183,12 @@ def derivative(code, y, T):
     return T(1)
 
 
-@njit(inline="always")
+@njit
 def activate(code, a, out):
     """out[j] = the activation ``code`` of a[j] for vectors a and out. tanh and sigmoid (the
     costly ones) get loops of their own, so that they vectorise: LLVM does not reliably split one
-    loop on a choice made at run time."""
+    loop on a choice made at run time. A plain call: its three loops compile once, not at each of
+    the cell's four call sites (bench/test_training.py)."""
     T = a.dtype.type
     if code == TANH:
         for j in range(a.size):

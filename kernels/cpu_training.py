@@ -13,12 +13,23 @@ from .cpu_matmul import add_product, matvec
 
 
 @njit(inline="always")
+def _argmax(a):
+    """np.argmax of the vector a (the first maximum, or the first NaN), as a loop: Numba's
+    np.argmax and max take about a second to compile."""
+    best = 0
+    for j in range(1, a.size):
+        if a[j] > a[best] or (a[j] != a[j] and a[best] == a[best]):
+            best = j
+    return best
+
+
+@njit(inline="always")
 def _softmax_cross_entropy(logits, target, exps):
     """Turns logits [classes] into the softmax's probabilities in place, using exps [classes] as
     scratch; returns the categorical cross-entropy ``sum(target * (logsumexp(z) - z))`` with z
     the logits less their maximum, as Keras computes it (and fastlstm.nn.CategoricalCrossentropy)."""
     T = logits.dtype.type
-    logits -= logits.max()
+    logits -= logits[_argmax(logits)]
     for j in range(logits.size):
         exps[j] = exp(logits[j], T)
     total = T(0)
@@ -137,7 +148,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
             add_product(h[b, time], dense_kernel, probs[b])
             add_to(probs[b], dense_bias)
             batch_loss += _softmax_cross_entropy(probs[b], target, exps)
-            correct += np.argmax(probs[b]) == np.argmax(target)
+            correct += _argmax(probs[b]) == _argmax(target)
             for j in range(classes):
                 probs[b, j] = (probs[b, j] - target[j]) * T(1 / rows)
         total_loss += float(batch_loss / T(rows)) * rows
