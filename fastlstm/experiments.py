@@ -9,6 +9,7 @@ time and the tutorial's demonstrations. :func:`run_many` runs many of them on an
 import dataclasses
 import itertools
 import math
+import multiprocessing
 import os
 import string
 import time
@@ -248,9 +249,10 @@ def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7):
     kernels, or loads them from its on-disk cache, for every path their runs take (training,
     evaluate and predict, stateful or not) before a run is timed. Returns the seconds it took.
     numba_cpu compiles its two kernels, training's and the forward pass's, in two processes at once
-    first (see kernels/cpu_compile.py)."""
+    first (see kernels/cpu_compile.py), but for a worker process, which loads what its parent
+    compiled from the cache."""
     start = time.perf_counter()
-    if getattr(framework, "backend", None) == "numba_cpu":
+    if getattr(framework, "backend", None) == "numba_cpu" and multiprocessing.parent_process() is None:
         from fastlstm.kernels import cpu_compile  # imports Numba: only for this backend
 
         cpu_compile.compile_in_two_processes(np.float32)  # the models' dtype
