@@ -169,7 +169,7 @@ def timed(benchmark, reference):
         inputs = make_inputs(*shape, dtype)
         runner = implementation.prepare(inputs)
         beside = implementation.name.startswith("fastlstm") and not implementation.gpu and dtype == np.float32 and \
-            flops("forward", *shape) >= LARGE_FLOPS
+            flops("forward", *shape) >= LARGE_FLOPS and not after_others
         throughput_before = matrix_product_gflops() if beside else None
         batch, time, input_dim, units = shape
         benchmark.group = f"{pass_name} {shape_id(shape)} {dtype.name}"

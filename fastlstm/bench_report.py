@@ -148,9 +148,10 @@ def flops(pass_name, batch, time, input_dim, units):
 
 
 def throughput_table(rows):
-    """Markdown: for each fastlstm benchmark that recorded the machine's matrix-product throughput
-    (bench/conftest.py, the large shapes), its products' GFLOP/s and their share of it."""
-    measured = [r for r in rows if r.get("matrix_product_gflops") and r.get("pass_name") in KERNEL_PASSES]
+    """Markdown: for each fastlstm benchmark timed alone that recorded the machine's matrix-product
+    throughput (bench/conftest.py, the large shapes), its products' GFLOP/s and their share of it."""
+    measured = [r for r in rows if r.get("matrix_product_gflops") and r.get("pass_name") in KERNEL_PASSES
+                and r.get("situation", "alone") == "alone"]
     if not measured:
         return ""
     header = ["implementation", "pass", "batch, time, input, units", "GFLOP", "median ms", "GFLOP/s",

@@ -111,13 +111,15 @@ def test_speedups_are_over_the_fastest_baseline(tmp_path):
 
 
 def test_the_share_of_matrix_product_throughput_counts_the_products_flops(tmp_path):
-    """1024, 25, 64, 128: 5.03 GFLOP forward, three times as many forward+backward."""
+    """1024, 25, 64, 128: 5.03 GFLOP forward, three times as many forward+backward; only the
+    passes timed alone (one side by side, the machine shared, is left out)."""
     shape = dict(batch=1024, time=25, input_dim=64, units=128, dtype="float32", baseline=False)
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"benchmarks": [
         {"extra_info": {"implementation": "fastlstm-numba_cpu", "pass_name": name, "matrix_product_gflops": 150.0,
-                        **shape}, "stats": {"median": seconds}}
-        for name, seconds in (("forward", 0.05), ("forward_backward", 0.2))
+                        "situation": situation, **shape}, "stats": {"median": seconds}}
+        for name, seconds, situation in (("forward", 0.05, "alone"), ("forward_backward", 0.2, "alone"),
+                                         ("forward", 0.08, "side by side"))
     ] + [{"extra_info": {"implementation": "torch", "pass_name": "forward", **shape, "baseline": True},
           "stats": {"median": 0.04}}]}))
     rows = [[c.strip() for c in line.split("|")[1:-1]]
