@@ -205,7 +205,8 @@ def _tutorial_totals(training):
 def plot(rows, out_dir):
     """PNGs of median time against batch size per implementation, one panel per sequence length,
     for each pass, dtype and (input, units) measured at several batch sizes, the benchmarks on a
-    GPU in figures of their own (named ...-gpu.png). Returns their paths."""
+    GPU in figures of their own (named ...-gpu.png); those timed side by side are left out, their
+    table tells them. Returns their paths."""
     try:
         import matplotlib
     except ImportError as e:
@@ -217,7 +218,7 @@ def plot(rows, out_dir):
 
     series = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.get("pass_name") in KERNEL_PASSES:
+        if r.get("pass_name") in KERNEL_PASSES and r.get("situation", "alone") == "alone":
             figure = (r["pass_name"], r["dtype"], r["input_dim"], r["units"], bool(r.get("gpu")))
             series[figure][(r["time"], r["implementation"])].append((r["batch"], r["median"]))
     paths = []

@@ -98,6 +98,10 @@ def test_alone_and_side_by_side_are_compared_each_within_its_own_table(tmp_path)
     side, = (s for s in sections if s.startswith("Kernels side by side"))
     assert [c.strip() for c in alone.splitlines()[4].split("|")[4:7]] == ["1.000", "2.000", "2.00x"]
     assert [c.strip() for c in side.splitlines()[4].split("|")[4:7]] == ["4.000", "3.000", "0.75x"]
+    # The plots are of the implementations alone: with one batch size each, no curve to draw.
+    rows = bench_report.load(path)
+    assert bench_report.plot(rows + [{**r, "batch": 2} for r in rows if r["situation"] == "side by side"],
+                             tmp_path) == []
 
 
 def test_speedups_are_over_the_fastest_baseline(tmp_path):
