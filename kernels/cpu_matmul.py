@@ -65,18 +65,24 @@ CHUNK_BYTES = 192 << 10  # the rows of a taken at once: within a core's L2 cache
 
 
 class Tile(NamedTuple):
-    """The block of out that matmul_packed holds in vector registers: rows of a by vectors of
-    vector_bits bits of columns, one accumulator each."""
+    """The block of out that matmul_packed holds in vector registers: rows of a (float64_rows in
+    float64) by vectors of vector_bits bits of columns, one accumulator each."""
     rows: int
     vectors: int
     vector_bits: int
+    float64_rows: int
+
+    def rows_of(self, dtype):
+        """The rows of a tile in float32 or float64."""
+        return self.rows if np.dtype(dtype).itemsize == 4 else self.float64_rows
 
     def columns(self, dtype):
         """The columns of a tile, and of a panel of packed weights, for float32 or float64."""
         return self.vectors * self.vector_bits // (8 * np.dtype(dtype).itemsize)
 
     def __str__(self):
-        return f"{self.rows} rows x {self.vectors} vectors of {self.vector_bits} bits"
+        return (f"{self.rows} rows x {self.vectors} vectors of {self.vector_bits} bits "
+                f"({self.float64_rows} rows in float64)")
 
 
 def _probe_target():
@@ -117,7 +123,13 @@ def _tile_for(vector_bits):
     per-thread shapes, 6 x 2 beat 4 x 2, 5 x 2, 4 x 3, 8 x 1 and 12 x 1 (geometric mean)."""
     registers = 32 if vector_bits == 512 else 16
     vectors = 2
-    return Tile(min(8, (registers - vectors - 1) // vectors), vectors, vector_bits)
+    return Tile(min(8, (registers - vectors - 1) // vectors), vectors, vector_bits, FLOAT64_ROWS)
+
+
+# float64 tiles take 4 rows whatever the target (8 accumulators, what two FMA units need): a row of
+# a takes twice the bytes, and 6 rows of 640 float64 (30 KB) no longer stayed in a 32 KB L1 cache
+# beside the panel; 6 x 2 ran up to 30 % slower than 4 x 2 at 64, 100, 128, 512's forward.
+FLOAT64_ROWS = 4
 
 
 CPU_NAME, VECTOR_EXTENSIONS, _VECTOR_BITS = _probe_target()
@@ -132,8 +144,8 @@ def describe_target():
 
 @intrinsic
 def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
-    """out[out_row:out_row + TILE.rows, column:column + TILE.columns] = a[row:row + TILE.rows]
-    @ panel, for 2-D float32 or float64 arrays whose rows are contiguous; panel [k, TILE.columns],
+    """out[out_row:out_row + rows, column:column + TILE.columns] = a[row:row + rows] @ panel,
+    rows = TILE.rows_of(a.dtype), for 2-D float32 or float64 arrays whose rows are contiguous; panel [k, TILE.columns],
     contiguous, k = a's columns. The caller checks the bounds. The accumulators stay in vector
     registers for the whole sum: LLVM does not keep Numba's arrays in registers."""
     if not (isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.ndim == 2
@@ -148,6 +160,7 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
         row, out_row, column = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 4, 5))
         float_type = context.get_value_type(a.dtype)
         width = TILE.vector_bits // a.dtype.bitwidth
+        rows = TILE.rows if a.dtype == types.float32 else TILE.float64_rows
         vector = ir.VectorType(float_type, width)
         itemsize = ir.Constant(i64, a.dtype.bitwidth // 8)
 
@@ -164,7 +177,7 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
         zero = ir.Constant(vector, [0.0] * width)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         a_rows = [element(a_array, builder.add(row, ir.Constant(i64, r)), ir.Constant(i64, 0))
-                  for r in range(TILE.rows)]
+                  for r in range(rows)]
 
         entry = builder.block
         loop = builder.append_basic_block("tile.loop")
@@ -173,13 +186,13 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
 
         builder.position_at_end(loop)
         k = builder.phi(i64)
-        sums = [builder.phi(vector) for _ in range(TILE.rows * TILE.vectors)]
+        sums = [builder.phi(vector) for _ in range(rows * TILE.vectors)]
         panel_row = builder.gep(panel_array.data, [builder.mul(k, ir.Constant(i64, width * TILE.vectors))])
         columns = [builder.load(builder.bitcast(builder.gep(panel_row, [ir.Constant(i64, v * width)]),
                                                 vector.as_pointer()), align=a.dtype.bitwidth // 8)
                    for v in range(TILE.vectors)]
         updated = []
-        for r in range(TILE.rows):
+        for r in range(rows):
             broadcast = builder.shuffle_vector(
                 builder.insert_element(ir.Constant(vector, ir.Undefined), builder.load(builder.gep(a_rows[r], [k])),
                                        ir.Constant(ir.IntType(32), 0)),
@@ -201,7 +214,7 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
             total.add_incoming(zero, entry)
             total.add_incoming(new, loop)
             totals.append(total)
-        for r in range(TILE.rows):
+        for r in range(rows):
             start = element(out_array, builder.add(out_row, ir.Constant(i64, r)), column)
             for v in range(TILE.vectors):
                 builder.store(totals[r * TILE.vectors + v],
@@ -236,13 +249,14 @@ def matmul_packed(a, panels, out):
             or panels.shape[1] != k or n > panels.shape[0] * panels.shape[2]:
         raise ValueError("matmul_packed takes a [m, k], panels [>= n / tile columns, k, tile columns] and out "
                          "[m, n], the rows of a and out contiguous")
+    rows = _tile_rows(a)
     source, target = a, out
-    if m < TILE.rows:  # too few rows for a tile: through copies padded with zeros
-        source = np.zeros((TILE.rows, k), a.dtype)
+    if m < rows:  # too few rows for a tile: through copies padded with zeros
+        source = np.zeros((rows, k), a.dtype)
         source[:m] = a
-        target = np.empty((TILE.rows, n), a.dtype)
+        target = np.empty((rows, n), a.dtype)
     _multiply_packed(source, panels, target)
-    if m < TILE.rows:
+    if m < rows:
         out[:] = target[:m]
 
 
@@ -252,22 +266,29 @@ def _contiguous_rows(x):
 
 
 @njit(inline="always")
+def _tile_rows(a):
+    """TILE.rows_of(a.dtype), compiled."""
+    return TILE.rows if a.itemsize == 4 else TILE.float64_rows
+
+
+@njit(inline="always")
 def _multiply_packed(a, panels, out):
-    """matmul_packed for TILE.rows rows or more. Each panel takes the rows TILE.rows at a time,
+    """matmul_packed for a tile's rows or more. Each panel takes the rows a tile's at a time,
     the last tile overlapping the one before (some rows computed twice, alike), in chunks of rows
     that stay in the core's cache while every panel passes over them."""
     m, k = a.shape
     n = out.shape[1]
     columns = panels.shape[2]
-    edge = np.empty((TILE.rows, columns), a.dtype)  # a tile of the last panel, when n ends inside it
-    chunk = max(TILE.rows, CHUNK_BYTES // (k * a.itemsize + 1) // TILE.rows * TILE.rows)
+    rows = _tile_rows(a)
+    edge = np.empty((rows, columns), a.dtype)  # a tile of the last panel, when n ends inside it
+    chunk = max(rows, CHUNK_BYTES // (k * a.itemsize + 1) // rows * rows)
     for first in range(0, m, chunk):
         for p in range(panels.shape[0]):
             column = p * columns
-            for tile in range(first, min(m, first + chunk), TILE.rows):
-                top = min(tile, m - TILE.rows)
+            for tile in range(first, min(m, first + chunk), rows):
+                top = min(tile, m - rows)
                 inside = column + columns <= n  # else the tile goes through edge
                 _multiply_tile(a, top, panels[p], out if inside else edge, top if inside else 0,
                                column if inside else 0)
                 if not inside:
-                    out[top:top + TILE.rows, column:] = edge[:, :n - column]
+                    out[top:top + rows, column:] = edge[:, :n - column]
