@@ -57,7 +57,7 @@ def test_a_real_run_records_the_cpu_as_the_kernels_see_it(results, tmp_path):
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     assert ("avx2" in cpu["vector_extensions"]) == (" avx2" in flags)
     target = cpu["numba_target"]
-    assert re.fullmatch(r"\d+ rows x \d+ vectors of (128|256|512) bits", target["tile"])
+    assert re.fullmatch(r"\d+ rows x \d+ vectors of (128|256|512) bits \(\d+ rows in float64\)", target["tile"])
     assert {b["extra_info"]["situation"] for b in document["benchmarks"]} == {"alone"}
     first_line = bench_report.report(results, tmp_path, plots=False).splitlines()[0]
     assert cpu["model"] in first_line and f"numba_cpu compiled for {target['cpu_name']}, tile {target['tile']}" \
