@@ -13,7 +13,7 @@ from numba import njit, types
 from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
-from .cpu_arithmetic import FLAGS
+from .cpu_arithmetic import FLAGS, copy_to
 
 
 @njit(inline="always")
@@ -144,10 +144,11 @@ def describe_target():
 
 @intrinsic
 def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
-    """out[out_row:out_row + rows, column:column + TILE.columns] = a[row:row + rows] @ panel,
-    rows = TILE.rows_of(a.dtype), for 2-D float32 or float64 arrays whose rows are contiguous; panel [k, TILE.columns],
-    contiguous, k = a's columns. The caller checks the bounds. The accumulators stay in vector
-    registers for the whole sum: LLVM does not keep Numba's arrays in registers."""
+    """out[out_row:out_row + rows, column:column + TILE.columns] = a[row:row + rows] @ panel with
+    rows = TILE.rows_of(a.dtype), for 2-D float32 or float64 arrays whose rows are contiguous;
+    panel [k, TILE.columns], contiguous, k = a's columns. The caller checks the bounds. The
+    accumulators stay in vector registers for the whole sum: LLVM does not keep Numba's arrays in
+    registers."""
     if not (isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.ndim == 2
             and panel == types.Array(a.dtype, 2, "C") and isinstance(out, types.Array) and out.dtype == a.dtype
             and out.ndim == 2 and all(isinstance(i, types.Integer) for i in (row, out_row, column))):
@@ -160,7 +161,7 @@ def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
         row, out_row, column = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 4, 5))
         float_type = context.get_value_type(a.dtype)
         width = TILE.vector_bits // a.dtype.bitwidth
-        rows = TILE.rows if a.dtype == types.float32 else TILE.float64_rows
+        rows = TILE.rows_of(str(a.dtype))
         vector = ir.VectorType(float_type, width)
         itemsize = ir.Constant(i64, a.dtype.bitwidth // 8)
 
@@ -253,11 +254,11 @@ def matmul_packed(a, panels, out):
     source, target = a, out
     if m < rows:  # too few rows for a tile: through copies padded with zeros
         source = np.zeros((rows, k), a.dtype)
-        source[:m] = a
+        copy_to(source[:m], a)
         target = np.empty((rows, n), a.dtype)
     _multiply_packed(source, panels, target)
     if m < rows:
-        out[:] = target[:m]
+        copy_to(out, target[:m])
 
 
 @njit(inline="always")
@@ -291,4 +292,4 @@ def _multiply_packed(a, panels, out):
                 _multiply_tile(a, top, panels[p], out if inside else edge, top if inside else 0,
                                column if inside else 0)
                 if not inside:
-                    out[top:top + rows, column:] = edge[:, :n - column]
+                    copy_to(out[top:top + rows, column:], edge[:, :n - column])
