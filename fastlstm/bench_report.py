@@ -93,6 +93,12 @@ def _machine(path, document):
     return f"{processor}; Python {machine.get('python_version', '?')}"
 
 
+def _situation(row):
+    """How a benchmark was timed: "alone" or "side by side" (bench/conftest.py); files written
+    before bench/ recorded it hold the benchmarks of bench/test_kernels.py, timed one by one."""
+    return row.get("situation", "alone")
+
+
 def _gpus(rows):
     """The GPUs that ran ``rows`` (benchmarks on a GPU), each as its name, compute capability and
     CUDA versions ('?' where one was not recorded)."""
@@ -151,7 +157,7 @@ def throughput_table(rows):
     """Markdown: for each fastlstm benchmark timed alone that recorded the machine's matrix-product
     throughput (bench/conftest.py, the large shapes), its products' GFLOP/s and their share of it."""
     measured = [r for r in rows if r.get("matrix_product_gflops") and r.get("pass_name") in KERNEL_PASSES
-                and r.get("situation", "alone") == "alone"]
+                and _situation(r) == "alone"]
     if not measured:
         return ""
     header = ["implementation", "pass", "batch, time, input, units", "GFLOP", "median ms", "GFLOP/s",
@@ -218,7 +224,7 @@ def plot(rows, out_dir):
 
     series = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.get("pass_name") in KERNEL_PASSES and r.get("situation", "alone") == "alone":
+        if r.get("pass_name") in KERNEL_PASSES and _situation(r) == "alone":
             figure = (r["pass_name"], r["dtype"], r["input_dim"], r["units"], bool(r.get("gpu")))
             series[figure][(r["time"], r["implementation"])].append((r["batch"], r["median"]))
     paths = []
@@ -259,10 +265,10 @@ def report(path, out_dir, plots=True):
     machine = "; ".join([_machine(path, document), *(f"GPU {gpu}" for gpu in _gpus(on_gpu))])
     sections = [f"Benchmarks of {path} ({machine}); medians, ratios measured in the same run."]
     for title, table in (("Kernels, each implementation alone (timed once the others' threads rest)",
-                          kernel_table([r for r in on_cpu if r.get("situation", "alone") == "alone"])),
+                          kernel_table([r for r in on_cpu if _situation(r) == "alone"])),
                          ("Kernels side by side in one process (each call right after every other "
                           "implementation's, their threads still spinning)",
-                          kernel_table([r for r in on_cpu if r.get("situation") == "side by side"])),
+                          kernel_table([r for r in on_cpu if _situation(r) == "side by side"])),
                          ("Kernels on the GPU: fastlstm against the fastest GPU baseline (cuDNN)", kernel_table(on_gpu)),
                          ("Share of the matrix-product throughput (float32 products of 1024 x 1024 on every "
                           "core, the mean of the best of 10 just before and just after each pass)",

@@ -98,10 +98,10 @@ def _slices(batch):
 def _on_every_core(work, parts):
     """Runs ``work(part)`` for every part (a slice of the samples) and returns their results in
     order. This thread and the pool's take the parts one at a time until none is left, each with a
-    single-threaded BLAS: a thread slowed by another process, or by another framework's threads
-    spinning on its core, takes fewer parts instead of setting the time of all, and this thread
-    waits for the parts other threads have taken, never for a thread still waking up (on a virtual
-    machine that costs about 0.1 ms a call). The slices' recurrences are independent, so they need
+    single-threaded BLAS: this thread runs every part no pool thread has started, so it waits only
+    for parts other threads have taken, never for a thread still waking up (its core busy with
+    another process or another framework's spinning threads; on a virtual machine a wake-up
+    alone costs about 0.1 ms). The slices' recurrences are independent, so they need
     no synchronisation, and BLAS threads would fight them for the cores. Nothing of this backend
     runs a multi-threaded BLAS product: OpenBLAS's threads keep spinning after one and slow the
     next recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
