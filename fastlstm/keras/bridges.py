@@ -1,0 +1,127 @@
+"""The fused call as an operation of each Keras backend, with its gradient: ``FRAMEWORKS[name](options,
+training, x, kernel, recurrent_kernel, bias, h0, c0, mask)`` returns ``(outputs, h, c)`` as the
+backend's tensors.
+
+- TensorFlow: ``tf.custom_gradient`` around ``tf.numpy_function``, so the step stays one graph
+  inside ``fit``'s ``tf.function`` (not under XLA, which has no form of it). A training call keeps
+  its activations on the host for the gradient's callback, which finds them by a key the forward
+  returns (:mod:`.fused_call`); a call outside training runs the forward again if differentiated.
+- JAX: ``jax.custom_vjp`` around ``jax.pure_callback``, under ``jax.jit`` too; the forward rule
+  keeps its activations the same way.
+- PyTorch: a ``torch.autograd.Function`` holding the call in its context. CPU tensors go to the
+  CPU backends; CUDA tensors reach the ``cupy`` (or ``numba_cuda``) backend through DLPack,
+  without a copy.
+
+Shapes: ``x [batch, time, features]``, states ``[batch, units]``, ``mask [batch, time]`` or
+None; outputs ``[batch, time, units]`` with ``return_sequences``, else ``[batch, units]``.
+"""
+import functools
+
+import keras
+
+from fastlstm.keras.fused_call import FusedCall, host_backward, host_forward
+
+
+def _tensorflow(options, training, x, kernel, recurrent_kernel, bias, h0, c0, mask):
+    import tensorflow as tf
+
+    masks = [] if mask is None else [tf.cast(mask, tf.bool)]
+    # Variables (the weights, a stateful layer's state) are read here: the custom gradient takes tensors.
+    x, kernel, recurrent_kernel, bias, h0, c0 = map(tf.convert_to_tensor, (x, kernel, recurrent_kernel, bias, h0, c0))
+    shapes = _result_shapes(options, x.shape, recurrent_kernel.shape[0])
+
+    @tf.custom_gradient
+    def fused(x, kernel, recurrent_kernel, bias, h0, c0):
+        inputs = [x, kernel, recurrent_kernel, bias, h0, c0, *masks]
+        *results, key = tf.numpy_function(functools.partial(host_forward, options, bool(training)), inputs,
+                                          [x.dtype] * 3 + [tf.int32], stateful=False)
+        for result, shape in zip(results, shapes):
+            result.set_shape(shape)
+
+        def gradient(*upstream):
+            grads = tf.numpy_function(functools.partial(host_backward, options), [key, *inputs, *upstream],
+                                      [x.dtype] * 6, stateful=False)
+            for g, a in zip(grads, inputs):
+                g.set_shape(a.shape)
+            return grads
+
+        return results, gradient
+
+    return fused(x, kernel, recurrent_kernel, bias, h0, c0)
+
+
+def _jax(options, training, *inputs):
+    if inputs[-1] is None:
+        return _jax_function()(options, *inputs[:-1])
+    return _jax_function()(options, *inputs[:-1], inputs[-1].astype(bool))
+
+
+@functools.cache
+def _jax_function():
+    import jax
+    import numpy as np
+
+    def shapes(options, inputs):
+        """The callback's results: outputs, h, c and the key of the kept call."""
+        x, recurrent_kernel = inputs[0], inputs[2]
+        return [jax.ShapeDtypeStruct(s, x.dtype) for s in _result_shapes(options, x.shape, recurrent_kernel.shape[0])] \
+            + [jax.ShapeDtypeStruct((), np.int32)]
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def fused(options, *inputs):
+        return tuple(jax.pure_callback(functools.partial(host_forward, options, False), shapes(options, inputs),
+                                       *inputs)[:3])
+
+    def forward(options, *inputs):
+        *results, key = jax.pure_callback(functools.partial(host_forward, options, True), shapes(options, inputs),
+                                          *inputs)
+        return tuple(results), (key, inputs)
+
+    def backward(options, saved, upstream):
+        key, inputs = saved
+        grads = jax.pure_callback(functools.partial(host_backward, options),
+                                  [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs[:6]], key, *inputs,
+                                  *upstream)
+        return (*grads, *[None] * (len(inputs) - 6))  # the mask has no gradient
+
+    fused.defvjp(forward, backward)
+    return fused
+
+
+def _torch(options, training, x, kernel, recurrent_kernel, bias, h0, c0, mask):
+    mask = None if mask is None else keras.ops.convert_to_numpy(mask).astype(bool)  # on the host
+    return _torch_function().apply(options, mask, x, kernel, recurrent_kernel, bias, h0, c0)
+
+
+@functools.cache
+def _torch_function():
+    import torch
+
+    def array(tensor):
+        """The tensor's data without a copy: NumPy on the CPU, CuPy on a CUDA device."""
+        if tensor.is_cuda:
+            import cupy
+
+            return cupy.from_dlpack(tensor.detach())
+        return tensor.detach().numpy()
+
+    class Fused(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, options, mask, *inputs):
+            ctx.call = FusedCall(options, *map(array, inputs), mask)
+            return tuple(torch.as_tensor(a) for a in (ctx.call.outputs, ctx.call.h, ctx.call.c))
+
+        @staticmethod
+        def backward(ctx, *upstream):
+            grads = ctx.call.backward(*map(array, upstream))
+            return (None, None, *(torch.as_tensor(g) for g in grads))
+
+    return Fused
+
+
+FRAMEWORKS = {"tensorflow": _tensorflow, "jax": _jax, "torch": _torch}
+
+
+def _result_shapes(options, x_shape, units):
+    batch, time = x_shape[0], x_shape[1]
+    return [(batch, time, units) if options.return_sequences else (batch, units), (batch, units), (batch, units)]
