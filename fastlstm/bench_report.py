@@ -1,5 +1,6 @@
-"""``fastlstm bench-report``: a pytest-benchmark JSON file of ``bench/`` as Markdown tables of
-ratios and PNG plots.
+"""``fastlstm bench-report``: pytest-benchmark JSON files of ``bench/`` as Markdown tables of
+ratios and PNG plots. Several files make one report: bench/test_keras_layer.py's runs, one per
+Keras backend, in one table.
 
 Kernel benchmarks: per shape, pass and dtype, each implementation's median time and, for fastlstm,
 its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run;
@@ -8,10 +9,14 @@ The benchmarks on a GPU (those whose extra_info names a ``gpu``) have a table of
 names the GPU: fastlstm on the GPU against the GPU baselines (cuDNN through PyTorch and Keras),
 never against one on the CPU, and for each fastlstm backend its kernel path and device operations
 per call. Training benchmarks: per experiment, each implementation's median epoch time and its
-speed-up over Keras, and the tutorial's experiments at full length together. Plots: median time
-against batch size, one panel per sequence length, the GPU's apart.
+speed-up over Keras, and the tutorial's experiments at full length together. The drop-in Keras
+layer (bench/test_keras_layer.py): per Keras backend and step (``train_on_batch`` and
+``predict_on_batch`` per shape, a ``fit`` epoch of the tutorial's experiments 1 and 5), the
+drop-in's median time over Keras's own LSTM's. Plots: median time against batch size, one panel per
+sequence length, the GPU's apart.
 """
 import json
+import os
 import pathlib
 from collections import defaultdict
 
@@ -46,19 +51,30 @@ def _read(path):
     return _checked(path, "it", document, dict)
 
 
+_KERAS_LAYER_FIELDS = {"step": str, "batch": int, "time": int, "input_dim": int, "units": int}
+
+
 def _row(path, number, bench):
-    """A fastlstm benchmark's extra_info plus ``median`` in ms, or None for another benchmark."""
+    """A fastlstm benchmark's extra_info plus ``median`` in ms and, where recorded, pytest's
+    ``fullname``; or None for another benchmark."""
     bench = _checked(path, f"benchmark {number}", bench, dict)
     info = _checked(path, f"benchmark {number}'s 'extra_info'", bench.get("extra_info", {}), dict)
     if "implementation" not in info:
         return None
     if not isinstance(info.get("baseline"), bool):
         raise _not_benchmarks(path, f"benchmark {number} has no 'baseline' (true or false) in its 'extra_info'")
+    if "keras_backend" in info:
+        missing = [name for name, kind in _KERAS_LAYER_FIELDS.items()
+                   if not isinstance(info.get(name), kind) or isinstance(info.get(name), bool)]
+        if missing:
+            raise _not_benchmarks(path, f"benchmark {number} of the Keras layer has no {', '.join(map(repr, missing))} "
+                                        "in its 'extra_info' (bench/test_keras_layer.py records them)")
     stats = bench.get("stats")
     median = stats.get("median") if isinstance(stats, dict) else None
     if not isinstance(median, (int, float)) or isinstance(median, bool):
         raise _not_benchmarks(path, f"benchmark {number} has no 'stats' median in seconds")
-    return {**info, "median": 1e3 * median}
+    fullname = bench.get("fullname")
+    return {**info, "median": 1e3 * median, **({"fullname": fullname} if isinstance(fullname, str) else {})}
 
 
 def _rows(path, document):
@@ -73,14 +89,32 @@ def _rows(path, document):
 def load(path):
     """The benchmarks of a --benchmark-json file: dicts of extra_info plus ``median`` in ms. A file
     that cannot be read, is not JSON or not of pytest-benchmark's shape (an object whose
-    'benchmarks' are objects, each fastlstm one with a 'baseline' flag and a 'stats' median) is a
-    ValueError that names it and what is wrong."""
+    'benchmarks' are objects, each fastlstm one with a 'baseline' flag and a 'stats' median, each
+    of the Keras layer with its step and shape) is a ValueError that names it and what is wrong."""
     return _rows(path, _read(path))
 
 
-def _machine(path, document):
-    """The processor and Python version of the machine that ran the benchmarks, and where recorded
-    (bench/conftest.py) the CPU's vector extensions and numba_cpu's target and register tile."""
+def _load_all(paths):
+    """The benchmarks of every file in ``paths``, as :func:`load`'s, each with its ``file``, and
+    each file's document; a ValueError where two files hold the same benchmark (pytest's name, on
+    the same Keras backend), which would put two runs in one comparison."""
+    rows, documents, seen = [], {}, {}
+    for path in paths:
+        documents[path] = _read(path)
+        for row in _rows(path, documents[path]):
+            key = (row.get("fullname"), row.get("keras_backend"))
+            if key[0] is not None and key in seen:
+                raise ValueError(f"{seen[key]} and {path} both hold {key[0]}"
+                                 + (f" on Keras's {key[1]} backend" if key[1] else "")
+                                 + ": give each run's file once (one per Keras backend)")
+            seen[key] = path
+            rows.append({**row, "file": str(path)})
+    return rows, documents
+
+
+def _cpu(path, document):
+    """The processor that ran the benchmarks, and where recorded (bench/conftest.py) its vector
+    extensions and numba_cpu's target and register tile."""
     machine = _checked(path, "'machine_info'", document.get("machine_info", {}), dict)
     cpu = _checked(path, "'machine_info' 'cpu'", machine.get("cpu", {}), dict)
     recorded = _checked(path, "'machine_info' 'fastlstm_cpu'", machine.get("fastlstm_cpu", {}), dict)
@@ -90,7 +124,12 @@ def _machine(path, document):
     target = recorded.get("numba_target")
     if isinstance(target, dict):
         processor += f"; numba_cpu compiled for {target.get('cpu_name', '?')}, tile {target.get('tile', '?')}"
-    return f"{processor}; Python {machine.get('python_version', '?')}"
+    return processor
+
+
+def _machine(path, document):
+    """:func:`_cpu`'s processor and the Python version of the machine that ran the benchmarks."""
+    return f"{_cpu(path, document)}; Python {document.get('machine_info', {}).get('python_version', '?')}"
 
 
 def _situation(row):
@@ -208,6 +247,54 @@ def _tutorial_totals(training):
     return lines
 
 
+KERAS_BACKENDS = ("tensorflow", "torch", "jax")  # the table's order; any other follows, by name
+_KERAS_STEPS = ("train_on_batch", "predict_on_batch")  # the table's order; the fit epochs follow, by name
+
+
+def _in_order(name, order):
+    """A sort key: ``name``'s place in ``order``, any name not in it after them, by name."""
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _versions(rows):
+    """"Keras 3.15.1, tensorflow 2.20.0, ...": the versions ``rows`` recorded, Keras's first."""
+    found = defaultdict(set)
+    for r in rows:
+        for package, version in (r.get("versions") or {}).items():
+            found[package].add(str(version))
+    names = sorted(found, key=lambda n: _in_order(n, ("keras", *KERAS_BACKENDS)))
+    return ", ".join(f"{'Keras' if n == 'keras' else n} {' and '.join(sorted(found[n]))}" for n in names)
+
+
+def keras_layer_table(rows, cpu):
+    """Markdown: bench/test_keras_layer.py's benchmarks among ``rows`` (one run per Keras backend,
+    on the processor ``cpu``), a row per step and shape (batch, time, input, units): per Keras
+    backend, the drop-in's median time over Keras's own LSTM's (below 1: the drop-in is faster),
+    then both medians in ms; under the table, the note of each benchmark that recorded one."""
+    layer = [r for r in rows if "keras_backend" in r]
+    if not layer:
+        return ""
+    backends = sorted({r["keras_backend"] for r in layer}, key=lambda b: _in_order(b, KERAS_BACKENDS))
+    groups = defaultdict(lambda: defaultdict(dict))
+    for r in layer:
+        key = (r["step"], r["batch"], r["time"], r["input_dim"], r["units"])
+        groups[key][r["keras_backend"]]["keras" if r["baseline"] else "drop-in"] = r["median"]
+    header = ["step", "batch, time, input, units", *(f"{b} drop-in / Keras" for b in backends),
+              *(f"{b} ms, Keras and drop-in" for b in backends)]
+    body = []
+    for key in sorted(groups, key=lambda k: (*_in_order(k[0], _KERAS_STEPS), *k[1:])):
+        pairs = [groups[key].get(b, {}) for b in backends]
+        body.append([key[0], ", ".join(map(str, key[1:])),
+                     *(f"{p['drop-in'] / p['keras']:.2f}" if len(p) == 2 else "-" for p in pairs),
+                     *(", ".join(f"{p[n]:.2f}" if n in p else "-" for n in ("keras", "drop-in")) if p else "-"
+                       for p in pairs)])
+    versions = _versions(layer)
+    intro = (f"fastlstm.keras.LSTM's median time over keras.layers.LSTM's in the same model, each pair timed in "
+             f"the same run (below 1: the drop-in is faster), on {cpu}{'; ' + versions if versions else ''}.")
+    notes = sorted({f"- {r['keras_backend']}, {r['step']}: {r['note']}" for r in layer if r.get("note")})
+    return "\n\n".join([intro, _table(header, body), *(["\n".join(notes)] if notes else [])])
+
+
 def plot(rows, out_dir):
     """PNGs of median time against batch size per implementation, one panel per sequence length,
     for each pass, dtype and (input, units) measured at several batch sizes, the benchmarks on a
@@ -254,16 +341,26 @@ def plot(rows, out_dir):
     return paths
 
 
-def report(path, out_dir, plots=True):
-    """Writes ``out_dir``/bench-report.md (and the plots); returns the Markdown."""
-    document = _read(path)
-    rows = _rows(path, document)
+def report(paths, out_dir, plots=True):
+    """Writes ``out_dir``/bench-report.md (and the plots) of the benchmark file ``paths``, or of
+    several (e.g. bench/test_keras_layer.py's runs, one per Keras backend); returns the Markdown."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    rows, documents = _load_all(paths)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    layer = [r for r in rows if "keras_backend" in r]
+    rows = [r for r in rows if "keras_backend" not in r]
     on_gpu = [r for r in rows if r.get("gpu")]
     on_cpu = [r for r in rows if not r.get("gpu")]
-    machine = "; ".join([_machine(path, document), *(f"GPU {gpu}" for gpu in _gpus(on_gpu))])
-    sections = [f"Benchmarks of {path} ({machine}); medians, ratios measured in the same run."]
+    machines = {path: _machine(path, document) for path, document in documents.items()}
+    gpus = [f"GPU {gpu}" for gpu in _gpus(on_gpu)]
+    if len(set(machines.values())) == 1:
+        sources = f"{', '.join(map(str, paths))} ({'; '.join([*set(machines.values()), *gpus])})"
+    else:
+        sources = ", ".join(f"{path} ({machine})" for path, machine in machines.items()) + "".join(f"; {g}" for g in gpus)
+    sections = [f"Benchmarks of {sources}; medians, ratios measured in the same run."]
+    layer_cpu = " and ".join(sorted({_cpu(path, documents[path]) for path in paths
+                                     if any(r["file"] == str(path) for r in layer)}))
     for title, table in (("Kernels, each implementation alone (timed once the others' threads rest)",
                           kernel_table([r for r in on_cpu if _situation(r) == "alone"])),
                          ("Kernels side by side in one process (each call right after every other "
@@ -273,7 +370,9 @@ def report(path, out_dir, plots=True):
                          ("Share of the matrix-product throughput (float32 products of 1024 x 1024 on every "
                           "core, the mean of the best of 10 just before and just after each pass)",
                           throughput_table(rows)),
-                         ("Training", training_table(rows))):
+                         ("Training", training_table(rows)),
+                         ("The drop-in Keras layer against Keras's own LSTM, per Keras backend",
+                          keras_layer_table(layer, layer_cpu))):
         if table:
             sections += [f"## {title}", table]
     if plots:

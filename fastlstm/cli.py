@@ -233,7 +233,8 @@ def main(argv=None):
     _command(commands, "backends", "list every backend and whether it works here")
     report = _command(commands, "bench-report",
                       "tables of ratios and plots from the output of pytest bench/ --benchmark-json")
-    report.add_argument("results", metavar="RESULTS.json")
+    report.add_argument("results", metavar="RESULTS.json", nargs="+",
+                        help="one or more files, e.g. bench/test_keras_layer.py's runs, one per Keras backend")
     report.add_argument("--out", default="bench-report", help="the folder for bench-report.md and the plots")
     report.add_argument("--no-plots", action="store_true", help="write the tables only (no matplotlib needed)")
     check = _command(commands, "gpu-check", "on a GPU: the device, the GPU tests and the GPU benchmarks against "

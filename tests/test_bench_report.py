@@ -225,3 +225,117 @@ def test_a_gpu_run_is_reported_against_gpu_baselines_and_names_the_gpu(tmp_path)
     assert not any(column.startswith(("torch ms", "fastlstm-numba_cpu")) for column in cells(gpu)[0])
     assert [p.name for p in tmp_path.glob("*.png")] == ["forward-float32-d16-u32-gpu.png"]
     assert (tmp_path / "forward-float32-d16-u32-gpu.png").read_bytes().startswith(PNG)
+
+
+def _keras_layer(backend, layer, step, median_seconds, shape=(1, 1, 1, 50), **more):
+    """A benchmark of bench/test_keras_layer.py as it records itself, on Keras's ``backend``."""
+    batch, time, input_dim, units = shape
+    return {"fullname": f"bench/test_keras_layer.py::test[{step}-{shape}-{layer}]",
+            "extra_info": {"implementation": layer, "baseline": layer == "keras", "keras_backend": backend,
+                           "step": step, "batch": batch, "time": time, "input_dim": input_dim, "units": units,
+                           "versions": {"keras": "3.15.1", backend: f"{backend}-version"}, **more},
+            "stats": {"median": median_seconds}}
+
+
+_EPYC = {"fastlstm_cpu": {"model": "AMD EPYC 7B13 (family 25, model 1)", "vector_extensions": ["avx2"]},
+         "python_version": "3.11.9"}
+
+
+def _keras_layer_run(path, backend, times):
+    """Writes ``path``: bench/test_keras_layer.py's run on ``backend``, (step, Keras's seconds, the
+    drop-in's) for each of ``times``, fit epochs at the tutorial's shapes."""
+    benchmarks = []
+    for step, keras_seconds, drop_in_seconds in times:
+        shape = (1, 1, 1, 32 if "experiment 1" in step else 50)
+        benchmarks += [_keras_layer(backend, "keras", step, keras_seconds, shape),
+                       _keras_layer(backend, "fastlstm", step, drop_in_seconds, shape)]
+    path.write_text(json.dumps({"machine_info": _EPYC, "benchmarks": benchmarks}))
+    return path
+
+
+def _cells(markdown, section):
+    """The rows of the table in the report's ``section``, as {column: cell}."""
+    body, = (s for s in markdown.split("## ") if s.startswith(section))
+    header, _, *rows = ([c.strip() for c in line.split("|")[1:-1]] for line in body.splitlines() if line.startswith("|"))
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_the_keras_layer_runs_of_each_backend_make_one_table_of_the_drop_ins_time_over_keras(tmp_path):
+    """One file per Keras backend, as bench/test_keras_layer.py writes them: the ratio is the
+    drop-in's median over Keras's own layer's, below 1 where the drop-in is faster, per backend
+    and step; a step one backend lacks reads '-' there."""
+    runs = [
+        _keras_layer_run(tmp_path / "tensorflow.json", "tensorflow", [
+            ("train_on_batch", 0.004, 0.001), ("predict_on_batch", 0.002, 0.001),
+            ("fit epoch of experiment 1", 0.300, 0.240), ("fit epoch of experiment 5", 0.200, 0.250)]),
+        _keras_layer_run(tmp_path / "torch.json", "torch", [
+            ("fit epoch of experiment 5", 0.400, 0.100), ("train_on_batch", 0.010, 0.005)]),
+        _keras_layer_run(tmp_path / "jax.json", "jax", [
+            ("train_on_batch", 0.002, 0.003), ("predict_on_batch", 0.001, 0.001),
+            ("fit epoch of experiment 1", 0.100, 0.050), ("fit epoch of experiment 5", 0.080, 0.040)]),
+    ]
+    markdown = bench_report.report(runs, tmp_path / "out", plots=False)
+    title = "The drop-in Keras layer against Keras's own LSTM, per Keras backend"
+    assert [(r["step"], r["batch, time, input, units"], r["tensorflow drop-in / Keras"], r["torch drop-in / Keras"],
+             r["jax drop-in / Keras"]) for r in _cells(markdown, title)] == [
+        ("train_on_batch", "1, 1, 1, 50", "0.25", "0.50", "1.50"),
+        ("predict_on_batch", "1, 1, 1, 50", "0.50", "-", "1.00"),
+        ("fit epoch of experiment 1", "1, 1, 1, 32", "0.80", "-", "0.50"),
+        ("fit epoch of experiment 5", "1, 1, 1, 50", "1.25", "0.25", "0.50"),
+    ]
+    assert _cells(markdown, title)[3]["torch ms, Keras and drop-in"] == "400.00, 100.00"
+    section = markdown.split(f"## {title}\n\n")[1]
+    assert section.startswith("fastlstm.keras.LSTM's median time over keras.layers.LSTM's") and \
+        "on AMD EPYC 7B13 (family 25, model 1), avx2; Keras 3.15.1, tensorflow tensorflow-version, " \
+        "torch torch-version, jax jax-version." in section.splitlines()[0]
+    assert markdown.splitlines()[0].startswith(f"Benchmarks of {runs[0]}, {runs[1]}, {runs[2]} (AMD EPYC 7B13")
+    assert "## Training" not in markdown  # the fit epochs are the Keras layer's, not the training table's
+
+
+def test_a_keras_layer_benchmarks_note_is_shown_under_the_table(tmp_path):
+    note = "both layers with use_cudnn=False: why"
+    path = tmp_path / "torch.json"
+    path.write_text(json.dumps({"benchmarks": [
+        _keras_layer("torch", layer, "fit epoch of experiment 5", 0.1, note=note) for layer in ("keras", "fastlstm")]}))
+    markdown = bench_report.report(path, tmp_path, plots=False)
+    assert markdown.rstrip().endswith(f"\n\n- torch, fit epoch of experiment 5: {note}")
+
+
+def test_the_same_keras_layer_run_given_twice_is_refused(tmp_path):
+    path = _keras_layer_run(tmp_path / "jax.json", "jax", [("train_on_batch", 0.002, 0.003)])
+    copy = tmp_path / "copy.json"
+    copy.write_text(path.read_text())
+    result = subprocess.run([sys.executable, "-m", "fastlstm", "bench-report", str(path), str(copy), "--no-plots",
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            cwd=tempfile.gettempdir())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"fastlstm bench-report: error: {path} and {copy} both hold "
+        "bench/test_keras_layer.py::test[train_on_batch-(1, 1, 1, 50)-keras] on Keras's jax backend: "
+        "give each run's file once (one per Keras backend)")
+
+
+def test_a_keras_layer_benchmark_without_its_step_and_shape_is_refused(tmp_path):
+    bench = _keras_layer("jax", "keras", "train_on_batch", 0.001)
+    del bench["extra_info"]["step"], bench["extra_info"]["units"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"benchmarks": [bench]}))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: .*benchmark 0 of the Keras layer has no "
+                                         "'step', 'units' in its 'extra_info'"):
+        bench_report.load(path)
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("tensorflow", "keras")),
+                    reason="times Keras 3 on TensorFlow with each layer")
+def test_a_real_keras_layer_run_records_what_the_table_needs(tmp_path):
+    """bench/test_keras_layer.py on TensorFlow, a step and the stateful experiment's fit epoch,
+    into the report's table with the CPU the run recorded."""
+    path = _run_bench(tmp_path / "tensorflow.json", "test_keras_layer.py",
+                      "(b1-t1-d1-u50 and train_on_batch) or (test_fit_epoch and 5)")
+    document = json.loads(path.read_text())
+    markdown = bench_report.report(path, tmp_path, plots=False)
+    rows = _cells(markdown, "The drop-in Keras layer")
+    assert [(r["step"], r["batch, time, input, units"]) for r in rows] == [
+        ("train_on_batch", "1, 1, 1, 50"), ("fit epoch of experiment 5", "1, 1, 1, 50")]
+    assert all(re.fullmatch(r"\d+\.\d\d", r["tensorflow drop-in / Keras"]) for r in rows)
+    assert document["machine_info"]["fastlstm_cpu"]["model"] in markdown.split("## The drop-in")[1].splitlines()[2]
