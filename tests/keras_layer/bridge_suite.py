@@ -1,0 +1,89 @@
+"""The drop-in's crossing between a Keras backend and fastlstm (fastlstm/keras/bridges.py and
+fused_call.py), on the Keras backend of this process: tests/test_keras_layer.py runs this file once
+per backend, each in its own process, as it runs layer_suite.py.
+"""
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import fastlstm.keras.fused_call
+from fastlstm.keras import LSTM
+from fastlstm.keras.fused_call import KEPT_CALLS, Options, host_backward, host_forward
+
+BACKEND = keras.backend.backend()
+assert BACKEND == os.environ["KERAS_BACKEND"], "run by tests/test_keras_layer.py with KERAS_BACKEND set"
+
+
+def model_and_data(batch=3, time=4, features=2, units=5):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(batch_shape=(batch, time, features)), LSTM(units), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    return model, rng.standard_normal((batch, time, features)).astype("float32"), rng.standard_normal((batch, 1)).astype("float32")
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The FusedCalls made: each runs the forward once."""
+    calls = []
+    original = fastlstm.keras.fused_call.FusedCall.__init__
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[0])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastlstm.keras.fused_call.FusedCall, "__init__", counting)
+    return calls
+
+
+def test_a_training_step_runs_the_forward_once(fused_calls):
+    model, x, y = model_and_data()
+    model.train_on_batch(x, y)  # traces and compiles the step, where the backend does
+    fused_calls.clear()
+    fastlstm.keras.fused_call._kept.clear()
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    assert len(fused_calls) == 3  # the backward takes the forward's activations, not a second forward
+    assert len(fastlstm.keras.fused_call._kept) == 0  # and each backward took its own
+
+
+@pytest.mark.parametrize("step", ["predict_on_batch", "train_on_batch"])
+def test_an_error_in_the_fused_call_reaches_the_caller_with_its_message(step, monkeypatch):
+    model, x, y = model_and_data()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("the fused forward failed here")
+
+    monkeypatch.setattr(fastlstm.keras.fused_call, "lstm_forward", failing)
+    arguments = (x, y) if step == "train_on_batch" else (x,)
+    # Read, since JAX dispatches a step asynchronously and raises its error where its result is read.
+    with pytest.raises(Exception, match="the fused forward failed here"):
+        np.asarray(getattr(model, step)(*arguments))
+
+
+def host_inputs(rng, batch=2, time=3, features=2, units=4):
+    shapes = [(batch, time, features), (features, 4 * units), (units, 4 * units), (4 * units,), (batch, units),
+              (batch, units)]
+    return [rng.standard_normal(s).astype("float32") for s in shapes]
+
+
+def test_a_kept_forward_whose_backward_never_comes_is_let_go_and_a_late_backward_runs_it_again():
+    options = Options("tanh", "sigmoid", True, False, False, "auto")
+    rng = np.random.default_rng(1)
+    inputs = host_inputs(rng)
+    upstream = [rng.standard_normal(s).astype("float32") for s in [(2, 3, 4), (2, 4), (2, 4)]]
+    fastlstm.keras.fused_call._kept.clear()
+    *results, first = host_forward(options, True, *inputs)
+    expected = host_backward(options, np.int32(0), *inputs, *upstream)  # key 0: never kept, run again
+    for _ in range(KEPT_CALLS):
+        host_forward(options, True, *inputs)
+    assert len(fastlstm.keras.fused_call._kept) == KEPT_CALLS and int(first) not in fastlstm.keras.fused_call._kept
+    for got, want in zip(host_backward(options, first, *inputs, *upstream), expected):
+        np.testing.assert_array_equal(got, want)
+    *_, key = host_forward(options, True, *inputs)
+    for got, want in zip(host_backward(options, key, *inputs, *upstream), expected):  # the kept call
+        np.testing.assert_array_equal(got, want)
+    assert int(key) not in fastlstm.keras.fused_call._kept  # taken by its backward
+    assert int(host_forward(options, False, *inputs)[-1]) == 0 and len(fastlstm.keras.fused_call._kept) == KEPT_CALLS - 1
