@@ -357,7 +357,7 @@ def report(paths, out_dir, plots=True):
     if len(set(machines.values())) == 1:
         sources = f"{', '.join(map(str, paths))} ({'; '.join([*set(machines.values()), *gpus])})"
     else:
-        sources = ", ".join(f"{path} ({machine})" for path, machine in machines.items()) + "".join(f"; {g}" for g in gpus)
+        sources = "; ".join([", ".join(f"{path} ({machine})" for path, machine in machines.items()), *gpus])
     sections = [f"Benchmarks of {sources}; medians, ratios measured in the same run."]
     layer_cpu = " and ".join(sorted({_cpu(path, documents[path]) for path in paths
                                      if any(r["file"] == str(path) for r in layer)}))

@@ -256,7 +256,8 @@ def _keras_layer_run(path, backend, times):
 def _cells(markdown, section):
     """The rows of the table in the report's ``section``, as {column: cell}."""
     body, = (s for s in markdown.split("## ") if s.startswith(section))
-    header, _, *rows = ([c.strip() for c in line.split("|")[1:-1]] for line in body.splitlines() if line.startswith("|"))
+    lines = [line for line in body.splitlines() if line.startswith("|")]
+    header, _, *rows = ([c.strip() for c in line.split("|")[1:-1]] for line in lines)
     return [dict(zip(header, row)) for row in rows]
 
 
@@ -339,3 +340,16 @@ def test_a_real_keras_layer_run_records_what_the_table_needs(tmp_path):
         ("train_on_batch", "1, 1, 1, 50"), ("fit epoch of experiment 5", "1, 1, 1, 50")]
     assert all(re.fullmatch(r"\d+\.\d\d", r["tensorflow drop-in / Keras"]) for r in rows)
     assert document["machine_info"]["fastlstm_cpu"]["model"] in markdown.split("## The drop-in")[1].splitlines()[2]
+
+
+def test_files_from_different_machines_name_each_its_own(tmp_path):
+    tensorflow = _keras_layer_run(tmp_path / "tensorflow.json", "tensorflow", [("train_on_batch", 0.002, 0.001)])
+    jax = tmp_path / "jax.json"
+    document = json.loads(_keras_layer_run(jax, "jax", [("train_on_batch", 0.002, 0.001)]).read_text())
+    document["machine_info"]["fastlstm_cpu"]["model"] = "Intel Xeon"
+    jax.write_text(json.dumps(document))
+    markdown = bench_report.report([tensorflow, jax], tmp_path / "out", plots=False)
+    assert markdown.splitlines()[0] == (
+        f"Benchmarks of {tensorflow} (AMD EPYC 7B13 (family 25, model 1), avx2; Python 3.11.9), {jax} (Intel Xeon, "
+        "avx2; Python 3.11.9); medians, ratios measured in the same run.")
+    assert "on AMD EPYC 7B13 (family 25, model 1), avx2 and Intel Xeon, avx2; Keras" in markdown
