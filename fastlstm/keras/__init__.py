@@ -12,10 +12,21 @@ operation of its own (:mod:`.bridges`) around the work on the host (:mod:`.fused
 
 Input dropout is applied to the sequence before the fused call, as Keras's cuDNN path applies it.
 Integer and boolean sequences are computed in the layer's compute dtype, as Keras computes them.
-Masks of any pattern give Keras's answer (see :class:`FusedCall`). A call that fastlstm cannot run
-(``recurrent_dropout`` in training, ``unroll=True``, ``use_cudnn=True``, ``implementation=1``
-with dropout in training, an activation it does not have, a compute dtype other than float32 or
-float64, another Keras backend) uses Keras's own implementation, after one warning per reason.
+Masks of any pattern give Keras's answer (see :class:`FusedCall`).
+
+Under a 16-bit dtype policy (``mixed_float16``, ``mixed_bfloat16``, ``float16``, ``bfloat16``)
+fastlstm computes in float32: the sequence and the initial state are cast from the compute dtype
+to float32, the weights are read as their variables hold them (float32 under a mixed policy, not
+the 16-bit copies that Keras's autocasting gives a layer's call; cast to float32 where the
+variables are 16-bit too), and the outputs and final states are cast back to the compute dtype.
+The casts are ``keras.ops.cast``, so each backend's autodiff carries the gradients through them.
+The results are the float32 computation rounded once to 16 bits: closer to float32 than Keras's
+own 16-bit computation.
+
+A call that fastlstm cannot run (``recurrent_dropout`` in training, ``unroll=True``,
+``use_cudnn=True``, ``implementation=1`` with dropout in training, an activation it does not
+have, a compute dtype that is not a float, another Keras backend) uses Keras's own
+implementation, after one warning per reason.
 
 Shapes: sequences ``[batch, time, features]``, states ``[batch, units]``, outputs
 ``[batch, time, units]`` with ``return_sequences``, else ``[batch, units]``.
@@ -23,6 +34,7 @@ Shapes: sequences ``[batch, time, features]``, states ``[batch, units]``, output
 import warnings
 
 import keras
+from keras.src.backend import AutocastScope  # Keras exports no public way to read a variable uncast
 
 from fastlstm.backends import available_backends
 from fastlstm.keras.bridges import FRAMEWORKS
@@ -40,6 +52,9 @@ ACTIVATIONS = {
     keras.activations.linear: "linear",
 }
 GPU_BACKENDS = ("cupy", "numba_cuda")  # for CUDA tensors, in order of preference
+# The dtype that fastlstm computes in, by the layer's compute dtype: its kernels take float32 and
+# float64 only, so 16-bit floats are computed in float32 and cast at the layer's boundary.
+FUSED_DTYPES = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
 
 
 _warned = set()
@@ -60,8 +75,8 @@ class LSTM(keras.layers.LSTM):
 
     Same arguments, weights, names and config as ``keras.layers.LSTM``; see the module's
     docstring for what runs where. Inputs ``[batch, time, features]``, of any dtype that
-    ``keras.layers.LSTM`` takes: integer and boolean ones are cast to the compute dtype (float32
-    or float64) after input dropout, as Keras casts them.
+    ``keras.layers.LSTM`` takes: integer and boolean ones are cast to the compute dtype after
+    input dropout, as Keras casts them.
     """
 
     def __init__(self, *args, **kwargs):
@@ -81,11 +96,18 @@ class LSTM(keras.layers.LSTM):
             sequences = sequences * keras.ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
         # Integer and boolean sequences reach the loop uncast: Keras computes them in the compute dtype.
         sequences = keras.ops.cast(sequences, self.compute_dtype)
-        bias = cell.bias if cell.use_bias else keras.ops.zeros((4 * cell.units,), sequences.dtype)
+        dtype = FUSED_DTYPES[self.compute_dtype]
+        # Under a mixed policy Keras casts a variable read inside a layer's call to the compute
+        # dtype; the fused call takes the variables' own (float32) values instead.
+        with AutocastScope(None):
+            weights = [cell.kernel.value, cell.recurrent_kernel.value,
+                       cell.bias.value if cell.use_bias else keras.ops.zeros((4 * cell.units,), dtype)]
         options = Options(ACTIVATIONS[cell.activation], ACTIVATIONS[cell.recurrent_activation],
                           self.return_sequences, self.go_backwards, self.zero_output_for_mask, backend)
-        weights = [keras.ops.convert_to_tensor(w) for w in (cell.kernel, cell.recurrent_kernel, bias)]
-        outputs, h, c = FRAMEWORKS[keras.backend.backend()](options, training, sequences, *weights, *initial_state, mask)
+        # keras.ops.cast: each backend's autodiff carries the gradients through these casts.
+        inputs = [keras.ops.cast(a, dtype) for a in (sequences, *weights, *initial_state)]
+        results = FRAMEWORKS[keras.backend.backend()](options, training, *inputs, mask)
+        outputs, h, c = (keras.ops.cast(a, self.compute_dtype) for a in results)
         if self.return_sequences:
             return outputs[:, -1], outputs, [h, c]
         return outputs, keras.ops.expand_dims(outputs, 1), [h, c]
@@ -103,7 +125,7 @@ class LSTM(keras.layers.LSTM):
             ("implementation", cell.implementation, cell.implementation == 1 and dropout_in_training),
             ("activation", cell.activation, cell.activation not in ACTIVATIONS),
             ("recurrent_activation", cell.recurrent_activation, cell.recurrent_activation not in ACTIVATIONS),
-            ("dtype", self.dtype_policy.name, self.compute_dtype not in ("float32", "float64")),
+            ("dtype", self.dtype_policy.name, self.compute_dtype not in FUSED_DTYPES),
         ]
         for argument, value, applies in unsupported:
             if applies:
