@@ -3,7 +3,8 @@
 - Keras's own LSTM and Bidirectional tests (``keras/src/layers/rnn/lstm_test.py`` and
   ``bidirectional_test.py`` from the installed wheel, unchanged) against the drop-in, through
   tests/keras_layer/keras_suite_plugin.py;
-- the parity suite, tests/keras_layer/layer_suite.py;
+- the parity suite, tests/keras_layer/layer_suite.py, and the crossing between each Keras backend and
+  fastlstm, tests/keras_layer/bridge_suite.py;
 each once per Keras backend, in a process of its own (KERAS_BACKEND must be set before keras is
 imported); and the tutorial's stateful experiment, in plain Keras 3 with only the LSTM import
 swapped, in this process.
@@ -96,6 +97,12 @@ def test_keras_own_bidirectional_tests_pass_against_the_drop_in(backend):
 def test_parity_suite_passes(backend):
     _, passed = run_pytest(backend, str(SUITE / "layer_suite.py"))
     assert passed >= 68  # 69 (68 on PyTorch, which cannot build a layer of an integer dtype)
+
+
+@pytest.mark.parametrize("backend", KERAS_BACKENDS)
+def test_bridge_suite_passes(backend):
+    _, passed = run_pytest(backend, str(SUITE / "bridge_suite.py"))
+    assert passed >= 6
 
 
 class TutorialResult(NamedTuple):

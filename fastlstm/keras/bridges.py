@@ -54,9 +54,62 @@ def _tensorflow(options, training, x, kernel, recurrent_kernel, bias, h0, c0, ma
 
 
 def _jax(options, training, *inputs):
-    if inputs[-1] is None:
-        return _jax_function()(options, *inputs[:-1])
-    return _jax_function()(options, *inputs[:-1], inputs[-1].astype(bool))
+    *arrays, mask = inputs
+    if mask is not None:
+        return _jax_function()(options, *arrays, mask.astype(bool))
+    if _runs_compiled(options, arrays[0].shape, arrays[2].shape[0]):
+        return _jax_compiled()(options, *arrays)
+    return _jax_function()(options, *arrays)
+
+
+def _runs_compiled(options, x_shape, units):
+    """Whether a call without a mask runs on the compiled targets of :mod:`.xla_lstm`: where the
+    numba_cpu backend would run it in one call."""
+    from fastlstm.backends import resolve
+
+    if resolve(options.backend) != "numba_cpu":
+        return False
+    from fastlstm.backends.numba_cpu import _stepwise
+
+    return not _stepwise(x_shape[0], x_shape[1], units)
+
+
+@functools.cache
+def _jax_compiled():
+    import jax
+
+    from fastlstm.keras import xla_lstm
+    from fastlstm.kernels.activation_ids import ACTIVATION_IDS
+
+    def coded(options):
+        return np.array([ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation],
+                         options.go_backwards, options.return_sequences], np.int32)
+
+    def forward_call(options, inputs):
+        """outputs, h_T, c_T, then what the backward reads: h, c, gates and act_c."""
+        x, recurrent_kernel = inputs[0], inputs[2]
+        (batch, time, _), units = x.shape, recurrent_kernel.shape[0]
+        shapes = [*_result_shapes(options, x.shape, units), (batch, time + 1, units), (batch, time + 1, units),
+                  (batch, time, 4 * units), (batch, time, units)]
+        return jax.ffi.ffi_call(xla_lstm.target("forward", x.dtype.name), [jax.ShapeDtypeStruct(s, x.dtype) for s in shapes])(
+            *inputs, coded(options))
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def fused(options, *inputs):
+        return tuple(forward_call(options, inputs)[:3])
+
+    def forward(options, *inputs):
+        results = forward_call(options, inputs)
+        return tuple(results[:3]), (inputs, results[3:])
+
+    def backward(options, saved, upstream):
+        inputs, activations = saved
+        target = xla_lstm.target("backward", inputs[0].dtype.name)
+        return tuple(jax.ffi.ffi_call(target, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs])(
+            *inputs[:3], *activations, *upstream, coded(options)))
+
+    fused.defvjp(forward, backward)
+    return fused
 
 
 @functools.cache

@@ -10,21 +10,16 @@ implementation, so that the caller can tell the drop-in was really exercised.
 import keras.src.layers
 
 import fastlstm.keras
+from fused_counting import count_fused_calls
 
-fused_calls = 0
 fallbacks = set()
+fused_calls = []
 
 
 def pytest_configure(config):
+    global fused_calls
     keras.src.layers.LSTM = fastlstm.keras.LSTM
-    original = fastlstm.keras.FusedCall.__init__
-
-    def counting(self, *args, **kwargs):
-        global fused_calls
-        fused_calls += 1
-        original(self, *args, **kwargs)
-
-    fastlstm.keras.FusedCall.__init__ = counting
+    fused_calls = count_fused_calls(setattr)
 
 
 def pytest_warning_recorded(warning_message, when, nodeid, location):
@@ -34,5 +29,5 @@ def pytest_warning_recorded(warning_message, when, nodeid, location):
 
 
 def pytest_terminal_summary(terminalreporter):
-    terminalreporter.write_line(f"fastlstm fused calls: {fused_calls}; Keras's implementation for: "
+    terminalreporter.write_line(f"fastlstm fused calls: {len(fused_calls)}; Keras's implementation for: "
                                 + (", ".join(sorted(fallbacks)) or "nothing"))

@@ -18,6 +18,7 @@ import pytest
 
 import fastlstm.keras
 from fastlstm.keras import LSTM, reset_states, with_batch_size
+from fused_counting import count_fused_calls
 from support.lstm_testing import relative_error
 
 BACKEND = keras.backend.backend()
@@ -73,15 +74,7 @@ def seeded():
 def fused_calls(monkeypatch):
     """Counts fastlstm's fused calls: a test that means to compare fastlstm with Keras checks
     that fastlstm really ran (and Keras's fallback did not stand in for it)."""
-    calls = []
-    original = fastlstm.keras.FusedCall.__init__
-
-    def counting(self, *args, **kwargs):
-        calls.append(args[0])
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(fastlstm.keras.FusedCall, "__init__", counting)
-    return calls
+    return count_fused_calls(monkeypatch.setattr)
 
 
 @pytest.fixture
