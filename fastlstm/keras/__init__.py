@@ -8,7 +8,10 @@ The layer subclasses ``keras.layers.LSTM``: the constructor, weights, names, ``g
 ``return_state``, ``stateful`` and masks are Keras's own. It replaces only the loop over time
 (``inner_loop``) with :func:`fastlstm.lstm_forward`, and its gradient with
 :func:`fastlstm.lstm_backward`: on TensorFlow, PyTorch and JAX, each through a custom-gradient
-operation of its own (:mod:`.bridges`) around the work on the host (:mod:`.fused_call`).
+operation of its own (:mod:`.bridges`) around the work on the host (:mod:`.fused_call`). Where a
+training step's time goes on each backend, the kernels against the crossing between the framework
+and fastlstm, is measured in the section "Called from Keras" of the kernels' design notes
+(``kernels/README.md`` in the source tree).
 
 Input dropout is applied to the sequence before the fused call, as Keras's cuDNN path applies it.
 Integer and boolean sequences are computed in the layer's compute dtype, as Keras computes them.

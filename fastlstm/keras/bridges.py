@@ -6,10 +6,12 @@ backend's tensors.
   inside ``fit``'s ``tf.function`` (not under XLA, which has no form of it). A training call keeps
   its activations on the host for the gradient's callback, which finds them by a key the forward
   returns (:mod:`.fused_call`); a call outside training runs the forward again if differentiated.
-- JAX: ``jax.custom_vjp`` around ``jax.ffi.ffi_call``, under ``jax.jit`` too: the compiled XLA
-  program calls the host work as an FFI target (:mod:`.xla_ffi`), on XLA's own buffers, where
-  ``jax.pure_callback`` copied every array and cost about 0.3 ms more a call. The forward rule
-  keeps its activations as TensorFlow's training call does.
+- JAX: ``jax.custom_vjp`` around ``jax.ffi.ffi_call``, under ``jax.jit`` too, so the call is an
+  operation of the compiled XLA program, on XLA's own buffers (``jax.pure_callback`` copied every
+  array and cost about 0.3 ms more a call). A call without a mask that numba_cpu runs in one call
+  goes to compiled targets (:mod:`.xla_lstm`), the activations passed as residuals; any other
+  runs the host work as a Python target (:mod:`.xla_ffi`), whose forward rule keeps its
+  activations as TensorFlow's training call does.
 - PyTorch: a ``torch.autograd.Function`` holding the call in its context. CPU tensors go to the
   CPU backends; CUDA tensors reach the ``cupy`` (or ``numba_cuda``) backend through DLPack,
   without a copy.
