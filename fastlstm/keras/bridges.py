@@ -11,7 +11,8 @@ backend's tensors.
   array and cost about 0.3 ms more a call). A call without a mask that numba_cpu runs in one call
   goes to compiled targets (:mod:`.xla_lstm`), the activations passed as residuals; any other
   runs the host work as a Python target (:mod:`.xla_ffi`), whose forward rule keeps its
-  activations as TensorFlow's training call does.
+  activations as TensorFlow's training call does. Where JAX computes on another device than the
+  CPU, the host work is a ``jax.pure_callback`` instead.
 - PyTorch: a ``torch.autograd.Function`` holding the call in its context. CPU tensors go to the
   CPU backends; CUDA tensors reach the ``cupy`` (or ``numba_cuda``) backend through DLPack,
   without a copy.
@@ -59,9 +60,17 @@ def _jax(options, training, *inputs):
     *arrays, mask = inputs
     if mask is not None:
         return _jax_function()(options, *arrays, mask.astype(bool))
-    if _runs_compiled(options, arrays[0].shape, arrays[2].shape[0]):
+    if _on_cpu() and _runs_compiled(options, arrays[0].shape, arrays[2].shape[0]):
         return _jax_compiled()(options, *arrays)
     return _jax_function()(options, *arrays)
+
+
+def _on_cpu():
+    """Whether JAX computes on the CPU, where the host work is an FFI target of the XLA program;
+    on another device it is a host callback (``jax.pure_callback``), JAX moving the arrays."""
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 def _runs_compiled(options, x_shape, units):
@@ -118,12 +127,17 @@ def _jax_compiled():
 def _jax_function():
     import jax
 
+    def host_call(direction, options, keep, results, *arguments):
+        """:func:`_host` on the arguments, with the given result shapes."""
+        if _on_cpu():
+            return jax.ffi.ffi_call(_ffi_target(direction, options, keep), results)(*arguments)
+        return jax.pure_callback(_host(direction, options, keep), results, *arguments)
+
     def forward_call(options, keep, inputs):
-        """outputs, h, c and the key of the kept call, from the fused forward as an FFI target."""
+        """outputs, h, c and the key of the kept call."""
         x, recurrent_kernel = inputs[0], inputs[2]
         results = [jax.ShapeDtypeStruct(s, x.dtype) for s in _result_shapes(options, x.shape, recurrent_kernel.shape[0])]
-        return jax.ffi.ffi_call(_ffi_target("forward", options, keep), [*results, jax.ShapeDtypeStruct((), np.int32)])(
-            *inputs)
+        return host_call("forward", options, keep, [*results, jax.ShapeDtypeStruct((), np.int32)], *inputs)
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
     def fused(options, *inputs):
@@ -135,12 +149,19 @@ def _jax_function():
 
     def backward(options, saved, upstream):
         key, inputs = saved
-        grads = jax.ffi.ffi_call(_ffi_target("backward", options),
-                                 [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs[:6]])(key, *inputs, *upstream)
+        grads = host_call("backward", options, False, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs[:6]],
+                          key, *inputs, *upstream)
         return (*grads, *[None] * (len(inputs) - 6))  # the mask has no gradient
 
     fused.defvjp(forward, backward)
     return fused
+
+
+def _host(direction, options, keep):
+    """:func:`host_forward` (with ``keep``) or :func:`host_backward`, for ``options``."""
+    if direction == "forward":
+        return functools.partial(host_forward, options, keep)
+    return functools.partial(host_backward, options)
 
 
 @functools.cache
@@ -151,8 +172,7 @@ def _ffi_target(direction, options, keep=False):
     from fastlstm.keras import xla_ffi
 
     name = f"fastlstm_{direction}_{_ffi_target.cache_info().currsize}"
-    host = functools.partial(host_forward, options, keep) if direction == "forward" else \
-        functools.partial(host_backward, options)
+    host = _host(direction, options, keep)
 
     def run(arguments, results):
         for result, value in zip(results, host(*arguments)):

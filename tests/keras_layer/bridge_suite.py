@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+import fastlstm.keras.bridges
 import fastlstm.keras.fused_call
 from fastlstm.keras import LSTM
 from fastlstm.keras.fused_call import KEPT_CALLS, Options, host_backward, host_forward
@@ -101,3 +102,27 @@ def test_a_kept_forward_whose_backward_never_comes_is_let_go_and_a_late_backward
         np.testing.assert_array_equal(got, want)
     assert int(key) not in fastlstm.keras.fused_call._kept  # taken by its backward
     assert int(host_forward(options, False, *inputs)[-1]) == 0 and len(fastlstm.keras.fused_call._kept) == KEPT_CALLS - 1
+
+
+if BACKEND == "jax":  # JAX's choice between an FFI target and a host callback
+    @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+    def test_off_the_cpu_jax_reaches_the_host_work_through_a_callback_with_the_same_results(masked, monkeypatch):
+        import jax
+
+        callbacks = []
+        pure_callback = jax.pure_callback
+
+        def counted(*args, **kwargs):
+            callbacks.append(args[0])
+            return pure_callback(*args, **kwargs)
+
+        results = {}
+        for on_cpu in (True, False):
+            monkeypatch.setattr(fastlstm.keras.bridges, "_on_cpu", lambda: on_cpu)  # as on a GPU, where JAX uses one
+            monkeypatch.setattr(jax, "pure_callback", counted)
+            model, x, y = model_and_data(masked=masked)
+            results[on_cpu] = [np.asarray(model.predict_on_batch(x))] + [np.asarray(model.train_on_batch(x, y))
+                                                                          for _ in range(3)]
+            assert bool(callbacks) != on_cpu
+        for got, want in zip(results[False], results[True]):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
