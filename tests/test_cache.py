@@ -24,7 +24,7 @@ def _changed(inputs):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_changing_the_inputs_after_the_forward_pass_leaves_the_gradients_as_they_were(backend, shape, go_backwards):
     batch, time, _, units = shape
-    assert numba_cpu._stepwise(batch, time, units) == (shape == SHAPES["stepwise"])
+    assert numba_cpu.runs_stepwise(batch, time, units) == (shape == SHAPES["stepwise"])
     inputs = random_inputs(np.random.default_rng(0), *shape)
     dy = np.random.default_rng(1).standard_normal((batch, time, units))
     options = dict(return_sequences=True, go_backwards=go_backwards, backend=backend)

@@ -47,7 +47,7 @@ def test_the_stepwise_path_runs_in_a_child_forked_after_it_ran_in_the_parent():
     from fastlstm.backends import numba_cpu
 
     inputs = random_inputs(np.random.default_rng(0), 64, 16, 8, 32)
-    assert numba_cpu._stepwise(64, 16, 32)
+    assert numba_cpu.runs_stepwise(64, 16, 32)
     dy = np.ones((64, 32))
 
     def gradients():

@@ -239,7 +239,7 @@ def test_threads_making_stepwise_calls_at_once_leave_blas_threads_as_they_were()
         return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
 
     inputs = random_inputs(np.random.default_rng(0), 64, 16, 8, 32)
-    assert numba_cpu._stepwise(64, 16, 32)
+    assert numba_cpu.runs_stepwise(64, 16, 32)
     lstm_forward(**inputs, backend="numba_cpu")  # compiled: every BLAS it loads is loaded
     before = blas_threads()
 

@@ -144,7 +144,9 @@ def _codes(activation, recurrent_activation):
     return ACTIVATION_IDS[activation], ACTIVATION_IDS[recurrent_activation]
 
 
-def _stepwise(batch, time, units):
+def runs_stepwise(batch, time, units):
+    """Whether a layer of this shape runs on the stepwise path (a product per step, a slice of the
+    samples per core) rather than in one compiled call."""
     step = batch * units * 4 * units
     return step >= STEPWISE_WORK and step * time >= 16 * STEPWISE_WORK
 
@@ -182,7 +184,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
-    if _stepwise(batch, time, units):
+    if runs_stepwise(batch, time, units):
         weights = np.concatenate([kernel, recurrent_kernel])
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
         x_in_order = sequence.in_processing_order(np, x, options.go_backwards)

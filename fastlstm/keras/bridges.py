@@ -80,9 +80,9 @@ def _runs_compiled(options, x_shape, units):
 
     if resolve(options.backend) != "numba_cpu":
         return False
-    from fastlstm.backends.numba_cpu import _stepwise
+    from fastlstm.backends.numba_cpu import runs_stepwise
 
-    return not _stepwise(x_shape[0], x_shape[1], units)
+    return not runs_stepwise(x_shape[0], x_shape[1], units)
 
 
 @functools.cache
