@@ -34,6 +34,7 @@ implementation, after one warning per reason.
 Shapes: sequences ``[batch, time, features]``, states ``[batch, units]``, outputs
 ``[batch, time, units]`` with ``return_sequences``, else ``[batch, units]``.
 """
+import functools
 import warnings
 
 import keras
@@ -113,7 +114,7 @@ class LSTM(keras.layers.LSTM):
         outputs, h, c = (_cast(a, self.compute_dtype) for a in results)
         if self.return_sequences:
             return outputs[:, -1], outputs, [h, c]
-        return outputs, keras.ops.expand_dims(outputs, 1), [h, c]
+        return outputs, outputs[:, None], [h, c]  # indexing: keras.ops.expand_dims costs an op call more
 
     def _fastlstm_backend(self, sequences, training):
         """``(backend, None)``: the fastlstm backend for this call; or ``(None, (argument, value))``
@@ -144,7 +145,14 @@ class LSTM(keras.layers.LSTM):
 def _cast(a, dtype):
     """keras.ops.cast(a, dtype), or a itself where it has that dtype already: a cast that changes
     nothing still costs an eager call on PyTorch (about 10 us, nine of them a call)."""
-    return a if keras.backend.standardize_dtype(a.dtype) == dtype else keras.ops.cast(a, dtype)
+    return a if _dtype_name(a.dtype) == dtype else keras.ops.cast(a, dtype)
+
+
+@functools.cache
+def _dtype_name(dtype):
+    """Keras's name of a backend's dtype object, once per dtype: standardize_dtype takes about
+    10 us on PyTorch's."""
+    return keras.backend.standardize_dtype(dtype)
 
 
 def reset_states(model):
