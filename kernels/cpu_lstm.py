@@ -211,6 +211,14 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, activation, recurrent_act
     c = np.empty_like(h)
     gates = np.empty((batch, time, 4 * units), x.dtype)
     act_c = np.empty((batch, time, units), x.dtype)
+    forward_into(x, kernel, recurrent_kernel, bias, h0, c0, h, c, gates, act_c, activation, recurrent_activation)
+    return h, c, gates, act_c
+
+
+@njit(**FLAGS)
+def forward_into(x, kernel, recurrent_kernel, bias, h0, c0, h, c, gates, act_c, activation, recurrent_activation):
+    """:func:`forward` into the caller's arrays h, c, gates and act_c (of the shapes it returns),
+    for a caller whose memory is not NumPy's (an XLA program's buffers, fastlstm/keras/xla_lstm.py)."""
     copy_to(h[:, 0], h0)
     copy_to(c[:, 0], c0)
     project(x, kernel, bias, gates)
@@ -218,7 +226,6 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, activation, recurrent_act
     # cpu_training.train_epoch's call.
     forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, bool(False),
                      np.empty(gates.shape[2], x.dtype))
-    return h, c, gates, act_c
 
 
 @njit(**FLAGS)

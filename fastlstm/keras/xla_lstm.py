@@ -130,24 +130,16 @@ def _dim(frame, which, i, k):
 
 @njit(inline="always")
 def _copy(out, a):
-    """out[...] = a, for C-contiguous arrays of one size."""
-    out_flat, a_flat = out.reshape(out.size), a.reshape(a.size)
-    for j in range(a_flat.size):
-        out_flat[j] = a_flat[j]
+    """out[...] = a, for a C-contiguous ``out`` and any ``a`` of its size."""
+    out_flat = out.reshape(out.size)
+    for j, value in enumerate(a.flat):
+        out_flat[j] = value
 
 
 @njit(inline="always")
 def _in_processing_order(x, go_backwards):
-    """x [batch, time, features], reversed in time for go_backwards (a copy), else as it is."""
-    if not go_backwards:
-        return x
-    reversed_x = np.empty_like(x)
-    steps = x.shape[1]
-    for b in range(x.shape[0]):
-        for t in range(steps):
-            for j in range(x.shape[2]):
-                reversed_x[b, t, j] = x[b, steps - 1 - t, j]
-    return reversed_x
+    """x [batch, time, ...], reversed in time for go_backwards (a copy), else as it is."""
+    return x[:, ::-1].copy() if go_backwards else x
 
 
 @njit
@@ -161,19 +153,18 @@ def _forward(frame, dtype):
     bias = _flat(frame, ARGS, 3, dtype)
     h0 = _flat(frame, ARGS, 4, dtype).reshape((batch, units))
     c0 = _flat(frame, ARGS, 5, dtype).reshape((batch, units))
-    h, c, gates, act_c = cpu_lstm.forward(_in_processing_order(x, options[2] != 0), kernel, recurrent_kernel, bias,
-                                          h0, c0, np.int64(options[0]), np.int64(options[1]))
-    outputs = _flat(frame, RETS, 0, dtype)
+    h = _flat(frame, RETS, 3, dtype).reshape((batch, steps + 1, units))
+    c = _flat(frame, RETS, 4, dtype).reshape((batch, steps + 1, units))
+    gates = _flat(frame, RETS, 5, dtype).reshape((batch, steps, 4 * units))
+    act_c = _flat(frame, RETS, 6, dtype).reshape((batch, steps, units))
+    cpu_lstm.forward_into(_in_processing_order(x, options[2] != 0), kernel, recurrent_kernel, bias, h0, c0,
+                          h, c, gates, act_c, np.int64(options[0]), np.int64(options[1]))
     if options[3]:
-        _copy(outputs, h[:, 1:].copy())
+        _copy(_flat(frame, RETS, 0, dtype), h[:, 1:])
     else:
-        _copy(outputs, h[:, steps].copy())
-    _copy(_flat(frame, RETS, 1, dtype), h[:, steps].copy())
-    _copy(_flat(frame, RETS, 2, dtype), c[:, steps].copy())
-    _copy(_flat(frame, RETS, 3, dtype), h)
-    _copy(_flat(frame, RETS, 4, dtype), c)
-    _copy(_flat(frame, RETS, 5, dtype), gates)
-    _copy(_flat(frame, RETS, 6, dtype), act_c)
+        _copy(_flat(frame, RETS, 0, dtype), h[:, steps])
+    _copy(_flat(frame, RETS, 1, dtype), h[:, steps])
+    _copy(_flat(frame, RETS, 2, dtype), c[:, steps])
 
 
 @njit
