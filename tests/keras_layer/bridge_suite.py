@@ -12,6 +12,7 @@ import fastlstm.keras.bridges
 import fastlstm.keras.fused_call
 from fastlstm.keras import LSTM
 from fastlstm.keras.fused_call import KEPT_CALLS, Options, host_backward, host_forward
+from fused_counting import count_fused_calls
 
 BACKEND = keras.backend.backend()
 assert BACKEND == os.environ["KERAS_BACKEND"], "run by tests/test_keras_layer.py with KERAS_BACKEND set"
@@ -32,16 +33,9 @@ def model_and_data(batch=3, time=4, features=2, units=5, masked=False):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """The FusedCalls made: each runs the forward once."""
-    calls = []
-    original = fastlstm.keras.fused_call.FusedCall.__init__
-
-    def counting(self, *args, **kwargs):
-        calls.append(args[0])
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(fastlstm.keras.fused_call.FusedCall, "__init__", counting)
-    return calls
+    """The fused calls from now on (a FusedCall each, which runs the forward once; a trace onto
+    JAX's compiled targets each)."""
+    return count_fused_calls(monkeypatch.setattr)
 
 
 # (batch, time, units, masked): a small call, the same with a mask, and one large enough for the
@@ -59,7 +53,7 @@ def test_a_training_step_runs_the_forward_once(call, fused_calls):
     for _ in range(3):
         model.train_on_batch(x, y)
     # The backward takes the forward's activations, not a second forward; on JAX a small call
-    # without a mask runs as compiled FFI targets, with no Python at all.
+    # without a mask runs as compiled FFI targets, traced once and then with no Python at all.
     assert len(fused_calls) == (0 if BACKEND == "jax" and call == "small" else 3)
     assert len(fastlstm.keras.fused_call._kept) == 0  # and each backward took its own
 
