@@ -1,4 +1,5 @@
-"""Layers: :class:`LSTM` (on :func:`fastlstm.ops.lstm_forward`) and :class:`Dense`.
+"""Layers: :class:`LSTM` (on :func:`fastlstm.ops.lstm_forward`), :class:`Dense`,
+:class:`TimeDistributed` (a layer applied to every time step) and :class:`RepeatVector`.
 
 A layer holds its weights in ``weights``, a list of arrays in Keras 3's order, and after
 ``backward`` the gradients of the loss with respect to them in ``grads``, arrays of the same
@@ -8,6 +9,7 @@ pass comes back from ``forward`` as a tape, not kept in the layer, so a layer us
 model backpropagates each use from its own forward.
 """
 import collections
+import re
 
 import numpy as np
 
@@ -25,9 +27,9 @@ def unique_name(prefix):
     return prefix if count == 0 else f"{prefix}_{count}"
 
 
-def _check_units(units):
+def _check_units(units, argument="units"):
     if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-        raise ValueError(f"units must be a positive integer, got {units!r}")
+        raise ValueError(f"{argument} must be a positive integer, got {units!r}")
     return int(units)
 
 
@@ -42,18 +44,23 @@ class Layer:
     """
 
     weight_names = ()
+    weights = grads = ()  # until build gives the layer its own lists
 
     def __init__(self, name=None, batch_input_shape=None):
-        self.name = name or unique_name(type(self).__name__.lower())
+        # Keras's default names: the class name in snake case ('lstm', 'time_distributed').
+        self.name = name or unique_name(re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type(self).__name__).lower())
         self.batch_input_shape = batch_input_shape  # (batch or None, ...) when declared, else None
-        self.weights = []
-        self.grads = []
         self.output_shape = None  # set by build
         self.stateful = False
 
     @property
     def built(self):
         return self.output_shape is not None
+
+    @property
+    def weight_owner(self):
+        """The layer whose weights these are: the layer itself, or the layer a wrapper wraps."""
+        return self
 
     def count_params(self):
         return sum(w.size for w in self.weights)
@@ -293,6 +300,148 @@ class Dense(Layer):
         dz = dlogits.reshape(-1, kernel.shape[1])
         self._store_grads((x.T @ dz, dz.sum(axis=0)), accumulate)
         return dlogits @ kernel.T
+
+
+class TimeDistributedTape(collections.namedtuple("TimeDistributedTape", "tape batch time")):
+    """A :class:`TimeDistributed` forward's tape: the wrapped layer's tape of its ``[batch*time,
+    ...]`` input, and the batch and time sizes folded into that input's first axis."""
+
+    __slots__ = ()
+
+    @property
+    def logits(self):
+        """The wrapped layer's logits, ``[batch, time, units]`` (a loss fused with its softmax takes them)."""
+        return _unfold(self.tape.logits, self.batch, self.time)
+
+
+def _unfold(a, batch, time):
+    """``a [batch*time, ...]`` as ``[batch, time, ...]``."""
+    return a.reshape(batch, time, *a.shape[1:])
+
+
+class TimeDistributed(Layer):
+    """Applies ``layer`` to every time step, as ``keras.layers.TimeDistributed``.
+
+    Input ``[batch, time, features]``; the wrapped layer, which takes ``[batch, features]`` (a
+    Dense, say), gets the time steps as more samples, ``[batch*time, features]``, so the output
+    is ``[batch, time, units]``. The weights and gradients are the wrapped layer's, as in Keras
+    (Dense: ``kernel [features, units]``, ``bias [units]``); so is ``activation``, so that a
+    ``TimeDistributed(Dense(..., activation='softmax'))`` can end a model trained with
+    categorical cross-entropy.
+
+    Args:
+        layer: the layer to apply: not an LSTM (it takes sequences) nor another TimeDistributed.
+        name: the layer's name; 'time_distributed', 'time_distributed_1', ... when None.
+    """
+
+    def __init__(self, layer, name=None):
+        if not isinstance(layer, Layer) or isinstance(layer, (LSTM, TimeDistributed)):
+            raise ValueError(
+                "layer must be a fastlstm.nn layer that takes [batch, features], such as Dense (not an LSTM or "
+                f"a TimeDistributed), got {type(layer).__name__}"
+            )
+        self.layer = layer
+        super().__init__(name)
+
+    # The model replaces a layer's weights and grads with views into its flat buffers, so both
+    # reads and writes go to the wrapped layer.
+    weights = property(lambda self: self.layer.weights, lambda self, value: setattr(self.layer, "weights", value))
+    grads = property(lambda self: self.layer.grads, lambda self, value: setattr(self.layer, "grads", value))
+
+    @property
+    def weight_names(self):
+        return self.layer.weight_names
+
+    @property
+    def weight_owner(self):
+        return self.layer
+
+    @property
+    def activation(self):
+        return getattr(self.layer, "activation", None)
+
+    def compute_output_shape(self, input_shape):
+        """The output shape for input ``[batch, time, features]``."""
+        return self._shapes(input_shape)[1]
+
+    def _shapes(self, input_shape):
+        """The wrapped layer's input shape, ``[batch*time, features]``, and the output shape,
+        ``[batch, time, units]``, for input ``[batch, time, features]``."""
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"TimeDistributed {self.name!r} expects input [batch, time, features] (3-D), got shape {input_shape}"
+            )
+        batch, time, features = input_shape
+        inner = (None if batch is None or time is None else batch * time, features)
+        return inner, (batch, time, *self.layer.compute_output_shape(inner)[1:])
+
+    def build(self, input_shape, dtype):
+        """Builds the wrapped layer for ``[batch*time, features]``; returns the output shape."""
+        inner, output_shape = self._shapes(input_shape)
+        self.layer.build(inner, dtype)
+        self.output_shape = output_shape
+        return output_shape
+
+    def forward(self, x, training=False):
+        """``x [batch, time, features]`` -> ``([batch, time, units], tape)``, the tape a
+        :class:`TimeDistributedTape`."""
+        batch, time = x.shape[:2]
+        y, tape = self.layer.forward(x.reshape(batch * time, *x.shape[2:]), training)
+        return _unfold(y, batch, time), TimeDistributedTape(tape, batch, time)
+
+    def backward(self, tape, dy, accumulate=False):
+        """Fills ``grads`` (adds to them with ``accumulate``) from ``dy [batch, time, units]``, the
+        gradient w.r.t. the output of the ``forward`` that gave ``tape``; returns the gradient
+        w.r.t. its input, ``[batch, time, features]``."""
+        return self._fold_through(self.layer.backward, tape, dy, accumulate)
+
+    def backward_from_logits(self, tape, dlogits, accumulate=False):
+        """As :meth:`backward`, from the gradient w.r.t. the wrapped layer's logits, ``[batch,
+        time, units]`` (for a loss fused with the softmax)."""
+        return self._fold_through(self.layer.backward_from_logits, tape, dlogits, accumulate)
+
+    @staticmethod
+    def _fold_through(backward, tape, d, accumulate):
+        dx = backward(tape.tape, d.reshape(tape.batch * tape.time, *d.shape[2:]), accumulate)
+        return _unfold(dx, tape.batch, tape.time)
+
+
+class RepeatVector(Layer):
+    """Repeats its input ``n`` times along a new time axis, as ``keras.layers.RepeatVector``.
+
+    Input ``[batch, features]``; output ``[batch, n, features]``. No weights; the gradient
+    w.r.t. the input is the output's gradient summed over time.
+
+    Args:
+        n: the number of time steps.
+        name: the layer's name; 'repeat_vector', 'repeat_vector_1', ... when None.
+    """
+
+    def __init__(self, n, name=None):
+        super().__init__(name)
+        self.n = _check_units(n, "n")
+
+    def compute_output_shape(self, input_shape):
+        """The output shape for input ``[batch, features]``."""
+        if len(input_shape) != 2:
+            raise ValueError(
+                f"RepeatVector {self.name!r} expects input [batch, features] (2-D), got shape {input_shape}"
+            )
+        batch, features = input_shape
+        return batch, self.n, features
+
+    def build(self, input_shape, dtype):
+        """Checks the input shape ``[batch, features]``; returns the output shape (no weights to create)."""
+        self.output_shape = self.compute_output_shape(input_shape)
+        return self.output_shape
+
+    def forward(self, x, training=False):
+        """``x [batch, features]`` -> ``([batch, n, features], None)``: the backward pass needs no tape."""
+        return np.repeat(x[:, np.newaxis], self.n, axis=1), None
+
+    def backward(self, tape, dy, accumulate=False):
+        """The gradient w.r.t. the input, ``[batch, features]``, from ``dy [batch, n, features]``."""
+        return dy.sum(axis=1)
 
 
 def _batch_input_shape(input_shape, batch_size, batch_input_shape):

@@ -35,12 +35,14 @@ class Sequential:
     first layer declares ``input_shape`` (or ``batch_input_shape``), when ``build`` is called, or
     else at the first ``fit``/``evaluate``/``predict``/``train_on_batch``.
 
-    A layer instance may be used more than once, as in Keras: its uses share its weights
-    (counted, listed and set once, at its first use), its gradient is the sum over its uses, and
-    each use must get the number of input features the first one got.
+    A layer instance may be used more than once, as in Keras (also once as itself and once
+    wrapped in a :class:`TimeDistributed`): its uses share its weights (counted, listed and set
+    once, at its first use), its gradient is the sum over its uses, and each use must get the
+    number of input features the first one got.
 
     Args:
-        layers: a list of layers (:class:`LSTM`, :class:`Dense`) to add in order.
+        layers: a list of layers (:class:`LSTM`, :class:`Dense`, :class:`TimeDistributed`,
+            :class:`RepeatVector`) to add in order.
         name: the model's name; 'sequential', 'sequential_1', ... when None.
         dtype: 'float32' (default, as Keras) or 'float64': the dtype of the weights and of the
             computation; inputs are cast to it.
@@ -73,7 +75,10 @@ class Sequential:
     def add(self, layer):
         """Appends ``layer`` to the stack (before ``compile``)."""
         if not isinstance(layer, Layer):
-            raise TypeError(f"layer must be a fastlstm.nn layer (LSTM, Dense), got {type(layer).__name__}")
+            raise TypeError(
+                "layer must be a fastlstm.nn layer (LSTM, Dense, TimeDistributed, RepeatVector), "
+                f"got {type(layer).__name__}"
+            )
         if self.optimizer is not None:
             raise ValueError("add every layer before compile(): the optimizer is built for the weights there were")
         if self.layers and layer.batch_input_shape is not None and layer is not self.layers[0]:
@@ -82,7 +87,8 @@ class Sequential:
                 f"declares {layer.batch_input_shape} after {len(self.layers)} other layer(s)"
             )
         if self.input_shape is not None:
-            self._output_shapes.append(self._build_layer(layer, self.output_shape, layer in self.layers))
+            used_before = layer.weight_owner in self._weight_owners()
+            self._output_shapes.append(self._build_layer(layer, self.output_shape, used_before))
             self.layers.append(layer)
             self._pack()
             return
@@ -103,8 +109,9 @@ class Sequential:
                 f"input_shape must be (batch, ..., features) with a known feature count, got {input_shape}"
             )
         shapes = [declared]
+        owners = self._weight_owners()
         for i, layer in enumerate(self.layers):
-            shapes.append(self._build_layer(layer, shapes[-1], layer in self.layers[:i]))
+            shapes.append(self._build_layer(layer, shapes[-1], owners[i] in owners[:i]))
         self.input_shape = declared
         self._output_shapes = shapes[1:]
         self._pack()
@@ -120,7 +127,9 @@ class Sequential:
         if not used_before:
             return layer.build(input_shape, self.dtype)
         output_shape = layer.compute_output_shape(input_shape)
-        kernel = layer.weights[0]  # [input features, ...] in every layer
+        if not layer.weights:
+            return output_shape
+        kernel = layer.weights[0]  # [input features, ...] in every layer with weights
         if input_shape[-1] != kernel.shape[0]:
             raise ValueError(
                 f"layer {layer.name!r} is used more than once, so every use must get the features its weights "
@@ -129,9 +138,13 @@ class Sequential:
             )
         return output_shape
 
+    def _weight_owners(self):
+        """The layer that holds the weights of each entry of ``layers`` (a wrapper's wrapped layer)."""
+        return [layer.weight_owner for layer in self.layers]
+
     def _distinct_layers(self):
-        """The layers, each once (at its first use): the ones whose weights the model holds."""
-        return list(dict.fromkeys(self.layers))
+        """The layers holding the model's weights, each once (at its first use)."""
+        return list(dict.fromkeys(self._weight_owners()))
 
     def _pack(self):
         layers = self._distinct_layers()
@@ -219,8 +232,8 @@ class Sequential:
 
         Args:
             optimizer: 'adam' (Keras's defaults) or an :class:`Adam` instance.
-            loss: 'categorical_crossentropy' (the last layer must be a softmax ``Dense``, whose
-                logits the loss uses, as Keras does with the TensorFlow backend).
+            loss: 'categorical_crossentropy' (the last layer must be a softmax ``Dense``, or a
+                ``TimeDistributed`` one, whose logits the loss uses).
             metrics: None or a list of 'accuracy' (categorical accuracy, as Keras resolves it
                 for this loss; 'acc' and 'categorical_accuracy' also work).
         """
@@ -235,7 +248,8 @@ class Sequential:
                 raise ValueError(f"metrics must be a list of {METRICS}, got {metric!r} in {metrics}")
         if not self.layers or getattr(self.layers[-1], "activation", None) != "softmax":
             raise ValueError(
-                f"loss {loss.name!r} needs the last layer to be Dense(..., activation='softmax'), "
+                f"loss {loss.name!r} needs the last layer to be Dense(..., activation='softmax') "
+                "or TimeDistributed(Dense(..., activation='softmax')), "
                 f"got {self.layers[-1].name if self.layers else 'no layers'!r}"
             )
         self.optimizer, self.loss, self.metrics = optimizer, loss, metrics
@@ -345,6 +359,7 @@ class Sequential:
         """Forward and backward on a batch, leaving the gradients in every layer's ``grads``;
         returns (loss, y_pred)."""
         y_pred, tapes = self._forward(x, training=True)
+        owners = self._weight_owners()
         last = len(self.layers) - 1
         loss = self.loss(y, tapes[last].logits)
         dx = self.loss.gradient(y, y_pred)
@@ -352,7 +367,7 @@ class Sequential:
             layer = self.layers[i]
             backward = layer.backward_from_logits if i == last else layer.backward
             # A shared layer's gradient sums over its uses: its last use writes it, earlier ones add.
-            dx = backward(tapes[i], dx, accumulate=layer in self.layers[i + 1:])
+            dx = backward(tapes[i], dx, accumulate=owners[i] in owners[i + 1:])
         return loss, y_pred
 
     def _run(self, x, y, batches, train):
