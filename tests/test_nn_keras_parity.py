@@ -22,9 +22,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
 
-from fastlstm.nn import LSTM, Dense, Sequential  # noqa: E402
+from fastlstm.nn import LSTM, Dense, Sequential, TimeDistributed  # noqa: E402
 from support.lstm_testing import CPU_BACKENDS  # noqa: E402  (tests/ is on the path)
-from test_nn import alphabet  # noqa: E402  (the tutorial's data)
+from test_nn import alphabet, alphabet_sequences, sequence_model  # noqa: E402  (the tutorial's data and models)
 
 pytestmark = pytest.mark.parity
 LOSS_RTOL = 1e-6
@@ -142,3 +142,50 @@ def test_a_layer_used_twice_shares_its_weights_as_in_keras():
     for step in range(10):
         assert model.train_on_batch(x, y) == pytest.approx(keras_model.train_on_batch(x, y), rel=LOSS_RTOL), step
     assert_weights_close(keras_model, model)
+
+
+def keras_sequence_model(architecture):
+    """The Keras 3 twin of ``test_nn.sequence_model(architecture)``: 'a', LSTM(32) returning
+    sequences under TimeDistributed(Dense(26, softmax)); 'b', LSTM(32), RepeatVector(3),
+    LSTM(32) returning sequences, then the same TimeDistributed Dense."""
+    keras.utils.set_random_seed(26)
+    first = keras.layers.LSTM(32, return_sequences=architecture == "a")
+    middle = [] if architecture == "a" else [
+        keras.layers.RepeatVector(3), keras.layers.LSTM(32, return_sequences=True)]
+    return keras.Sequential([keras.Input((3, 1)), first, *middle,
+                             keras.layers.TimeDistributed(keras.layers.Dense(26, activation="softmax"))])
+
+
+@pytest.mark.parametrize("architecture", ["a", "b"])
+def test_sequence_models_copy_weights_both_ways_as_keras(architecture):
+    """Issue 26's models: as many parameters as Keras counts, Keras's weights give Keras's
+    predictions, and weights fastlstm trained give Keras fastlstm's predictions."""
+    x, y = alphabet_sequences()
+    keras_model, model = keras_sequence_model(architecture), sequence_model(architecture)
+    assert model.count_params() == keras_model.count_params()
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in keras_model.get_weights()]
+    model.set_weights(keras_model.get_weights())
+    np.testing.assert_allclose(model.predict(x), keras_model.predict(x, verbose=0), atol=1e-6)
+
+    model.fit(x, y, epochs=3, batch_size=4, verbose=0)  # fastlstm weights Keras has never seen
+    assert not np.allclose(model.predict(x), keras_model.predict(x, verbose=0), atol=1e-4)
+    keras_model.set_weights(model.get_weights())
+    np.testing.assert_allclose(keras_model.predict(x, verbose=0), model.predict(x), atol=1e-6)
+
+
+def test_a_dense_used_as_itself_and_time_distributed_shares_its_weights_as_in_keras():
+    """A tanh Dense applied to an LSTM's sequence, then again through a TimeDistributed: Keras
+    keeps the weights the first use built, and counts them once."""
+    keras.utils.set_random_seed(2)
+    keras_shared, shared = keras.layers.Dense(4, activation="tanh"), Dense(4, activation="tanh")
+    keras_model = keras.Sequential([
+        keras.Input((3, 2)), keras.layers.LSTM(4, return_sequences=True), keras_shared,
+        keras.layers.TimeDistributed(keras_shared),
+        keras.layers.TimeDistributed(keras.layers.Dense(5, activation="softmax")),
+    ])
+    model = Sequential([LSTM(4, return_sequences=True, input_shape=(3, 2)), shared, TimeDistributed(shared),
+                        TimeDistributed(Dense(5, activation="softmax"))])
+    assert model.count_params() == keras_model.count_params()
+    model.set_weights(keras_model.get_weights())
+    x = np.random.default_rng(0).standard_normal((8, 3, 2)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), keras_model.predict(x, verbose=0), atol=1e-6)
