@@ -327,7 +327,9 @@ class TimeDistributed(Layer):
     is ``[batch, time, units]``. The weights and gradients are the wrapped layer's, as in Keras
     (Dense: ``kernel [features, units]``, ``bias [units]``); so is ``activation``, so that a
     ``TimeDistributed(Dense(..., activation='softmax'))`` can end a model trained with
-    categorical cross-entropy.
+    categorical cross-entropy. The loss takes the wrapped layer's logits; Keras (TensorFlow
+    backend), to which the wrapper hides them, takes the probabilities clipped to [1e-7, 1 - 1e-7]:
+    the two agree until a probability reaches the clip.
 
     Args:
         layer: the layer to apply: not an LSTM (it takes sequences) nor another TimeDistributed.
