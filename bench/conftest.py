@@ -27,13 +27,14 @@ REFERENCE_SHAPES = [(1, 1, 1, 50), (1, 25, 1, 32), (32, 25, 1, 32), (256, 25, 64
 BATCH_SWEEP = [(batch, time, 16, 32) for time in (1, 25) for batch in (1, 8, 32, 128, 512)]
 
 
-def experiment_shape(experiment):
-    """(batch, time, input_dim, units) of an alphabet experiment's LSTM as it trains."""
-    _, time, input_dim = experiment.make_data(np.random.RandomState(experiments.DEFAULT_SEED)).x.shape
+def experiment_shape(number):
+    """(batch, time, input_dim, units) of alphabet experiment ``number``'s (first) LSTM as it trains."""
+    experiment, data, _ = experiments.setup(number)
+    _, time, input_dim = data.x.shape
     return experiment.batch_size, time, input_dim, experiment.units
 
 
-ALPHABET_SHAPES = sorted({experiment_shape(e) for e in experiments.EXPERIMENTS.values()})
+ALPHABET_SHAPES = sorted({experiment_shape(number) for number in experiments.EXPERIMENTS})
 GRIDS = {
     "default": REFERENCE_SHAPES + BATCH_SWEEP,
     "full": [(b, t, u, u) for b, t, u in itertools.product((1, 8, 32, 128, 512, 1024), (1, 5, 25, 100),

@@ -103,8 +103,7 @@ def tutorial_model(lstm_class, experiment, input_shape):
 @pytest.mark.parametrize("layer", LAYERS)
 @pytest.mark.parametrize("number", TUTORIAL_EXPERIMENTS)
 def test_fit_epoch(benchmark, layer, number, predictions):
-    experiment = experiments.EXPERIMENTS[number]
-    data = experiment.make_data(np.random.RandomState(experiments.DEFAULT_SEED))
+    experiment, data, _ = experiments.setup(number)
     model = tutorial_model(LAYERS[layer], experiment, data.x.shape[1:])
     samples, time, input_dim = data.x.shape
     record(benchmark, layer, f"fit epoch of experiment {number}", (experiment.batch_size, time, input_dim,

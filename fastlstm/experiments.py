@@ -1,10 +1,15 @@
-"""The alphabet experiments of the Keras tutorial on stateful LSTMs, on fastlstm or on Keras 3.
+"""The alphabet experiments of the Keras tutorial on stateful LSTMs, and those its readers asked
+for, on fastlstm or on Keras 3, on the alphabet or on any sequence of symbols.
 
-Each experiment is data plus a training schedule; :func:`run` trains one on a framework
-(:class:`FastLSTM`, or :class:`Keras` for the side-by-side comparison) for one seed and returns a
-:class:`Result` with the accuracy of ``evaluate`` on the training data, the loss, the training
-time and the tutorial's demonstrations. :func:`run_many` runs many of them on an executor, e.g. a
-:class:`fastlstm.workers.WorkerPool`.
+Each experiment is data plus a model and a training schedule; :func:`run` trains one on a
+framework (:class:`FastLSTM`, or :class:`Keras` for the side-by-side comparison) for one seed and
+returns a :class:`Result` with the accuracy of ``evaluate`` on the training data, the loss, the
+training time and the tutorial's demonstrations. :func:`run_many` runs many of them on an
+executor, e.g. a :class:`fastlstm.workers.WorkerPool`.
+
+A sequence other than the alphabet (``sequence=``) replaces it everywhere: its distinct symbols,
+sorted, are the classes (symbol ``i`` is input ``i / len(vocabulary)``), and every sample's target
+is what follows it in the sequence.
 """
 import dataclasses
 import itertools
@@ -25,81 +30,166 @@ from fastlstm.workers import wait_for
 
 ALPHABET = string.ascii_uppercase
 DEFAULT_SEED = 7
+SERIES = 4  # the rows of experiments 8 and 10: series trained side by side in one stateful batch
+WINDOW = 3  # the symbols in and, for experiments 9 and 11, out
 
 
 class Data(NamedTuple):
-    patterns: list  # the input letters of each sample, e.g. "ABC"
-    x: np.ndarray  # [samples, time, features], letter codes / 26
-    y: np.ndarray  # [samples, 26], one-hot next letter
+    patterns: list  # the input symbols of each sample, e.g. "ABC"
+    targets: list  # the symbols that follow each pattern in the sequence, e.g. "D" (or "DEF")
+    x: np.ndarray  # [samples, time, features], symbol codes / vocabulary size
+    y: np.ndarray  # [samples, classes] one-hot next symbol; [samples, time, classes] for several
+    vocabulary: str  # the sequence's distinct symbols, sorted: symbol i is class i
     encode: Callable  # list of patterns -> x rows [n, time, features]
 
 
-def _windows(length):
-    return [ALPHABET[i:i + length] for i in range(len(ALPHABET) - length)]
+def vocabulary_of(sequence):
+    """The distinct symbols of ``sequence``, sorted: the classes of its experiments."""
+    return "".join(sorted(set(sequence)))
 
 
-def _codes(pattern):
-    return [ALPHABET.index(letter) for letter in pattern]
+def _windows(sequence, length, out=1, starts=None):
+    """(patterns, targets): the ``length`` symbols from each start (every one that leaves ``out``
+    symbols after it, by default) and the ``out`` symbols that follow them."""
+    starts = range(len(sequence) - length - out + 1) if starts is None else starts
+    return [sequence[i:i + length] for i in starts], [sequence[i + length:i + length + out] for i in starts]
 
 
-def _data(patterns, encode):
-    targets = [ALPHABET[ALPHABET.index(p[-1]) + 1] for p in patterns]
-    y = to_categorical(_codes(targets), num_classes=len(ALPHABET)).astype(np.float32)
-    return Data(patterns, encode(patterns), y, encode)
+def _series_rows(sequence):
+    """Experiment 8's windows of one symbol, batch by batch: row r of batch k is position r + k,
+    so each of the SERIES rows walks its own copy of the sequence, shifted by r."""
+    steps = len(sequence) - SERIES
+    return _windows(sequence, 1, starts=[r + k for k in range(steps) for r in range(SERIES)])
 
 
-def _as_time_steps(patterns):
-    codes = np.array([_codes(p) for p in patterns], np.float32)
-    return (codes / len(ALPHABET))[:, :, None]
+def _random_runs(rng, sequence, count=1000, max_len=5):
+    """The tutorial's variable-length data: runs of 1..5 consecutive symbols and the one after."""
+    patterns, targets = [], []
+    for _ in range(count):
+        start = rng.randint(len(sequence) - 2)
+        end = rng.randint(start, min(start + max_len, len(sequence) - 1))
+        patterns.append(sequence[start:end + 1])
+        targets.append(sequence[end + 1])
+    return patterns, targets
 
 
-def _as_features(patterns):
-    codes = np.array([_codes(p) for p in patterns], np.float32)
-    return (codes / len(ALPHABET))[:, None, :]
-
-
-def _left_padded(maxlen):
+def _as_time_steps(vocabulary):
     def encode(patterns):
-        padded = pad_sequences([_codes(p) for p in patterns], maxlen=maxlen, dtype="float32")
-        return (padded / len(ALPHABET))[:, :, None]
+        codes = np.array([[vocabulary.index(s) for s in p] for p in patterns], np.float32)
+        return (codes / len(vocabulary))[:, :, None]
     return encode
 
 
-def _random_runs(rng, count=1000, max_len=5):
-    """The tutorial's variable-length data: runs of 1..5 consecutive letters."""
-    patterns = []
-    for _ in range(count):
-        start = rng.randint(len(ALPHABET) - 2)
-        end = rng.randint(start, min(start + max_len, len(ALPHABET) - 1))
-        patterns.append(ALPHABET[start:end + 1])
-    return patterns
+def _as_features(vocabulary):
+    def encode(patterns):
+        return _as_time_steps(vocabulary)(patterns).transpose(0, 2, 1)
+    return encode
+
+
+def _left_padded(maxlen):
+    def padded(vocabulary):
+        def encode(patterns):
+            codes = pad_sequences([[vocabulary.index(s) for s in p] for p in patterns], maxlen=maxlen,
+                                  dtype="float32")
+            return (codes / len(vocabulary))[:, :, None]
+        return encode
+    return padded
+
+
+def _data(sequence, samples, encoding, several=False):
+    """Data of ``samples`` (patterns, targets) of ``sequence``, inputs encoded by ``encoding``
+    (vocabulary -> encode); ``several`` targets give y ``[samples, time, classes]``."""
+    vocabulary = vocabulary_of(sequence)
+    patterns, targets = samples
+    labels = np.array([[vocabulary.index(s) for s in t] for t in targets])
+    y = to_categorical(labels if several else labels[:, 0], num_classes=len(vocabulary)).astype(np.float32)
+    encode = encoding(vocabulary)
+    return Data(patterns, targets, encode(patterns), y, vocabulary, encode)
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     number: int
     name: str
-    make_data: Callable  # numpy RandomState -> Data
+    make_data: Callable  # (numpy RandomState, sequence) -> Data
+    min_length: int  # the shortest sequence it takes: every window and the symbols after it
     units: int
     epochs: int
-    batch_size: int
+    batch_size: int | None  # None: every sample in one batch
     shuffle: bool
     published: float  # the tutorial's accuracy in percent; NaN where it ran none
     stateful: bool = False
+    # "last": LSTM -> Dense; "sequence": LSTM(return_sequences) -> TimeDistributed(Dense);
+    # "encoder-decoder": LSTM -> RepeatVector -> LSTM(return_sequences) -> TimeDistributed(Dense).
+    model: str = "last"
+    variants: tuple = ()  # experiments shown beside this one: the same question, one thing changed
+
+
+def _every_prefix(rng, sequence):
+    """Experiment 7's samples: every prefix of the sequence and the symbol after it."""
+    lengths = range(1, len(sequence))
+    return _data(sequence, ([sequence[:n] for n in lengths], [sequence[n] for n in lengths]),
+                 _left_padded(len(sequence) - 1))
 
 
 EXPERIMENTS = {
     e.number: e
     for e in (
-        Experiment(1, "one char -> one char", lambda rng: _data(_windows(1), _as_time_steps), 32, 500, 1, True, 84.00),
-        Experiment(2, "3-char window as 3 features", lambda rng: _data(_windows(3), _as_features), 32, 500, 1, True, 86.96),
-        Experiment(3, "3-char window as 3 time steps", lambda rng: _data(_windows(3), _as_time_steps), 32, 500, 1, True, 100.00),
-        Experiment(4, "all 25 pairs in one batch", lambda rng: _data(_windows(1), _as_time_steps), 16, 5000, 25, False, 100.00),
-        Experiment(5, "stateful, one char -> one char", lambda rng: _data(_windows(1), _as_time_steps), 50, 300, 1, False, 100.00, stateful=True),
-        Experiment(6, "variable length -> one char", lambda rng: _data(_random_runs(rng), _left_padded(5)), 32, 500, 1, True, 98.90),
-        Experiment(7, "stateless: every prefix, padded to 25", lambda rng: _data([ALPHABET[:n] for n in range(1, 26)], _left_padded(25)), 32, 500, 1, True, float("nan")),
+        Experiment(1, "one char -> one char", lambda rng, s: _data(s, _windows(s, 1), _as_time_steps),
+                   2, 32, 500, 1, True, 84.00),
+        Experiment(2, "3-char window as 3 features", lambda rng, s: _data(s, _windows(s, WINDOW), _as_features),
+                   WINDOW + 1, 32, 500, 1, True, 86.96),
+        Experiment(3, "3-char window as 3 time steps", lambda rng, s: _data(s, _windows(s, WINDOW), _as_time_steps),
+                   WINDOW + 1, 32, 500, 1, True, 100.00),
+        Experiment(4, "all pairs in one batch", lambda rng, s: _data(s, _windows(s, 1), _as_time_steps),
+                   2, 16, 5000, None, False, 100.00),
+        Experiment(5, "stateful, one char -> one char", lambda rng, s: _data(s, _windows(s, 1), _as_time_steps),
+                   2, 50, 300, 1, False, 100.00, stateful=True),
+        Experiment(6, "variable length -> one char", lambda rng, s: _data(s, _random_runs(rng, s), _left_padded(5)),
+                   3, 32, 500, 1, True, 98.90),
+        Experiment(7, "stateless: every prefix, padded", _every_prefix, 2, 32, 500, 1, True, float("nan")),
+        Experiment(8, f"stateful, {SERIES} series side by side", lambda rng, s: _data(s, _series_rows(s), _as_time_steps),
+                   SERIES + 1, 50, 1000, SERIES, False, float("nan"), stateful=True, variants=(10,)),
+        Experiment(9, "3 chars -> next 3 chars", lambda rng, s: _data(s, _windows(s, WINDOW, WINDOW), _as_time_steps, True),
+                   2 * WINDOW, 32, 1000, 1, True, float("nan"), model="sequence", variants=(11,)),
+        Experiment(10, "as 8, rows shuffled between batches", lambda rng, s: _data(s, _series_rows(s), _as_time_steps),
+                   SERIES + 1, 50, 1000, SERIES, True, float("nan"), stateful=True),
+        Experiment(11, "as 9, encoder-decoder", lambda rng, s: _data(s, _windows(s, WINDOW, WINDOW), _as_time_steps, True),
+                   2 * WINDOW, 32, 1000, 1, True, float("nan"), model="encoder-decoder"),
     )
 }
+
+
+def with_variants(numbers):
+    """``numbers`` in their order, each followed by its variants (once each)."""
+    return list(dict.fromkeys(n for number in numbers for n in (number, *EXPERIMENTS[number].variants)))
+
+
+def check_sequence(sequence, numbers):
+    """Raises ValueError, in one line, unless ``sequence`` can feed experiments ``numbers``."""
+    if not isinstance(sequence, str) or len(set(sequence)) < 2:
+        raise ValueError(f"sequence must be a string of at least 2 distinct symbols, got {sequence!r}")
+    for number in numbers:
+        experiment = EXPERIMENTS[number]
+        if len(sequence) < experiment.min_length:
+            raise ValueError(
+                f"sequence {sequence!r} has {len(sequence)} symbols, but experiment {number} "
+                f"({experiment.name}) needs at least {experiment.min_length}"
+            )
+
+
+def setup(number, seed=DEFAULT_SEED, sequence=ALPHABET):
+    """(experiment, data, random state) of experiment ``number`` on ``sequence``: the experiment with
+    its batch size made concrete (and no published accuracy off the alphabet), and the random state
+    the tutorial's ``numpy.random.seed(seed)`` stream after the data was drawn from it."""
+    check_sequence(sequence, [number])
+    experiment = EXPERIMENTS[number]
+    rng = np.random.RandomState(seed)
+    data = experiment.make_data(rng, sequence)
+    experiment = dataclasses.replace(
+        experiment, batch_size=experiment.batch_size or len(data.x),
+        published=experiment.published if sequence == ALPHABET else float("nan"))
+    return experiment, data, rng
 
 
 @dataclasses.dataclass
@@ -114,8 +204,9 @@ class Result:
     accuracy: float  # percent, of evaluate on the training data
     loss: float
     seconds: float  # training time
-    # Each demonstration is a list of (input letters, predicted letter, expected letter).
+    # Each demonstration is a list of (input symbols, predicted symbols, expected symbols).
     demonstrations: dict = dataclasses.field(default_factory=dict)
+    sequence: str = ALPHABET
     # Whether the loss turned NaN or infinite: the run's accuracy then measures nothing learnt.
     diverged: bool = dataclasses.field(init=False)
 
@@ -127,6 +218,26 @@ class Result:
         return round(self.accuracy, 2) >= self.published
 
 
+def _stack(layers, experiment, data, recurrent_activation, **lstm_options):
+    """The layers of ``experiment``'s model from ``layers``, fastlstm.nn or keras.layers (the same
+    names), for ``data``; ``lstm_options`` go to every LSTM."""
+    def lstm(**options):
+        return layers.LSTM(experiment.units, recurrent_activation=recurrent_activation, **lstm_options, **options)
+
+    classes = data.y.shape[-1]
+    if experiment.model == "last":
+        return [lstm(stateful=experiment.stateful), layers.Dense(classes, activation="softmax")]
+    per_step = layers.TimeDistributed(layers.Dense(classes, activation="softmax"))
+    if experiment.model == "sequence":
+        return [lstm(return_sequences=True), per_step]
+    return [lstm(), layers.RepeatVector(data.y.shape[1]), lstm(return_sequences=True), per_step]
+
+
+def _input_shape(experiment, data):
+    """The model's input shape, batch first: fixed for a stateful model, else None."""
+    return (experiment.batch_size if experiment.stateful else None, *data.x.shape[1:])
+
+
 class FastLSTM:
     """Builds and trains the experiments' models with fastlstm.nn on a fastlstm backend."""
 
@@ -135,15 +246,10 @@ class FastLSTM:
     def __init__(self, backend="auto"):
         self.backend = resolve(backend)
 
-    def model(self, experiment, input_shape, seed, recurrent_activation, epsilon):
+    def model(self, experiment, data, seed, recurrent_activation, epsilon):
         nn.set_random_seed(seed)
-        shape = dict(batch_input_shape=(experiment.batch_size, *input_shape)) if experiment.stateful \
-            else dict(input_shape=input_shape)
-        model = nn.Sequential([
-            nn.LSTM(experiment.units, recurrent_activation=recurrent_activation, stateful=experiment.stateful,
-                    backend=self.backend, **shape),
-            nn.Dense(len(ALPHABET), activation="softmax"),
-        ])
+        model = nn.Sequential(_stack(nn, experiment, data, recurrent_activation, backend=self.backend))
+        model.build(_input_shape(experiment, data))
         model.compile(loss="categorical_crossentropy", optimizer=nn.Adam(epsilon=epsilon), metrics=["accuracy"])
         return model
 
@@ -168,18 +274,14 @@ class Keras:
         self.keras = keras
         self.backend = keras.backend.backend()
 
-    def model(self, experiment, input_shape, seed, recurrent_activation, epsilon):
+    def model(self, experiment, data, seed, recurrent_activation, epsilon):
         keras = self.keras
         keras.utils.set_random_seed(seed)
         if recurrent_activation == "hard_sigmoid_keras2":
             recurrent_activation = lambda z: keras.ops.clip(0.2 * z + 0.5, 0.0, 1.0)  # noqa: E731
-        inputs = keras.Input(batch_shape=(experiment.batch_size, *input_shape)) if experiment.stateful \
-            else keras.Input(shape=input_shape)
-        model = keras.Sequential([
-            inputs,
-            keras.layers.LSTM(experiment.units, recurrent_activation=recurrent_activation, stateful=experiment.stateful),
-            keras.layers.Dense(len(ALPHABET), activation="softmax"),
-        ])
+        batch, *shape = _input_shape(experiment, data)
+        model = keras.Sequential([keras.Input(batch_shape=(batch, *shape)),
+                                  *_stack(keras.layers, experiment, data, recurrent_activation)])
         model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.Adam(epsilon=epsilon),
                       metrics=["accuracy"])
         return model
@@ -197,13 +299,13 @@ class Keras:
 
 
 def run(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", epsilon=1e-7, epochs=None,
-        progress=None):
+        sequence=ALPHABET, progress=None):
     """Train experiment ``number`` on ``framework`` and return its Result.
 
-    ``epochs`` shortens (or lengthens) the tutorial's schedule; ``progress(epoch, epochs)`` is
-    called after every epoch.
+    ``epochs`` shortens (or lengthens) the tutorial's schedule; ``sequence`` replaces the
+    alphabet; ``progress(epoch, epochs)`` is called after every epoch.
     """
-    experiment, data, model, rng = prepare(number, framework, seed, recurrent_activation, epsilon)
+    experiment, data, model, rng = prepare(number, framework, seed, recurrent_activation, epsilon, sequence)
     epochs = experiment.epochs if epochs is None else epochs
     start = time.perf_counter()
     train(experiment, framework, model, data, epochs, progress)
@@ -212,8 +314,8 @@ def run(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", ep
     loss, accuracy = model.evaluate(data.x, data.y, batch_size=experiment.batch_size, verbose=0)
     framework.reset_states(model)
     result = Result(number, experiment.name, framework.name, framework.backend, seed, epochs,
-                    experiment.published, 100 * float(accuracy), float(loss), seconds)
-    result.demonstrations = _demonstrations(experiment, framework, model, data, rng)
+                    experiment.published, 100 * float(accuracy), float(loss), seconds, sequence=sequence)
+    result.demonstrations = _demonstrations(experiment, framework, model, data, rng, sequence)
     return result
 
 
@@ -225,6 +327,7 @@ class Run(NamedTuple):
     recurrent_activation: str = "sigmoid"
     epsilon: float = 1e-7
     epochs: int | None = None  # None: the experiment's own schedule
+    sequence: str = ALPHABET
 
 
 def run_many(runs, executor):
@@ -244,7 +347,7 @@ def run_many(runs, executor):
                                          for number, pairs in experiments)
 
 
-def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7):
+def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7, sequence=ALPHABET):
     """Runs experiments ``numbers`` for one epoch each, untimed, so that the backend compiles its
     kernels, or loads them from its on-disk cache, for every path their runs take (training,
     evaluate and predict, stateful or not) before a run is timed. Returns the seconds it took.
@@ -257,18 +360,15 @@ def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7):
 
         cpu_compile.compile_in_two_processes(np.float32)  # the models' dtype
     for number in numbers:
-        run(number, framework, DEFAULT_SEED, recurrent_activation, epsilon, epochs=1)
+        run(number, framework, DEFAULT_SEED, recurrent_activation, epsilon, epochs=1, sequence=sequence)
     return time.perf_counter() - start
 
 
-def prepare(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", epsilon=1e-7):
+def prepare(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", epsilon=1e-7, sequence=ALPHABET):
     """(experiment, data, compiled model, random state) of experiment ``number`` on ``framework``,
-    before training. The random state is the tutorial's ``numpy.random.seed(seed)`` stream after the
-    data was drawn from it; the demonstrations draw from it next."""
-    experiment = EXPERIMENTS[number]
-    rng = np.random.RandomState(seed)
-    data = experiment.make_data(rng)
-    return experiment, data, framework.model(experiment, data.x.shape[1:], seed, recurrent_activation, epsilon), rng
+    before training, as :func:`setup` gives them and the model."""
+    experiment, data, rng = setup(number, seed, sequence)
+    return experiment, data, framework.model(experiment, data, seed, recurrent_activation, epsilon), rng
 
 
 def train(experiment, framework, model, data, epochs, progress=None):
@@ -288,35 +388,48 @@ def train(experiment, framework, model, data, epochs, progress=None):
 
 
 def _predict(model, data, patterns, batch_size):
+    """The predicted symbols of each pattern: one, or one per step of a sequence output."""
     probabilities = model.predict(data.encode(patterns), batch_size=batch_size, verbose=0)
-    return [ALPHABET[i] for i in np.argmax(probabilities, axis=-1)]
+    codes = np.argmax(probabilities, axis=-1).reshape(len(patterns), -1)
+    return ["".join(data.vocabulary[c] for c in row) for row in codes]
 
 
-def _next(letter):
-    return ALPHABET[ALPHABET.index(letter) + 1] if letter != ALPHABET[-1] else "?"
+def _generate(model, data, sequence, starts, steps, batch_size):
+    """Generates from positions ``starts`` of ``sequence`` at once, a batch row each, each
+    prediction fed back as that row's next input, the state carried: per start, the rows
+    (input, predicted, expected), the expected being the sequence's continuation."""
+    symbols = [sequence[p] for p in starts]
+    chains = [[] for _ in starts]
+    for step in range(steps):
+        predicted = _predict(model, data, symbols, batch_size)
+        for chain, p, symbol, guess in zip(chains, starts, symbols, predicted):
+            chain.append((symbol, guess, sequence[p + step + 1]))
+        symbols = predicted
+    return chains
 
 
-def _demonstrations(experiment, framework, model, data, rng):
-    demos = {}
-    if experiment.stateful:
-        # Predictions on the training pairs in order, the state carried from one to the next.
-        predicted = _predict(model, data, data.patterns, experiment.batch_size)
-        demos["training patterns"] = [(p, q, _next(p[-1])) for p, q in zip(data.patterns, predicted)]
-        framework.reset_states(model)
-        for seed_letter, steps in (("A", len(ALPHABET) - 1), ("K", 5)):
-            letter, chain = seed_letter, []
-            for _ in range(steps):  # each prediction is fed back as the next input, state carried
-                predicted = _predict(model, data, [letter], experiment.batch_size)[0]
-                chain.append((letter, predicted, _next(letter)))
-                letter = predicted
-            framework.reset_states(model)
-            demos[f"generated from {seed_letter}"] = chain
+def _demonstrations(experiment, framework, model, data, rng, sequence):
+    rows = lambda indices, predicted: [(data.patterns[i], q, data.targets[i]) for i, q in zip(indices, predicted)]  # noqa: E731
+    if not experiment.stateful:
+        demos = {"training patterns": rows(range(len(data.patterns)), _predict(model, data, data.patterns, None))}
+        if experiment.number in (4, 6):  # the tutorial also predicts 20 randomly drawn patterns
+            picks = [rng.randint(len(data.patterns)) for _ in range(20)]
+            demos["20 random patterns"] = rows(picks, _predict(model, data, [data.patterns[i] for i in picks], None))
         return demos
-    predicted = _predict(model, data, data.patterns, None)
-    demos["training patterns"] = [(p, q, _next(p[-1])) for p, q in zip(data.patterns, predicted)]
-    if experiment.number in (4, 6):  # the tutorial also predicts 20 randomly drawn patterns
-        picks = [data.patterns[rng.randint(len(data.patterns))] for _ in range(20)]
-        demos["20 random patterns"] = [(p, q, _next(p[-1])) for p, q in zip(picks, _predict(model, data, picks, None))]
+    # Predictions on the training samples in order, the state carried from one batch to the next.
+    demos = {"training patterns": rows(range(len(data.patterns)),
+                                       _predict(model, data, data.patterns, experiment.batch_size))}
+    framework.reset_states(model)
+    if experiment.batch_size == 1:
+        # The tutorial's: from the first symbol to the end, then from position 10 (K) for 5 steps.
+        later = min(10, len(sequence) - 2)
+        runs = [([0], len(sequence) - 1), ([later], min(5, len(sequence) - 1 - later))]
+    else:
+        runs = [(list(range(SERIES)), len(sequence) - SERIES)]  # every row from its own first symbol at once
+    for starts, steps in runs:
+        for p, chain in zip(starts, _generate(model, data, sequence, starts, steps, experiment.batch_size)):
+            demos[f"generated from {sequence[p]} at {p}"] = chain
+        framework.reset_states(model)
     return demos
 
 

@@ -35,7 +35,8 @@ def _bench_kernels(*arguments, env=None):
 
 def test_the_gpu_grid_is_the_alphabet_shapes_then_the_default_grid_each_once(bench):
     grid = bench.GRIDS["gpu"]
-    alphabet = [(1, 1, 1, 32), (1, 1, 3, 32), (1, 3, 1, 32), (25, 1, 1, 16), (1, 1, 1, 50), (1, 5, 1, 32)]
+    alphabet = [(1, 1, 1, 32), (1, 1, 3, 32), (1, 3, 1, 32), (25, 1, 1, 16), (1, 1, 1, 50), (1, 5, 1, 32),
+                (4, 1, 1, 50)]
     assert set(alphabet) <= set(grid[:len(bench.ALPHABET_SHAPES)])
     assert set(grid) == set(alphabet + bench.REFERENCE_SHAPES + bench.BATCH_SWEEP)
     assert len(grid) == len(set(grid))
