@@ -1,7 +1,8 @@
 """Training: one epoch of each alphabet experiment's schedule (the stateless batch-1 steps, the
 whole-dataset batch, the stateful mode with its state carried and reset) per fastlstm backend and
 under Keras 3; and each experiment at full length per backend, in groups of their own (the median of
-five runs; one run on the NumPy backend).
+five runs; one run on the NumPy backend), those the tutorial never ran reaching the accuracy
+stated for them.
 
 With --benchmark-disable each runs once, the full-length experiments on a 2-epoch schedule.
 """
@@ -40,6 +41,13 @@ def test_one_epoch(benchmark, framework, number, first_epoch_losses):
         assert loss == pytest.approx(reference, rel=1e-4), f"{framework} trains differently from the first backend"
 
 
+# What the default seed reaches at full length in the experiments the tutorial never ran, in
+# percent: measured with numba_cpu on an AMD Zen 3 (100, 96.83, 89.77 and 100; over seeds 7 to 11,
+# 8 and 11 reached 100 each time, 9 from 93.7 and 10 from 71.6), less a margin for another CPU's
+# rounding. Experiment 10 stays below 8: rows shuffled between batches carry other rows' state.
+STATED_ACCURACY = {8: 100.0, 9: 90.0, 10: 70.0, 11: 95.0}
+
+
 @pytest.mark.parametrize("number", sorted(experiments.EXPERIMENTS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_full_experiment(benchmark, backend, number):
@@ -64,3 +72,5 @@ def test_full_experiment(benchmark, backend, number):
     assert results[0].epochs == epochs and 0 <= results[0].accuracy <= 100 and np.isfinite(results[0].loss)
     # The same seed trains to the same end every time.
     assert all((r.accuracy, r.loss) == (results[0].accuracy, results[0].loss) for r in results)
+    if not benchmark.disabled and number in STATED_ACCURACY:
+        assert results[0].accuracy >= STATED_ACCURACY[number], f"experiment {number} reaches less than stated"
