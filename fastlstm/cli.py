@@ -103,7 +103,7 @@ def _run_here(args, framework, number, seeds):
     for seed in seeds:
         with contextlib.closing(Progress(f"experiment {number}, seed {seed}, {framework.name}")) as progress:
             result = experiments.run(number, framework, seed, args.recurrent_activation, args.epsilon,
-                                     args.epochs, progress)
+                                     args.epochs, args.sequence, progress)
         yield result
 
 
@@ -140,15 +140,16 @@ def alphabet(args, frameworks):
     jobs = min(args.jobs or usable_cores(), len(args.experiment) * len(seeds))
     print(backends_report())
     print(f"fastlstm backend: {fastlstm.backend}; seeds {seeds.start}..{seeds.stop - 1}; "
-          f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}; "
+          + ("" if args.sequence == experiments.ALPHABET else f"sequence {args.sequence!r}; ")
+          + f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}; "
           + ("runs in this process" if jobs == 1 else f"runs in {jobs} worker processes"))
-    warm_up = experiments.warm_up(args.experiment, fastlstm, *options)
+    warm_up = experiments.warm_up(args.experiment, fastlstm, *options, args.sequence)
     print(f"{fastlstm.backend} kernels ready in {warm_up:.1f} s (untimed warm-up, one epoch of each experiment; "
           "a compiling backend compiles its kernels on first use and caches them on disk, later runs load them)",
           flush=True)
-    runs = [experiments.Run(number, fastlstm, seed, *options, args.epochs) for number in args.experiment
-            for seed in seeds]
-    with WorkerPool(jobs, experiments.warm_up, (args.experiment, fastlstm, *options)) if jobs > 1 \
+    runs = [experiments.Run(number, fastlstm, seed, *options, args.epochs, args.sequence)
+            for number in args.experiment for seed in seeds]
+    with WorkerPool(jobs, experiments.warm_up, (args.experiment, fastlstm, *options, args.sequence)) if jobs > 1 \
             else contextlib.nullcontext() as pool:
         in_workers = pool and experiments.run_many(runs, pool)
         if in_workers and args.keras:
@@ -244,7 +245,13 @@ def main(argv=None):
     run = _command(commands, "alphabet", "the alphabet experiments of the Keras stateful-LSTM tutorial")
     run.add_argument("--experiment", type=int, nargs="+", choices=sorted(experiments.EXPERIMENTS),
                      default=sorted(experiments.EXPERIMENTS), metavar="N",
-                     help="which experiments (1-6 are the tutorial's, 7 its stateless prefix variant); default all")
+                     help="which experiments: 1-6 are the tutorial's, 7 its stateless prefix variant, 8-11 what "
+                          "its readers asked for (8: stateful, several series side by side; 9: three characters "
+                          "out; 10 and 11 their variants, run beside 8 and 9: rows shuffled, encoder-decoder); "
+                          "default all")
+    run.add_argument("--sequence", default=experiments.ALPHABET, metavar="TEXT",
+                     help="run the experiments on this sequence of symbols instead of the alphabet (its distinct "
+                          "symbols are the classes, what follows each window its target), e.g. aaaabbbccd")
     run.add_argument("--backend", default="auto", help="fastlstm backend (see: fastlstm backends); default auto")
     run.add_argument("--seeds", type=_positive, default=1, metavar="K", help="run K seeds and report the spread")
     run.add_argument("--seed", type=_seed, default=experiments.DEFAULT_SEED,
@@ -282,6 +289,11 @@ def main(argv=None):
             return 128 + e.signal_number
     if args.seed + args.seeds - 1 > LAST_SEED:
         run.error(f"argument --seeds: the last seed, {args.seed + args.seeds - 1}, is over {LAST_SEED}")
+    args.experiment = experiments.with_variants(args.experiment)
+    try:
+        experiments.check_sequence(args.sequence, args.experiment)
+    except ValueError as e:
+        run.error(f"argument --sequence: {e}")
     try:
         with interruptible():
             try:

@@ -69,6 +69,22 @@ def _alphabet_in(jobs, path):
     return out, json.loads(path.read_text())
 
 
+def test_an_experiment_runs_with_its_variant_beside_it_on_a_sequence(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    status = cli.main(["alphabet", "--backend", "numpy", "--experiment", "9", "--epochs", "1", "--jobs", "1",
+                       "--sequence", "aaaabbbccd", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert status == 0 and "sequence 'aaaabbbccd'; " in out
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()[-3:-1]]
+    assert [row[:3] for row in rows] == [["9", "3 chars -> next 3 chars", "-"], ["11", "as 9, encoder-decoder", "-"]]
+    report = json.loads(path.read_text())
+    assert report["arguments"]["sequence"] == "aaaabbbccd" and report["arguments"]["experiment"] == [9, 11]
+    for result in report["results"]:
+        assert result["sequence"] == "aaaabbbccd"
+        pattern, predicted, expected = result["demonstrations"]["training patterns"][0]
+        assert (pattern, expected) == ("aaa", "abb") and len(predicted) == 3 and set(predicted) <= set("abcd")
+
+
 def test_worker_processes_give_the_same_runs_as_this_process(tmp_path):
     here, here_report = _alphabet_in(1, tmp_path / "here.json")
     workers, workers_report = _alphabet_in(2, tmp_path / "workers.json")
@@ -106,7 +122,9 @@ def test_a_workers_exception_is_raised_with_its_traceback():
 
 @pytest.mark.parametrize(
     "args, words",
-    [(["--backend", "nope"], ["'nope'"]), (["--experiment", "8"], ["invalid choice", "8"]),
+    [(["--backend", "nope"], ["'nope'"]), (["--experiment", "12"], ["invalid choice", "12"]),
+     (["--sequence", "ABC"], ["--sequence", "'ABC' has 3 symbols", "experiment 3", "at least 4"]),
+     (["--sequence", "aaaa"], ["--sequence", "at least 2 distinct symbols", "got 'aaaa'"]),
      (["--seeds", "0"], ["--seeds", "at least 1"]), (["--jobs", "0"], ["--jobs", "at least 1"]),
      (["--seed", "-1"], ["--seed", "0 to 4294967295", "got -1"]),
      (["--seed", "4294967296"], ["--seed", "0 to 4294967295", "got 4294967296"]),
