@@ -223,3 +223,12 @@ def test_each_row_of_a_stateful_batch_carries_its_own_series_state(backend):
         for state, single in zip(together, alone.layers[0].states):
             np.testing.assert_allclose(state[r], single[0], atol=2e-6)
     assert not np.allclose(together[0][0], together[0][1])  # the rows' states differ
+
+
+def test_run_many_carries_each_runs_sequence():
+    framework = experiments.FastLSTM("numpy")
+    runs = [experiments.Run(8, framework, 7, epochs=1, sequence=PATTERN), experiments.Run(8, framework, 7, epochs=1)]
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        on_pattern, on_alphabet = experiments.run_many(runs, executor)
+    assert (on_pattern.sequence, on_alphabet.sequence) == (PATTERN, ALPHABET)
+    assert on_pattern.loss == experiments.run(8, framework, 7, epochs=1, sequence=PATTERN).loss != on_alphabet.loss
