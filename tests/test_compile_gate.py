@@ -3,7 +3,9 @@ sm_90 with NVRTC under CuPy's own options and, where it still targets the archit
 reading ptxas's report. Fails on a compile error, any spill or local memory, more registers than
 the largest block the plan launches allows, or shared memory over what the plan assumed the
 architecture has. The report (registers and shared memory per instance) is written to
-build/compile-gate.md.
+build/compile-gate.md, with the sm_90 nvcc build's inner loops counted from its SASS (multiply-adds,
+shared loads and instructions per multiply-add, loads in flight in the staging loops) beside the
+targets the kernels are to reach: report only, the targets are not asserted.
 
 CUDA 13 no longer targets sm_70 (Volta), so sm_70 is built with NVRTC 12 (the 'test' extra
 installs it), as a Volta user with CuPy for CUDA 12 would; sm_80 and sm_90 with NVRTC 13 and the
@@ -20,6 +22,7 @@ import pytest
 from fastlstm.backends.cupy import KERNELS, NVRTC_OPTIONS
 from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, POINTWISE_THREADS, all_instances, plan_lstm
 
+from support import sass
 from support.nvrtc import NVRTC
 
 CUPY_OPTIONS = ["-ftz=true", "--device-as-default-execution-space"]  # what CuPy adds for NVRTC
@@ -28,6 +31,10 @@ NVRTC_LIBRARIES = {"sm_70": "cuda_nvrtc/lib/libnvrtc.so.12", "sm_80": "cu13/lib/
 NVCC_ARCHITECTURES = {"sm_80", "sm_90"}
 PTXAS_FLAGS = ["-v", "-warn-spills", "-warn-lmem-usage"]
 REGISTERS_PER_BLOCK = 65536
+SASS_ARCHITECTURE = "sm_90"
+# Per multiply-add in the inner loop: (shared loads, instructions) at most; not yet met.
+FMA_TARGETS = {"persistent_forward": (0.5, 2.0), "persistent_backward": (1.0, 2.5)}
+STAGING_TARGET = 4  # loads in flight per thread while recurrent_kernel is staged, at least
 
 
 def _sources():
@@ -51,7 +58,8 @@ def _lowered_names(source, arch):
 
 
 def _nvcc_log(source, arch, names, tmp_path):
-    """Compiles ``source`` with nvcc, every instance kept alive by taking its address."""
+    """Compiles ``source`` with nvcc, every instance kept alive by taking its address; returns
+    (ptxas's log, the cubin's path)."""
     unit = tmp_path / f"gate_{source}"
     unit.write_text(f'#include "{source}"\nvoid* instances[] = {{'
                     + ", ".join(f"(void*)&{name}" for name in names) + "};\n")
@@ -60,7 +68,7 @@ def _nvcc_log(source, arch, names, tmp_path):
          "-o", str(unit.with_suffix(".cubin")), str(unit)],
         capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed on {source} for {arch}:\n{result.stderr}"
-    return result.stdout + result.stderr
+    return result.stdout + result.stderr, unit.with_suffix(".cubin")
 
 
 def _parse(log):
@@ -86,7 +94,33 @@ def _largest_plan(name, arch):
     return max(launch.block[0] for launch in launches), max(launch.shared_memory for launch in launches)
 
 
+def _kernel(name):
+    """'persistent_forward' of 'fastlstm::persistent_forward<float>'."""
+    return re.search(r"::(\w+)<", name).group(1)
+
+
+def _loop_rows(name, loops):
+    """The SASS report's rows for one instance's inner loops: those with multiply-adds, and the
+    staging loops; an instance with neither gets one row that says so."""
+    kernel = _kernel(name)
+    rows = []
+    for loop in loops:
+        span = f"{loop.start:#06x}-{loop.end:#06x}"
+        shared = " + ".join(f"{n}x{width}b" for width, n in sorted(loop.shared_loads.items())) or "0"
+        fmas = " + ".join(f"{n} {opcode}" for opcode, n in sorted(loop.fmas.items()))
+        if loop.fma_count:
+            target = FMA_TARGETS.get(kernel)
+            rows.append((name, span, fmas, shared, loop.global_loads, loop.instructions,
+                         f"{loop.shared_loads_per_fma():.2f}", f"{loop.instructions_per_fma():.2f}", "",
+                         f"<= {target[0]} shared, <= {target[1]} instructions" if target else ""))
+        elif loop.staging:
+            rows.append((name, span, "0", shared, loop.global_loads, loop.instructions, "", "",
+                         loop.loads_in_flight, f">= {STAGING_TARGET} in flight" if kernel in FMA_TARGETS else ""))
+    return rows or [(name, "no inner loop", "", "", "", "", "", "", "", "")]
+
+
 REPORT = []
+LOOP_REPORT = []
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -95,7 +129,15 @@ def test_every_instance_compiles_without_spills_within_the_plans_budget(source, 
     logs = {}
     logs["nvrtc"], lowered = _lowered_names(source, arch)
     if arch in NVCC_ARCHITECTURES:
-        logs["nvcc"] = _nvcc_log(source, arch, list(lowered), tmp_path)
+        logs["nvcc"], cubin = _nvcc_log(source, arch, list(lowered), tmp_path)
+    if arch == SASS_ARCHITECTURE:
+        loops = sass.cubin_loops(cubin)
+        for name, mangled in lowered.items():
+            if _kernel(name) in FMA_TARGETS:
+                found = loops[mangled]
+                assert any(loop.fma_count for loop in found) and any(loop.staging for loop in found), \
+                    f"{name}: expected a multiply-add loop and a staging loop in its SASS, got {found}"
+            LOOP_REPORT.extend(_loop_rows(name, loops[mangled]))
     limit = ARCHITECTURES[arch].shared_memory_per_block_optin
     for compiler, log in logs.items():
         ptxas_warnings = [line for line in log.splitlines() if line.startswith("ptxas") and "warning" in line]
@@ -134,4 +176,9 @@ def write_report(request):
         rows = ["| arch | compiler | instance | registers | static smem | largest dynamic smem planned | "
                 "largest block planned |", "|---|---|---|---|---|---|---|"]
         rows += [f"| {a} | {c} | `{n}` | {r} | {s} | {d} | {t} |" for a, c, n, r, s, d, t in sorted(REPORT)]
+        rows += ["", f"## Inner loops ({SASS_ARCHITECTURE}, nvcc), per iteration", "",
+                 "| instance | loop | FMAs | shared loads | global loads | instructions | shared loads per FMA | "
+                 "instructions per FMA | loads in flight | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+        rows += [f"| `{name}` | " + " | ".join(map(str, rest)) + " |"
+                 for name, *rest in sorted(LOOP_REPORT, key=lambda row: row[:2])]
         path.write_text("\n".join(rows) + "\n")
