@@ -87,6 +87,19 @@ def test_a_staging_loop_counts_the_loads_issued_before_the_first_is_used(loops, 
     assert loop.fmas == {} and loop.shared_loads == {}
 
 
+def test_a_constant_move_written_as_a_half_multiply_add_is_no_multiply_add():
+    listing = """.text.k:
+.L_x_0:
+        /*0000*/                   HFMA2.MMA R25, -RZ, RZ, 0, 0 ;
+        /*0010*/                   FFMA R2, R3, R4, R2 ;
+        /*0020*/                   HFMA2 R6, R7, R8, R6 ;
+        /*0030*/               @P0 BRA `(.L_x_0) ;
+"""
+    [loop] = sass.inner_loops(sass.parse(listing)["k"])
+    assert (loop.start, loop.end, loop.instructions) == (0, 0x30, 4)
+    assert loop.fmas == {"FFMA": 1, "HFMA2": 1}
+
+
 def test_a_listing_without_a_backward_branch_has_no_loop():
     listing = """.text.k:
         /*0000*/                   LDC R1, c[0x0][0x28] ;

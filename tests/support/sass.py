@@ -113,6 +113,12 @@ def parse(listing):
     return kernels
 
 
+def _is_fma(instruction):
+    """A multiply-add; not ptxas's idiom for a constant move, HFMA2.MMA Rd, -RZ, RZ, a, b."""
+    factors = [o.strip().lstrip("-|") for o in instruction.operands.split(",")[1:3]]
+    return instruction.base in FMA_OPCODES and factors != ["RZ", "RZ"]
+
+
 def _width(opcode):
     sizes = [int(s) for s in re.findall(r"\.[US]?(8|16|32|64|128)\b", opcode)]
     return sizes[-1] if sizes else 32
@@ -161,7 +167,7 @@ def inner_loops(code):
         fmas = {}
         shared = {}
         for instruction in body:
-            if instruction.base in FMA_OPCODES:
+            if _is_fma(instruction):
                 fmas[instruction.base] = fmas.get(instruction.base, 0) + 1
             elif instruction.base in SHARED_LOADS:
                 width = _width(instruction.opcode)
