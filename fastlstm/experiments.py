@@ -289,8 +289,33 @@ class Keras:
     def fit(self, model, data, experiment, epochs, on_epoch_end):
         # One fit call for all epochs: Keras's per-call overhead would dominate otherwise.
         callback = self.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end(epoch))
-        model.fit(data.x, data.y, epochs=epochs, batch_size=experiment.batch_size, shuffle=experiment.shuffle,
-                  verbose=0, callbacks=[callback])
+        if experiment.shuffle:
+            model.fit(self._reshuffled(data, experiment.batch_size), epochs=epochs, verbose=0, callbacks=[callback])
+        else:
+            model.fit(data.x, data.y, epochs=epochs, batch_size=experiment.batch_size, shuffle=False, verbose=0,
+                      callbacks=[callback])
+
+    def _reshuffled(self, data, batch_size):
+        """The samples in batches, in a new order every epoch, drawn from NumPy's global random
+        state (which ``keras.utils.set_random_seed`` seeds), as Keras 2 and fastlstm.nn shuffle:
+        on TensorFlow under a global seed, Keras 3's own ``shuffle=True`` repeats one order every
+        epoch and every fit call."""
+        class Reshuffled(self.keras.utils.PyDataset):
+            def __init__(self):
+                super().__init__()
+                self.on_epoch_end()
+
+            def __len__(self):
+                return -(-len(data.x) // batch_size)
+
+            def __getitem__(self, index):
+                rows = self.order[index * batch_size:(index + 1) * batch_size]
+                return data.x[rows], data.y[rows]
+
+            def on_epoch_end(self):
+                self.order = np.random.permutation(len(data.x))
+
+        return Reshuffled()
 
     def reset_states(self, model):
         for layer in model.layers:
