@@ -1,5 +1,6 @@
 """The functional core: ``lstm_forward`` and ``lstm_backward`` with Keras 3's conventions, and
-``lstm_train_epoch``, a backend's fused training pass of an LSTM + Dense(softmax) model.
+``lstm_train_epoch``, a backend's fused training pass of an LSTM + Dense(softmax) model (on the
+LSTM's last output, or on every step's).
 
 Shapes: ``x`` is ``[batch, time, input_dim]``; the weights are stored exactly as Keras 3 stores
 them, ``kernel [input_dim, 4*units]``, ``recurrent_kernel [units, 4*units]``, ``bias [4*units]``,
@@ -183,14 +184,17 @@ def lstm_backward(cache, dy=None, dhT=None, dcT=None):
 
 def lstm_train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state=None, *,
                      activation="tanh", recurrent_activation="sigmoid", go_backwards=False, backend="auto"):
-    """One training epoch of an LSTM returning its last output, then a Dense layer with softmax,
-    with categorical cross-entropy and Adam, in the backend's fused training pass: per batch the
-    forward pass, the loss, the backward pass and one Adam step, with Keras 3's rules.
+    """One training epoch of an LSTM, then a Dense layer with softmax on its last output or on
+    every step's output, with categorical cross-entropy and Adam, in the backend's fused training
+    pass: per batch the forward pass, the loss, the backward pass and one Adam step, with Keras 3's
+    rules.
 
     Args:
-        x: ``[samples, time, features]`` and y: one-hot ``[samples, classes]``, in the epoch's
-            order; the batches are consecutive runs of ``batch_size`` samples (the last may be
-            shorter).
+        x: ``[samples, time, features]`` and y, in the epoch's order: one-hot ``[samples,
+            classes]``, the targets of the LSTM's last output, or ``[samples, time, classes]``,
+            those of every step's output (``return_sequences``, the outputs in processing order
+            as :func:`lstm_forward` returns them; the loss averaged over samples and steps). The
+            batches are consecutive runs of ``batch_size`` samples (the last may be shorter).
         lstm: the LSTM's :class:`LSTMWeights`, ``kernel [features, 4*units]``, ``recurrent_kernel
             [units, 4*units]``, ``bias [4*units]`` or None; dense: the Dense layer's
             :class:`DenseWeights`, ``kernel [units, classes]``, ``bias [classes]``;
@@ -203,11 +207,13 @@ def lstm_train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, ada
 
     Returns:
         ``(total_loss, correct)``: the sum over batches of the batch's mean loss times its size,
-        and the number of samples whose most probable class is the target's. The weights,
+        and the number of outputs (samples, or samples times steps) whose most probable class is
+        the target's. The weights,
         gradients, ``m``, ``v`` and the state are updated in place, one Adam step per batch; the
         caller adds the steps to its count of ``iterations``.
 
     Raises:
+        ValueError: y is neither ``[samples, classes]`` nor ``[samples, time, classes]``.
         NotImplementedError: the backend has no fused training pass. The caller then trains a
             batch at a time with :func:`lstm_forward` and :func:`lstm_backward`, as Keras's LSTM
             layer takes its general path when ``backend.lstm`` raises it.
@@ -218,9 +224,12 @@ def lstm_train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, ada
     train_epoch = _hook(get_backend(backend), "train_epoch", None)
     if train_epoch is None:
         raise NotImplementedError(f"backend {resolve(backend)!r} has no fused training pass")
+    if not (np.ndim(y) == 2 or np.ndim(y) == 3 and np.shape(y)[1] == np.shape(x)[1]):
+        raise ValueError(f"y must be [samples, classes] or [samples, time, classes] for x of shape "
+                         f"{np.shape(x)}, got shape {np.shape(y)}")
     options = LSTMOptions(activation_name(activation, "activation"),
                           activation_name(recurrent_activation, "recurrent_activation"),
-                          False, bool(go_backwards))
+                          np.ndim(y) == 3, bool(go_backwards))
     return train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state, options)
 
 

@@ -64,13 +64,14 @@ def _call_backward_sequence(dtype):
 
 
 def _call_train_epoch(dtype):
-    """One sample, one step, one input, one unit, two classes, no state."""
+    """One sample, one step, one input, one unit, two classes, no state; y [samples, steps,
+    classes], as the backend passes it for both models, the last output's and every step's."""
     units, classes = 1, 2
     lstm = (np.zeros((1, 4 * units), dtype), np.zeros((units, 4 * units), dtype), np.zeros(4 * units, dtype))
     dense = (np.zeros((units, classes), dtype), np.zeros(classes, dtype))
     flat = tuple(np.zeros(4 * units * (2 + units) + classes * (units + 1), dtype) for _ in range(4))
     adam = tuple(dtype(value) for value in (0.001, 0.9, 0.999, 1e-7, 0.1, 0.001))
     no_state = (np.empty((0, units), dtype),) * 2
-    train_epoch(np.zeros((1, 1, 1), dtype), np.eye(1, classes, dtype=dtype), 1, lstm, dense,
+    train_epoch(np.zeros((1, 1, 1), dtype), np.eye(1, classes, dtype=dtype).reshape(1, 1, classes), 1, lstm, dense,
                 tuple(np.zeros_like(a) for a in lstm), tuple(np.zeros_like(a) for a in dense), flat, adam, 0,
                 no_state, (False, False, *CODES))

@@ -1,6 +1,7 @@
 """The fused training pass of the ``numba_cpu`` backend: :func:`train_epoch`, a pass of an LSTM +
 Dense(softmax) model over its batches, each batch's forward, categorical cross-entropy, backward
-and Adam update in the same compiled call.
+and Adam update in the same compiled call; the Dense takes the LSTM's last output, or every step's
+output (return_sequences).
 """
 import math
 
@@ -79,9 +80,12 @@ def _carve(scratch, offset, shape):
 
 @njit(**FLAGS)
 def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, adam, iterations, state, options):
-    """Trains an LSTM (last output only) + Dense(softmax) model with categorical cross-entropy
-    and Adam on the batches of x [samples, time, features] and y [samples, classes], in order:
-    per batch the forward pass, the loss, the backward pass and one Adam step.
+    """Trains an LSTM + Dense(softmax) model with categorical cross-entropy and Adam on the
+    batches of x [samples, time, features] and y [samples, steps, classes], in order: per batch
+    the forward pass, the loss, the backward pass and one Adam step. y holds the targets of the
+    LSTM's last ``steps`` outputs (in processing order, as cpu_lstm.forward leaves them): steps 1,
+    the last output alone (an LSTM without return_sequences); steps = time, every output (with
+    return_sequences, the Dense applied at each step). The loss is averaged over rows * steps.
 
     lstm: (kernel, recurrent_kernel, bias) and dense: (kernel, bias), the weights (a bias of
     size 0 for none); lstm_grads and dense_grads shaped alike; all views into flat = (weights,
@@ -92,7 +96,7 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
     go_backwards, activation, recurrent_activation).
 
     Returns (the sum over batches of each batch's mean loss times its size, in float64, as
-    fastlstm.nn sums them; the number of samples whose most probable class is the target's).
+    fastlstm.nn sums them; the number of outputs whose most probable class is the target's).
 
     Call it with subnormal numbers (below 1.2e-38 in float32) flushed to zero
     (``cpu_arithmetic.exchange_mxcsr`` with FLUSH_SUBNORMALS), as TensorFlow does on the CPU:
@@ -105,13 +109,22 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
     dkernel, drecurrent_kernel, dbias = lstm_grads
     ddense_kernel, ddense_bias = dense_grads
     samples, time, _ = x.shape
+    steps = y.shape[1]
     units, classes = dense_kernel.shape
     T = x.dtype.type
     if stateful and (state[0].shape != (batch_size, units) or state[1].shape != (batch_size, units)
                      or samples % batch_size):
         # A fixed message: formatting the shapes into it would take seconds to compile.
         raise ValueError("state: expected h and c of shape [batch_size, units], and whole batches")
-    scratch = np.empty(batch_size * (time * 9 * units + (time + 1) * 2 * units + classes + 2 * units), x.dtype)
+    if steps != 1 and steps != time:
+        raise ValueError("y: expected [samples, 1, classes] or [samples, time, classes]")
+    # With every step's output in the loss, its gradients enter backward_sequence as dy; with the
+    # last one's alone, as the gradient w.r.t. the final state dh (when time is 1 the two agree).
+    every_step = steps == time
+    dy_steps = time if every_step else 0
+    first = time - steps + 1  # the index in h of the first output in the loss
+    scratch = np.empty(batch_size * (time * 9 * units + (time + 1) * 2 * units + steps * classes + 2 * units
+                                     + dy_steps * units), x.dtype)
     exps = np.empty(classes, x.dtype)
     recurrent_part = np.empty(4 * units, x.dtype)
     total_loss, correct = 0.0, 0
@@ -122,10 +135,10 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         h, offset = _carve(scratch, offset, (rows, time + 1, units))
         c, offset = _carve(scratch, offset, (rows, time + 1, units))
         act_c, offset = _carve(scratch, offset, (rows, time, units))
-        probs, offset = _carve(scratch, offset, (rows, classes))
+        probs, offset = _carve(scratch, offset, (rows, steps, classes))
         dh, offset = _carve(scratch, offset, (rows, units))
         dc, offset = _carve(scratch, offset, (rows, units))
-        no_dy, offset = _carve(scratch, offset, (rows, 0, units))  # only the last step's output has a gradient
+        dy, offset = _carve(scratch, offset, (rows, dy_steps, units))
         # Forward: the input projection, then the recurrence from the state.
         inputs = x[start:start + rows, ::-1] if go_backwards else x[start:start + rows, ::1]  # processing order
         project(inputs, kernel, bias, gates)
@@ -140,29 +153,37 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, flat, ad
         if stateful:
             copy_to(state[0], h[:, time])
             copy_to(state[1], c[:, time])
-        # Dense, softmax and the loss; probs becomes the gradient w.r.t. the logits, (probs - y) / rows.
+        # Dense, softmax and the loss at each output; probs becomes the gradient w.r.t. the
+        # logits, (probs - y) / (rows * steps).
+        count = rows * steps
         batch_loss = T(0)
         for b in range(rows):
-            target = y[start + b]
-            probs[b] = 0
-            add_product(h[b, time], dense_kernel, probs[b])
-            add_to(probs[b], dense_bias)
-            batch_loss += _softmax_cross_entropy(probs[b], target, exps)
-            correct += _argmax(probs[b]) == _argmax(target)
-            for j in range(classes):
-                probs[b, j] = (probs[b, j] - target[j]) * T(1 / rows)
-        total_loss += float(batch_loss / T(rows)) * rows
-        # Backward: Dense, the recurrence, then the LSTM's weight gradients.
+            for s in range(steps):
+                target = y[start + b, s]
+                p = probs[b, s]
+                p[:] = 0
+                add_product(h[b, first + s], dense_kernel, p)
+                add_to(p, dense_bias)
+                batch_loss += _softmax_cross_entropy(p, target, exps)
+                correct += _argmax(p) == _argmax(target)
+                for j in range(classes):
+                    p[j] = (p[j] - target[j]) * T(1 / count)
+        total_loss += float(batch_loss / T(count)) * rows
+        # Backward: Dense (its gradients summed over the outputs), the recurrence, then the LSTM's
+        # weight gradients.
         ddense_kernel[:] = 0
         ddense_bias[:] = 0
         dc[:] = 0
+        dh[:] = 0
+        doutputs = dy if every_step else dh.reshape((rows, 1, units))  # the gradients w.r.t. the outputs
         for b in range(rows):
-            _add_outer(h[b, time], probs[b], ddense_kernel)
-            add_to(ddense_bias, probs[b])
-            matvec(dense_kernel, probs[b], dh[b])
+            for s in range(steps):
+                _add_outer(h[b, first + s], probs[b, s], ddense_kernel)
+                add_to(ddense_bias, probs[b, s])
+                matvec(dense_kernel, probs[b, s], doutputs[b, s])
         # The same argument types as cpu_lstm.backward's call (a C-contiguous dy, a bool that is not
         # a literal), so that backward_sequence compiles once for both.
-        backward_sequence(gates, c, act_c, recurrent_kernel, no_dy, dh, dc, dz, activation,
+        backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation,
                           recurrent_activation, bool(False))
         dkernel[:] = 0
         drecurrent_kernel[:] = 0

@@ -288,7 +288,9 @@ def _backward_stepwise(saved, dy, dh, dc):
 
 def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state, options):
     """The backend contract's fused training pass, as :func:`fastlstm.ops.lstm_train_epoch`
-    documents it, all of it in one compiled call (``cpu_training.train_epoch``).
+    documents it, all of it in one compiled call (``cpu_training.train_epoch``), which takes y as
+    ``[samples, steps, classes]``: the targets of every step with ``options.return_sequences``,
+    else of the last step alone (steps 1), so that one compiled specialisation trains both.
 
     Subnormal numbers are flushed to zero while it runs, and only then: the calling thread's
     floating-point control is restored however the pass ends, an exception included.
@@ -301,6 +303,8 @@ def train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, st
     if state is None:
         state = (np.empty((0, lstm[1].shape[0]), x.dtype),) * 2
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    if not options.return_sequences:
+        y = y.reshape(len(y), 1, y.shape[-1])
     control = cpu_arithmetic.exchange_mxcsr(-1, cpu_arithmetic.FLUSH_SUBNORMALS)
     try:
         return cpu_training.train_epoch(x, y, batch_size, lstm, tuple(dense), lstm_grads, tuple(dense_grads), flat,
