@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 
 from fastlstm.nn import losses
-from fastlstm.nn.layers import LSTM, Dense, Layer, as_shape, unique_name
+from fastlstm.nn.layers import LSTM, Dense, Layer, TimeDistributed, as_shape, unique_name
 from fastlstm.nn.optimizers import Adam
 from fastlstm.ops import DenseWeights, LSTMWeights, lstm_train_epoch
 
@@ -400,13 +400,15 @@ class Sequential:
         return total_loss, correct
 
     def _fusable(self):
-        """Whether this model is the one a fused training pass trains: an LSTM returning its last
-        output, then the softmax Dense, with categorical cross-entropy and Adam."""
+        """Whether this model is one a fused training pass trains: an LSTM, then the softmax Dense
+        on its last output or on every step's (return_sequences; the Dense as it is, applied per
+        step, or in a TimeDistributed), with categorical cross-entropy and Adam."""
         if len(self.layers) != 2 or not isinstance(self.optimizer, Adam) \
                 or not isinstance(self.loss, losses.CategoricalCrossentropy):
             return False
-        lstm, dense = self.layers
-        return isinstance(lstm, LSTM) and not lstm.return_sequences and isinstance(dense, Dense)
+        lstm, head = self.layers
+        dense = head.layer if isinstance(head, TimeDistributed) else head
+        return isinstance(lstm, LSTM) and isinstance(dense, Dense)
 
     def _train_fused(self, x, y, batch_size):
         """The pass of :meth:`_run_batches` in one call of the backend's fused training pass
