@@ -12,7 +12,7 @@
 
 namespace fastlstm {
 
-enum { MAX_THREADS = 1024 };  // an enumerator, not a variable: no device global under NVRTC
+enum { MAX_THREADS = 1024, STAGED = 4 };  // enumerators, not variables: no device global under NVRTC
 
 // A thread's place in its block, and the block's recurrent_kernel staged in shared memory.
 template <typename T>
@@ -36,8 +36,21 @@ __device__ __forceinline__ Tile<T> stage(unsigned char* shared, const T* recurre
     tile.j = threadIdx.x % units;
     tile.b = blockIdx.x * rows + tile.r;
     tile.active = tile.b < batch;
-    for (int i = threadIdx.x; i < units * gates; i += blockDim.x)
-        tile.recurrent[(i / gates) * tile.ld + i % gates] = recurrent_kernel[i];
+    // STAGED loads in flight per thread before their stores, each a coalesced pass of the block
+    // over recurrent_kernel: a load at a time would wait out the memory's latency per element.
+    const int elements = units * gates, stride = blockDim.x;
+    int i = threadIdx.x;
+    for (; i + (STAGED - 1) * stride < elements; i += STAGED * stride) {
+        T loaded[STAGED];
+#pragma unroll
+        for (int s = 0; s < STAGED; ++s) loaded[s] = recurrent_kernel[i + s * stride];
+#pragma unroll
+        for (int s = 0; s < STAGED; ++s) {
+            const int e = i + s * stride;
+            tile.recurrent[(e / gates) * tile.ld + e % gates] = loaded[s];
+        }
+    }
+    for (; i < elements; i += stride) tile.recurrent[(i / gates) * tile.ld + i % gates] = recurrent_kernel[i];
     return tile;
 }
 
@@ -132,9 +145,13 @@ persistent_backward(const T* __restrict__ recurrent_kernel, const T* __restrict_
             for (int q = 0; q < 4; ++q) dz_row[q * units + j] = T(0);
         }
         __syncthreads();
-        dh = T(0);
+        // One independent chain per gate, summed at the end: a single accumulator would chain all
+        // 4 * units multiply-adds, each waiting for the one before.
         const T* r_j = r_s + j * ld;
-        for (int m = 0; m < 4 * units; ++m) dh += dz_row[m] * r_j[m];
+        T partial[4] = {T(0), T(0), T(0), T(0)};
+        for (int m = 0; m < units; ++m)
+            for (int q = 0; q < 4; ++q) partial[q] += dz_row[q * units + m] * r_j[q * units + m];
+        dh = (partial[0] + partial[1]) + (partial[2] + partial[3]);
     }
     if (active) {
         dh0[row_state] = dh;
