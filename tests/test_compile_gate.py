@@ -137,6 +137,10 @@ def test_every_instance_compiles_without_spills_within_the_plans_budget(source, 
                 found = loops[mangled]
                 assert any(loop.fma_count for loop in found) and any(loop.staging for loop in found), \
                     f"{name}: expected a multiply-add loop and a staging loop in its SASS, got {found}"
+                # The one target met so far, so kept: staging's main loop (its remainder, which takes
+                # fewer than STAGING_TARGET elements a thread, loads one at a time).
+                in_flight = max(loop.loads_in_flight for loop in found if loop.staging)
+                assert in_flight >= STAGING_TARGET, f"{name}: staging keeps {in_flight} loads in flight"
             LOOP_REPORT.extend(_loop_rows(name, loops[mangled]))
     limit = ARCHITECTURES[arch].shared_memory_per_block_optin
     for compiler, log in logs.items():
