@@ -25,7 +25,9 @@ import pytest
 from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, DEFAULT_SHARED_MEMORY, DeviceLimits, plan_lstm
 from fastlstm.kernels import numba_cuda
 
+from support import sass
 from support.numba_ptx import write_ptx
+from test_compile_gate import STAGING_TARGET
 
 TESTS = pathlib.Path(__file__).parent
 REGISTERS_PER_BLOCK = 65536
@@ -118,6 +120,13 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
     assert static_shared + DEFAULT_SHARED_MEMORY <= ARCHITECTURES[arch].shared_memory_per_block_optin
     print(f"{arch} {function}<{C_TYPES[np.dtype(dtype)]}>: {registers} registers, block up to {threads}, "
           f"{static_shared} bytes static shared memory")
+    if arch == "sm_90" and function.startswith("persistent"):  # as the CUDA C compile gate's SASS check
+        (loops,) = sass.cubin_loops(ptx.with_suffix(".cubin")).values()
+        in_flight = max(loop.loads_in_flight for loop in loops if loop.staging)
+        assert in_flight >= STAGING_TARGET, f"{function}: staging keeps {in_flight} loads in flight"
+        print("  inner loops: " + "; ".join(
+            f"{loop.fma_count} FMAs, {loop.instructions_per_fma():.2f} instructions and "
+            f"{loop.shared_loads_per_fma():.2f} shared loads per FMA" for loop in loops if loop.fma_count))
 
 
 GATED = {"sm_70": (7, 0), "sm_80": (8, 0), "sm_90": (9, 0)}
