@@ -12,6 +12,7 @@ sorted, are the classes (symbol ``i`` is input ``i / len(vocabulary)``), and eve
 is what follows it in the sequence.
 """
 import dataclasses
+import functools
 import itertools
 import math
 import multiprocessing
@@ -73,24 +74,27 @@ def _random_runs(rng, sequence, count=1000, max_len=5):
     return patterns, targets
 
 
+def _codes(patterns, vocabulary):
+    """Each pattern's symbols as their indices in ``vocabulary``."""
+    return [[vocabulary.index(s) for s in p] for p in patterns]
+
+
 def _as_time_steps(vocabulary):
     def encode(patterns):
-        codes = np.array([[vocabulary.index(s) for s in p] for p in patterns], np.float32)
-        return (codes / len(vocabulary))[:, :, None]
+        return (np.array(_codes(patterns, vocabulary), np.float32) / len(vocabulary))[:, :, None]
     return encode
 
 
 def _as_features(vocabulary):
     def encode(patterns):
-        return _as_time_steps(vocabulary)(patterns).transpose(0, 2, 1)
+        return (np.array(_codes(patterns, vocabulary), np.float32) / len(vocabulary))[:, None, :]
     return encode
 
 
 def _left_padded(maxlen):
     def padded(vocabulary):
         def encode(patterns):
-            codes = pad_sequences([[vocabulary.index(s) for s in p] for p in patterns], maxlen=maxlen,
-                                  dtype="float32")
+            codes = pad_sequences(_codes(patterns, vocabulary), maxlen=maxlen, dtype="float32")
             return (codes / len(vocabulary))[:, :, None]
         return encode
     return padded
@@ -101,7 +105,7 @@ def _data(sequence, samples, encoding, several=False):
     (vocabulary -> encode); ``several`` targets give y ``[samples, time, classes]``."""
     vocabulary = vocabulary_of(sequence)
     patterns, targets = samples
-    labels = np.array([[vocabulary.index(s) for s in t] for t in targets])
+    labels = np.array(_codes(targets, vocabulary))
     y = to_categorical(labels if several else labels[:, 0], num_classes=len(vocabulary)).astype(np.float32)
     encode = encoding(vocabulary)
     return Data(patterns, targets, encode(patterns), y, vocabulary, encode)
@@ -125,37 +129,53 @@ class Experiment:
     variants: tuple = ()  # experiments shown beside this one: the same question, one thing changed
 
 
+# Each experiment's data, from (numpy RandomState, sequence).
+def _pairs(rng, sequence):
+    return _data(sequence, _windows(sequence, 1), _as_time_steps)
+
+
+def _windows_as(encoding):
+    return lambda rng, sequence: _data(sequence, _windows(sequence, WINDOW), encoding)
+
+
+def _runs(rng, sequence):
+    return _data(sequence, _random_runs(rng, sequence), _left_padded(5))
+
+
 def _every_prefix(rng, sequence):
-    """Experiment 7's samples: every prefix of the sequence and the symbol after it."""
+    """Every prefix of the sequence and the symbol after it."""
     lengths = range(1, len(sequence))
     return _data(sequence, ([sequence[:n] for n in lengths], [sequence[n] for n in lengths]),
                  _left_padded(len(sequence) - 1))
 
 
+def _series(rng, sequence):
+    return _data(sequence, _series_rows(sequence), _as_time_steps)
+
+
+def _three_out(rng, sequence):
+    return _data(sequence, _windows(sequence, WINDOW, WINDOW), _as_time_steps, several=True)
+
+
 EXPERIMENTS = {
     e.number: e
     for e in (
-        Experiment(1, "one char -> one char", lambda rng, s: _data(s, _windows(s, 1), _as_time_steps),
-                   2, 32, 500, 1, True, 84.00),
-        Experiment(2, "3-char window as 3 features", lambda rng, s: _data(s, _windows(s, WINDOW), _as_features),
-                   WINDOW + 1, 32, 500, 1, True, 86.96),
-        Experiment(3, "3-char window as 3 time steps", lambda rng, s: _data(s, _windows(s, WINDOW), _as_time_steps),
-                   WINDOW + 1, 32, 500, 1, True, 100.00),
-        Experiment(4, "all pairs in one batch", lambda rng, s: _data(s, _windows(s, 1), _as_time_steps),
-                   2, 16, 5000, None, False, 100.00),
-        Experiment(5, "stateful, one char -> one char", lambda rng, s: _data(s, _windows(s, 1), _as_time_steps),
-                   2, 50, 300, 1, False, 100.00, stateful=True),
-        Experiment(6, "variable length -> one char", lambda rng, s: _data(s, _random_runs(rng, s), _left_padded(5)),
-                   3, 32, 500, 1, True, 98.90),
+        Experiment(1, "one char -> one char", _pairs, 2, 32, 500, 1, True, 84.00),
+        Experiment(2, "3-char window as 3 features", _windows_as(_as_features), WINDOW + 1, 32, 500, 1, True, 86.96),
+        Experiment(3, "3-char window as 3 time steps", _windows_as(_as_time_steps), WINDOW + 1, 32, 500, 1, True,
+                   100.00),
+        Experiment(4, "all pairs in one batch", _pairs, 2, 16, 5000, None, False, 100.00),
+        Experiment(5, "stateful, one char -> one char", _pairs, 2, 50, 300, 1, False, 100.00, stateful=True),
+        Experiment(6, "variable length -> one char", _runs, 3, 32, 500, 1, True, 98.90),
         Experiment(7, "stateless: every prefix, padded", _every_prefix, 2, 32, 500, 1, True, float("nan")),
-        Experiment(8, f"stateful, {SERIES} series side by side", lambda rng, s: _data(s, _series_rows(s), _as_time_steps),
-                   SERIES + 1, 50, 1000, SERIES, False, float("nan"), stateful=True, variants=(10,)),
-        Experiment(9, "3 chars -> next 3 chars", lambda rng, s: _data(s, _windows(s, WINDOW, WINDOW), _as_time_steps, True),
-                   2 * WINDOW, 32, 1000, 1, True, float("nan"), model="sequence", variants=(11,)),
-        Experiment(10, "as 8, rows shuffled between batches", lambda rng, s: _data(s, _series_rows(s), _as_time_steps),
-                   SERIES + 1, 50, 1000, SERIES, True, float("nan"), stateful=True),
-        Experiment(11, "as 9, encoder-decoder", lambda rng, s: _data(s, _windows(s, WINDOW, WINDOW), _as_time_steps, True),
-                   2 * WINDOW, 32, 1000, 1, True, float("nan"), model="encoder-decoder"),
+        Experiment(8, f"stateful, {SERIES} series side by side", _series, SERIES + 1, 50, 1000, SERIES, False,
+                   float("nan"), stateful=True, variants=(10,)),
+        Experiment(9, "3 chars -> next 3 chars", _three_out, 2 * WINDOW, 32, 1000, 1, True, float("nan"),
+                   model="sequence", variants=(11,)),
+        Experiment(10, "as 8, rows shuffled between batches", _series, SERIES + 1, 50, 1000, SERIES, True,
+                   float("nan"), stateful=True),
+        Experiment(11, "as 9, encoder-decoder", _three_out, 2 * WINDOW, 32, 1000, 1, True, float("nan"),
+                   model="encoder-decoder"),
     )
 }
 
@@ -279,8 +299,7 @@ class Keras:
         keras.utils.set_random_seed(seed)
         if recurrent_activation == "hard_sigmoid_keras2":
             recurrent_activation = lambda z: keras.ops.clip(0.2 * z + 0.5, 0.0, 1.0)  # noqa: E731
-        batch, *shape = _input_shape(experiment, data)
-        model = keras.Sequential([keras.Input(batch_shape=(batch, *shape)),
+        model = keras.Sequential([keras.Input(batch_shape=_input_shape(experiment, data)),
                                   *_stack(keras.layers, experiment, data, recurrent_activation)])
         model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.Adam(epsilon=epsilon),
                       metrics=["accuracy"])
@@ -290,37 +309,45 @@ class Keras:
         # One fit call for all epochs: Keras's per-call overhead would dominate otherwise.
         callback = self.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch_end(epoch))
         if experiment.shuffle:
-            model.fit(self._reshuffled(data, experiment.batch_size), epochs=epochs, verbose=0, callbacks=[callback])
+            model.fit(self.reshuffled(data, experiment.batch_size), epochs=epochs, verbose=0, callbacks=[callback])
         else:
             model.fit(data.x, data.y, epochs=epochs, batch_size=experiment.batch_size, shuffle=False, verbose=0,
                       callbacks=[callback])
 
-    def _reshuffled(self, data, batch_size):
-        """The samples in batches, in a new order every epoch, drawn from NumPy's global random
-        state (which ``keras.utils.set_random_seed`` seeds), as Keras 2 and fastlstm.nn shuffle:
-        on TensorFlow under a global seed, Keras 3's own ``shuffle=True`` repeats one order every
-        epoch and every fit call."""
-        class Reshuffled(self.keras.utils.PyDataset):
-            def __init__(self):
-                super().__init__()
-                self.on_epoch_end()
-
-            def __len__(self):
-                return -(-len(data.x) // batch_size)
-
-            def __getitem__(self, index):
-                rows = self.order[index * batch_size:(index + 1) * batch_size]
-                return data.x[rows], data.y[rows]
-
-            def on_epoch_end(self):
-                self.order = np.random.permutation(len(data.x))
-
-        return Reshuffled()
+    def reshuffled(self, data, batch_size):
+        """``data``'s samples as a ``keras.utils.PyDataset`` of batches, in a new order every
+        epoch, drawn from NumPy's global random state (which ``keras.utils.set_random_seed``
+        seeds), as Keras 2 and fastlstm.nn shuffle: on TensorFlow under a global seed, Keras 3's
+        own ``shuffle=True`` repeats one order every epoch and every fit call."""
+        return _reshuffling_dataset(self.keras)(data, batch_size)
 
     def reset_states(self, model):
         for layer in model.layers:
             if getattr(layer, "stateful", False):
                 layer.reset_states()
+
+
+@functools.cache
+def _reshuffling_dataset(keras):
+    """The PyDataset class of :meth:`Keras.reshuffled`, made once: its base comes with Keras,
+    which is imported on first use."""
+    class Reshuffled(keras.utils.PyDataset):
+        def __init__(self, data, batch_size):
+            super().__init__()
+            self.data, self.batch_size = data, batch_size
+            self.on_epoch_end()
+
+        def __len__(self):
+            return -(-len(self.data.x) // self.batch_size)
+
+        def __getitem__(self, index):
+            rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+            return self.data.x[rows], self.data.y[rows]
+
+        def on_epoch_end(self):
+            self.order = np.random.permutation(len(self.data.x))
+
+    return Reshuffled
 
 
 def run(number, framework, seed=DEFAULT_SEED, recurrent_activation="sigmoid", epsilon=1e-7, epochs=None,

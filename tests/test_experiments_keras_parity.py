@@ -86,8 +86,8 @@ def test_the_keras_side_draws_a_new_order_every_epoch_where_keras_repeats_one():
     assert keras_own[0:2] == keras_own[2:4] == keras_own[4:6]
     data = SimpleNamespace(x=x, y=x)
     framework = experiments.Keras()
-    ours = _orders_seen_by_fit(lambda m: m.fit(framework._reshuffled(data, 4), epochs=3, verbose=0))
+    ours = _orders_seen_by_fit(lambda m: m.fit(framework.reshuffled(data, 4), epochs=3, verbose=0))
     epochs = [sorted(sum(ours[i:i + 2], [])) for i in range(0, 6, 2)]
     assert epochs == [list(range(8))] * 3  # every sample once an epoch
     assert len({tuple(sum(ours[i:i + 2], [])) for i in range(0, 6, 2)}) == 3  # in three orders
-    assert ours == _orders_seen_by_fit(lambda m: m.fit(framework._reshuffled(data, 4), epochs=3, verbose=0))
+    assert ours == _orders_seen_by_fit(lambda m: m.fit(framework.reshuffled(data, 4), epochs=3, verbose=0))
