@@ -208,9 +208,8 @@ def lstm_train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, ada
     Returns:
         ``(total_loss, correct)``: the sum over batches of the batch's mean loss times its size,
         and the number of outputs (samples, or samples times steps) whose most probable class is
-        the target's. The weights,
-        gradients, ``m``, ``v`` and the state are updated in place, one Adam step per batch; the
-        caller adds the steps to its count of ``iterations``.
+        the target's. The weights, gradients, ``m``, ``v`` and the state are updated in place, one
+        Adam step per batch; the caller adds the steps to its count of ``iterations``.
 
     Raises:
         ValueError: y is neither ``[samples, classes]`` nor ``[samples, time, classes]``.

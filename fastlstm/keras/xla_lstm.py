@@ -31,6 +31,7 @@ from fastlstm.kernels import cpu_lstm
 from fastlstm.keras.xla_ffi import (EXECUTE, METADATA_EXTENSION, _Api, _Buffer, _Buffers, _CallFrame, _Extension,
                                     _Metadata, _MetadataExtension, _Version)
 
+
 def _offset(struct, *fields):
     """The byte offset of a (nested) field of a ctypes structure."""
     total = 0
