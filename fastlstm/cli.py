@@ -12,7 +12,7 @@ import pathlib
 import sys
 import tempfile
 
-from fastlstm import __version__, bench_report, experiments, gpu_check
+from fastlstm import __version__, bench_report, cluster, experiments, gpu_check
 from fastlstm.activations import ACTIVATIONS
 from fastlstm.backends import BackendUnavailable, available_backends
 from fastlstm.utils import Progress, usable_cores, write_json
@@ -132,34 +132,54 @@ def _run_all(args, frameworks, seeds, in_workers):
     return results, rows
 
 
+def _count(number, noun):
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _executor(dask, jobs, warm_up_arguments):
+    """Where fastlstm's runs go, as a context manager: the Dask cluster ``dask`` where given, else
+    ``jobs`` worker processes, each having run the warm-up first, or none for this process."""
+    if dask:
+        return contextlib.nullcontext(dask.executor(experiments.warm_up, warm_up_arguments))
+    if jobs > 1:
+        return WorkerPool(jobs, experiments.warm_up, warm_up_arguments)
+    return contextlib.nullcontext()
+
+
 def alphabet(args, frameworks):
     """Runs, prints and (with --json) writes the experiments; returns their Results."""
     seeds = range(args.seed, args.seed + args.seeds)
     fastlstm = frameworks[0]
     options = (args.recurrent_activation, args.epsilon)
-    jobs = min(args.jobs or usable_cores(), len(args.experiment) * len(seeds))
-    print(backends_report())
-    print(f"fastlstm backend: {fastlstm.backend}; seeds {seeds.start}..{seeds.stop - 1}; "
-          + ("" if args.sequence == experiments.ALPHABET else f"sequence {args.sequence!r}; ")
-          + f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}; "
-          + ("runs in this process" if jobs == 1 else f"runs in {jobs} worker processes"))
-    warm_up = experiments.warm_up(args.experiment, fastlstm, *options, args.sequence)
-    print(f"{fastlstm.backend} kernels ready in {warm_up:.1f} s (untimed warm-up, one epoch of each experiment; "
-          "a compiling backend compiles its kernels on first use and caches them on disk, later runs load them)",
-          flush=True)
+    warm_up_arguments = (args.experiment, fastlstm, *options, args.sequence)
     runs = [experiments.Run(number, fastlstm, seed, *options, args.epochs, args.sequence)
             for number in args.experiment for seed in seeds]
-    with WorkerPool(jobs, experiments.warm_up, (args.experiment, fastlstm, *options, args.sequence)) if jobs > 1 \
-            else contextlib.nullcontext() as pool:
-        in_workers = pool and experiments.run_many(runs, pool)
+    with contextlib.ExitStack() as stack:
+        # Connected before the first line, so that a scheduler that does not answer fails the command at once.
+        dask = args.scheduler and stack.enter_context(cluster.Cluster(args.scheduler, fastlstm.backend))
+        jobs = dask.threads if dask else min(args.jobs or usable_cores(), len(runs))
+        print(backends_report())
+        print(f"fastlstm backend: {fastlstm.backend}; seeds {seeds.start}..{seeds.stop - 1}; "
+              + ("" if args.sequence == experiments.ALPHABET else f"sequence {args.sequence!r}; ")
+              + f"recurrent_activation {args.recurrent_activation}, Adam epsilon {args.epsilon:g}; "
+              + (f"runs on the Dask cluster at {dask.address}: {_count(dask.workers, 'worker')}, "
+                 f"{_count(jobs, 'thread')}" if dask
+                 else "runs in this process" if jobs == 1 else f"runs in {jobs} worker processes"))
+        warm_up = experiments.warm_up(*warm_up_arguments)
+        print(f"{fastlstm.backend} kernels ready in {warm_up:.1f} s (untimed warm-up, one epoch of each experiment; "
+              "a compiling backend compiles its kernels on first use and caches them on disk, later runs load them)",
+              flush=True)
+        executor = stack.enter_context(_executor(dask, jobs, warm_up_arguments))
+        in_workers = executor and experiments.run_many(runs, executor)
         if in_workers and args.keras:
             in_workers = iter(list(in_workers))  # so that Keras's runs, in this process, share no core with fastlstm's
         results, rows = _run_all(args, frameworks, seeds, in_workers)
+        on_cluster = {"scheduler": dask.address, "workers": dask.workers} if dask else {}
     print()
     print(table(rows))
     if args.json:
         write_json(args.json, {"arguments": {k: v for k, v in vars(args).items() if k != "command"},
-                               "jobs": jobs, "warm_up_seconds": warm_up,
+                               "jobs": jobs, **on_cluster, "warm_up_seconds": warm_up,
                                "results": [dataclasses.asdict(r) for r in results],
                                "summaries": [{"experiment": e.number, "fastlstm": o, "keras": k} for e, o, k in rows]})
         print(f"wrote {args.json}")
@@ -189,6 +209,17 @@ def _seed(text):
     if not 0 <= value <= LAST_SEED:
         raise argparse.ArgumentTypeError(f"must be 0 to {LAST_SEED} (NumPy's seeds), got {value}")
     return value
+
+
+def _scheduler(text):
+    """A Dask scheduler's address, or local:N with N at least 1."""
+    if text.startswith(cluster.LOCAL):
+        count = text[len(cluster.LOCAL):]
+        if not (count.isdigit() and int(count) >= 1):
+            raise argparse.ArgumentTypeError(f"local:N needs N, the worker processes, of at least 1, got {text!r}")
+    elif not text:
+        raise argparse.ArgumentTypeError("needs a scheduler's address, e.g. tcp://10.0.0.5:8786, or local:N")
+    return text
 
 
 def _finite_positive(text):
@@ -264,10 +295,15 @@ def main(argv=None):
     run.add_argument("--epochs", type=_positive, help="override every experiment's number of epochs (for quick runs)")
     run.add_argument("--json", type=_writable_file, metavar="PATH",
                      help="write every figure to PATH as JSON (whole, once every run is done)")
-    run.add_argument("--jobs", type=_positive, metavar="N",
-                     help="run fastlstm's runs in N worker processes of one thread each (Keras's stay in this "
-                          "process); default the cores this process may use, at most one per run; 1 runs "
-                          "them all here, with an epoch progress line")
+    runners = run.add_mutually_exclusive_group()
+    runners.add_argument("--jobs", type=_positive, metavar="N",
+                         help="run fastlstm's runs in N worker processes of one thread each (Keras's stay in this "
+                              "process); default the cores this process may use, at most one per run; 1 runs "
+                              "them all here, with an epoch progress line")
+    runners.add_argument("--scheduler", type=_scheduler, metavar="ADDRESS",
+                         help="run fastlstm's runs on the Dask cluster of this scheduler, e.g. tcp://10.0.0.5:8786, "
+                              "whose workers have fastlstm installed (the results are those of --jobs 1); local:N "
+                              "starts one of N worker processes of one thread each here; needs the cluster extra")
     args = parser.parse_args(argv)
 
     if args.command == "backends":
@@ -301,6 +337,9 @@ def main(argv=None):
             except (ValueError, ImportError, BackendUnavailable) as e:
                 run.error(str(e))
             results = alphabet(args, chosen)
+    except cluster.ClusterError as e:
+        print(f"fastlstm alphabet: error: --scheduler {args.scheduler}: {e}", file=sys.stderr)
+        return 2
     except Interrupted as e:
         print("fastlstm: interrupted", file=sys.stderr)
         return 128 + e.signal_number

@@ -4,6 +4,7 @@
   thread each, leave a Ctrl-C to this process and end with it.
 - :func:`wait_for`: the results of futures in their order, with the number done on a progress line.
 - :func:`stop_children`: ends every worker at once.
+- :func:`blocked`: signals held back in the calling thread, and in the threads and processes it starts.
 - :func:`interruptible`: SIGINT and SIGTERM raise :class:`Interrupted`, so that the main process
   can stop its workers and end in one line.
 """
@@ -38,7 +39,7 @@ def _environment(values):
 
 
 @contextlib.contextmanager
-def _blocked(signals):
+def blocked(signals):
     """The calling thread with ``signals`` blocked inside the block: held back until it is left."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows has no signal masks
         yield
@@ -88,7 +89,7 @@ class WorkerPool(concurrent.futures.ProcessPoolExecutor):
                          initargs=(os.getpid(), initializer, initargs))
 
     def submit(self, function, /, *args, **kwargs):
-        with _environment(ONE_THREAD), _blocked({signal.SIGINT}):
+        with _environment(ONE_THREAD), blocked({signal.SIGINT}):
             return super().submit(function, *args, **kwargs)
 
     def __exit__(self, kind, exception, traceback):
