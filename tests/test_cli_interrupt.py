@@ -51,13 +51,20 @@ def _wait_until(condition, timeout, what):
         time.sleep(0.05)
 
 
+# Where the runs go: "local:2" for a Dask LocalCluster of two worker processes, else --jobs.
+LOCAL_CLUSTER = "local:2"
+
+
 @contextlib.contextmanager
 def _running(tmp_path, jobs):
-    """The long runs in ``jobs`` processes, once they run: (the command's Popen, the pids of its
-    children); every process of theirs left at the end of the block is killed."""
+    """The long runs in ``jobs`` processes (or on LOCAL_CLUSTER), once they run: (the command's
+    Popen, the pids of its children); every process of theirs left at the end of the block is
+    killed."""
+    where = ["--scheduler", jobs] if jobs == LOCAL_CLUSTER else ["--jobs", str(jobs)]
+    jobs = 2 if jobs == LOCAL_CLUSTER else jobs
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
         # A session of its own: a process group, as a terminal gives it, for the Ctrl-C case.
-        process = subprocess.Popen([FASTLSTM, *LONG_RUNS, "--jobs", str(jobs), "--json", str(tmp_path / "out.json")],
+        process = subprocess.Popen([FASTLSTM, *LONG_RUNS, *where, "--json", str(tmp_path / "out.json")],
                                    stdout=out, stderr=err, cwd=NEUTRAL, start_new_session=True)
     children = set()
     try:
@@ -85,14 +92,14 @@ def _exit_of(process, send, signal_number):
 @pytest.mark.parametrize(
     "jobs, signal_number, send",
     [(2, signal.SIGINT, os.kill), (2, signal.SIGTERM, os.kill), (1, signal.SIGINT, os.kill),
-     (1, signal.SIGTERM, os.kill), (2, signal.SIGINT, os.killpg)],
+     (1, signal.SIGTERM, os.kill), (2, signal.SIGINT, os.killpg), (LOCAL_CLUSTER, signal.SIGINT, os.killpg)],
     ids=["workers-SIGINT-to-main", "workers-SIGTERM-to-main", "here-SIGINT", "here-SIGTERM",
-         "workers-Ctrl-C-to-the-group"],
+         "workers-Ctrl-C-to-the-group", "local-cluster-Ctrl-C-to-the-group"],
 )
 def test_a_signal_stops_every_run_at_once_in_one_line(tmp_path, jobs, signal_number, send):
     with _running(tmp_path, jobs) as (process, children):
-        if jobs > 1:
-            assert len(children) >= jobs
+        if jobs != 1:
+            assert len(children) >= 2
         status, seconds = _exit_of(process, send, signal_number)
         assert status == 128 + signal_number and seconds < 5
         _wait_until(lambda: not any(_alive(pid) for pid in children), 2, "end of the children")
@@ -112,7 +119,8 @@ def test_workers_leave_a_ctrl_c_to_the_main_process(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the workers' parent-death signal is Linux's")
-def test_workers_end_with_the_main_process_even_when_it_is_killed(tmp_path):
-    with _running(tmp_path, 2) as (process, children):
+@pytest.mark.parametrize("jobs", [2, LOCAL_CLUSTER])
+def test_workers_end_with_the_main_process_even_when_it_is_killed(tmp_path, jobs):
+    with _running(tmp_path, jobs) as (process, children):
         assert _exit_of(process, os.kill, signal.SIGKILL)[0] == -signal.SIGKILL and len(children) >= 2
         _wait_until(lambda: not any(_alive(pid) for pid in children), 2, "end of the workers")

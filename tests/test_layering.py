@@ -1,8 +1,10 @@
 """The layers between fastlstm.nn, the functional core (fastlstm.ops) and the backends: the
 backend contract the registry checks, the fused training pass reached through ops with its
-NotImplementedError fallback, and fastlstm.nn importing nothing from the backends."""
+NotImplementedError fallback, fastlstm.nn importing nothing from the backends, and Dask imported
+for a cluster only."""
 import ast
 import pathlib
+import subprocess
 import sys
 import types
 
@@ -27,6 +29,14 @@ def test_fastlstm_nn_imports_nothing_from_the_backends():
                 imported.add((path.name, node.module))
     assert len(imported) > 10  # the walk found the modules' imports
     assert sorted((file, module) for file, module in imported if module.startswith("fastlstm.backends")) == []
+
+
+def test_fastlstm_and_its_command_without_scheduler_import_no_dask():
+    code = ("import sys; from fastlstm import cli, cluster; "
+            "status = cli.main(['alphabet', '--backend', 'numpy', '--experiment', '4', '--epochs', '1', '--jobs', '1']); "
+            "print(status, sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == "0 []", result.stderr
 
 
 def _backend(capabilities, defined=("forward", "backward")):
