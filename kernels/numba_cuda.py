@@ -2,10 +2,13 @@
 lstm_stepwise.cu (read those for the design), one set per dtype.
 
 Every constant is a scalar of the kernel's dtype, so a float32 kernel does no float64
-arithmetic (the compile gate looks for ``.f64`` in its PTX). The hot loops and the staging index
-with uint32: Numba's int64 indices cost 64-bit arithmetic and a negative-index wrap-around at
-every access (at sm_90, 27.8 instructions per multiply-add in the backward's loop against 4.9). An absent optional array (dy, the
-final state's gradients) comes as an empty array. Compiled on first launch, never at import.
+arithmetic (the compile gate looks for ``.f64`` in its PTX). Indices are uint32, truncated after
+each sum in the loops: Numba types arithmetic on uint32 as uint64, and a signed index costs a
+negative-index wrap-around at every access. So the persistent kernels' inner loops are loads and
+multiply-adds, about 2 instructions per multiply-add at sm_90 (the compile gate asserts at most
+4). A tuple stands for a small array kept in registers (a row's four gates, a vector's lanes). An
+absent optional array (dy, the final state's gradients) comes as an empty array. Compiled on first
+launch, never at import.
 """
 import functools
 import math
@@ -15,13 +18,26 @@ from numba import config, cuda, from_dtype, uint32
 
 from .activation_ids import HARD_SIGMOID, HARD_SIGMOID_KERAS2, RELU, SIGMOID, SOFTSIGN, TANH
 
-# The persistent kernels may run 1024 threads a block: the compiler must fit them (64 registers).
-# (The simulator's cuda.jit takes no launch bounds; it has no registers to fit.)
-LAUNCH_BOUNDS = {"persistent_forward": 1024, "persistent_backward": 1024}
+# As fastlstm.backends.plan, which this file does not import (tests/support/numba_ptx.py loads it
+# alone): the persistent kernels' most threads a block by itemsize, so that the compiler may use
+# 128 registers a thread in float32 and 255 in float64; the rows a thread computes; the unit of
+# recurrent_kernel's padded rows in shared memory.
+PERSISTENT_THREADS = {4: 512, 8: 256}
+ROWS = 4
+VECTOR_BYTES = 16
+PERSISTENT = ("persistent_forward", "persistent_backward")
 
 
-def _bounds(function):
-    return {} if config.ENABLE_CUDASIM else {"launch_bounds": LAUNCH_BOUNDS[function]}
+def launch_bounds(function, dtype):
+    """Numba's launch bounds of ``function`` in ``dtype``: the most threads a block runs, and one
+    block per multiprocessor at least (else ptxas 12 aims at several, and spilled sm_70's float64
+    forward at 80 registers); None for the stepwise kernels, which carry none."""
+    return (PERSISTENT_THREADS[np.dtype(dtype).itemsize], 1) if function in PERSISTENT else None
+
+
+def _bounds(function, dtype):
+    # The simulator's cuda.jit takes no launch bounds: it has no registers to fit.
+    return {} if config.ENABLE_CUDASIM else {"launch_bounds": launch_bounds(function, dtype)}
 
 
 @functools.cache
@@ -30,6 +46,7 @@ def kernels(dtype):
     dtype = np.dtype(dtype)
     T = from_dtype(dtype)
     zero, one, half, three, six, fifth, sixth = (dtype.type(v) for v in (0, 1, 0.5, 3, 6, 0.2, 1 / 6))
+    lanes = np.uint32(VECTOR_BYTES // dtype.itemsize)
 
     @cuda.jit(device=True, inline=True)
     def activate(kind, z):
@@ -67,121 +84,234 @@ def kernels(dtype):
 
     @cuda.jit(device=True, inline=True)
     def stage(shared, recurrent_kernel, units):
-        """Copies recurrent_kernel into shared memory with rows padded to 4*units + 1, four loads
-        in flight per thread before their stores (a load at a time waits out the latency of each)."""
+        """Copies recurrent_kernel into shared memory with rows padded to ld elements (as
+        fastlstm.backends.plan.recurrent_row_length), four loads in flight per thread before their
+        stores (a load at a time waits out the latency of each); returns ld."""
         gates = uint32(4 * units)
-        padded = gates + uint32(1)
-        elements, stride = uint32(units) * gates, uint32(cuda.blockDim.x)
+        vectors = uint32(gates // lanes + uint32(1))
+        ld = uint32((vectors + uint32(1) - vectors % uint32(2)) * lanes)
+        elements, stride = uint32(uint32(units) * gates), uint32(cuda.blockDim.x)
         i = uint32(cuda.threadIdx.x)
-        while i + uint32(3) * stride < elements:
-            e1, e2, e3 = i + stride, i + uint32(2) * stride, i + uint32(3) * stride
+        while uint32(i + uint32(3) * stride) < elements:
+            e1, e2, e3 = uint32(i + stride), uint32(i + uint32(2) * stride), uint32(i + uint32(3) * stride)
             a0, a1 = recurrent_kernel[i // gates, i % gates], recurrent_kernel[e1 // gates, e1 % gates]
             a2, a3 = recurrent_kernel[e2 // gates, e2 % gates], recurrent_kernel[e3 // gates, e3 % gates]
-            shared[(i // gates) * padded + i % gates] = a0
-            shared[(e1 // gates) * padded + e1 % gates] = a1
-            shared[(e2 // gates) * padded + e2 % gates] = a2
-            shared[(e3 // gates) * padded + e3 % gates] = a3
-            i = e3 + stride
+            shared[(i // gates) * ld + i % gates] = a0
+            shared[(e1 // gates) * ld + e1 % gates] = a1
+            shared[(e2 // gates) * ld + e2 % gates] = a2
+            shared[(e3 // gates) * ld + e3 % gates] = a3
+            i = uint32(e3 + stride)
         while i < elements:
-            shared[(i // gates) * padded + i % gates] = recurrent_kernel[i // gates, i % gates]
-            i += stride
+            shared[(i // gates) * ld + i % gates] = recurrent_kernel[i // gates, i % gates]
+            i = uint32(i + stride)
+        return ld
 
-    @cuda.jit(**_bounds("persistent_forward"))
+    @cuda.jit(device=True, inline=True)
+    def place(batch, units, rows):
+        """(first, j, b, count): the thread's first row in the block, q * ROWS, its unit, the batch
+        row of its first row, and how many of its ROWS rows exist (the last group and the last
+        block may hold fewer: the others compute on zeros and still reach every barrier)."""
+        u = uint32(units)
+        first, j = uint32(cuda.threadIdx.x) // u * uint32(ROWS), uint32(cuda.threadIdx.x) % u
+        b = uint32(cuda.blockIdx.x) * uint32(rows) + first
+        return first, j, b, max(0, min(ROWS, rows - int(first), batch - int(b)))
+
+    @cuda.jit(device=True, inline=True)
+    def gate_values(a, b, t, j, units, exists):
+        """Row b's four gate values of unit j at step t in ``a`` [batch, time, 4*units]; zeros for
+        a row that does not exist."""
+        if exists:
+            return a[b, t, j], a[b, t, units + j], a[b, t, uint32(2) * units + j], a[b, t, uint32(3) * units + j]
+        return zero, zero, zero, zero
+
+    @cuda.jit(device=True, inline=True)
+    def multiply_add(z, hk, w):
+        return z[0] + hk * w[0], z[1] + hk * w[1], z[2] + hk * w[2], z[3] + hk * w[3]
+
+    # The backward's dot products, a vector of recurrent_kernel's row against one of dz's row at a time.
+    if lanes == 4:
+        @cuda.jit(device=True, inline=True)
+        def vector(shared, i):
+            return shared[i], shared[i + uint32(1)], shared[i + uint32(2)], shared[i + uint32(3)]
+
+        @cuda.jit(device=True, inline=True)
+        def multiply_add_vector(p, shared, i, w):
+            """p + shared[i:i + 4] * w, lane by lane."""
+            return (p[0] + shared[i] * w[0], p[1] + shared[i + uint32(1)] * w[1],
+                    p[2] + shared[i + uint32(2)] * w[2], p[3] + shared[i + uint32(3)] * w[3])
+
+        @cuda.jit(device=True, inline=True)
+        def lane_sum(p):
+            return (p[0] + p[1]) + (p[2] + p[3])
+    else:
+        @cuda.jit(device=True, inline=True)
+        def vector(shared, i):
+            return shared[i], shared[i + uint32(1)]
+
+        @cuda.jit(device=True, inline=True)
+        def multiply_add_vector(p, shared, i, w):
+            """p + shared[i:i + 2] * w, lane by lane."""
+            return p[0] + shared[i] * w[0], p[1] + shared[i + uint32(1)] * w[1]
+
+        @cuda.jit(device=True, inline=True)
+        def lane_sum(p):
+            return p[0] + p[1]
+    no_sums = (zero,) * lanes
+
+    @cuda.jit(device=True, inline=True)
+    def forward_row(z, c_prev, shared, h_next, h, c, gates, b, t, j, units, exists, activation,
+                    recurrent_activation):
+        """One row's pointwise step: writes h_t to shared memory (zero for a row that does not
+        exist) and h, c and the gates to global memory; returns c_t."""
+        i, f = activate(recurrent_activation, z[0]), activate(recurrent_activation, z[1])
+        g, o = activate(activation, z[2]), activate(recurrent_activation, z[3])
+        c_t = f * c_prev + i * g
+        h_t = o * activate(activation, c_t)
+        shared[h_next] = h_t if exists else zero
+        if exists:
+            h[b, t + uint32(1), j] = h_t
+            c[b, t + uint32(1), j] = c_t
+            gates[b, t, j], gates[b, t, units + j] = i, f
+            gates[b, t, uint32(2) * units + j], gates[b, t, uint32(3) * units + j] = g, o
+        return c_t
+
+    @cuda.jit(**_bounds("persistent_forward", dtype))
     def persistent_forward(zx, recurrent_kernel, h, c, gates, batch, time, units, rows, activation,
                            recurrent_activation):
         shared = cuda.shared.array(0, dtype=T)
-        ld = 4 * units + 1
-        h_s = units * ld  # offset of h [2][rows][units], double-buffered
-        r, j = cuda.threadIdx.x // units, cuda.threadIdx.x % units
-        b = cuda.blockIdx.x * rows + r
-        active = b < batch  # idle threads of the last block still reach every barrier
-        stage(shared, recurrent_kernel, units)
-        c_t = c[b, 0, j] if active else zero
-        shared[h_s + r * units + j] = h[b, 0, j] if active else zero
+        ld = stage(shared, recurrent_kernel, units)
+        u = uint32(units)
+        first, j, b, count = place(batch, units, rows)
+        u2, u3 = uint32(2) * u, uint32(3) * u
+        buffer = uint32((rows + ROWS - 1) // ROWS * ROWS) * u  # h [2][padded rows][units], double-buffered
+        h_rows = u * ld + first * u  # the thread's first row of h in buffer 0
+        c_0 = c[b, 0, j] if count > 0 else zero
+        c_1 = c[b + uint32(1), 0, j] if count > 1 else zero
+        c_2 = c[b + uint32(2), 0, j] if count > 2 else zero
+        c_3 = c[b + uint32(3), 0, j] if count > 3 else zero
+        shared[h_rows + j] = h[b, 0, j] if count > 0 else zero
+        shared[h_rows + u + j] = h[b + uint32(1), 0, j] if count > 1 else zero
+        shared[h_rows + u2 + j] = h[b + uint32(2), 0, j] if count > 2 else zero
+        shared[h_rows + u3 + j] = h[b + uint32(3), 0, j] if count > 3 else zero
         cuda.syncthreads()
-        for t in range(time):
-            h_prev = h_s + (t & 1) * rows * units + r * units
-            z0 = z1 = z2 = z3 = zero
-            if active:
-                z0, z1 = zx[b, t, j], zx[b, t, units + j]
-                z2, z3 = zx[b, t, 2 * units + j], zx[b, t, 3 * units + j]
-            h_k, w, u, step = uint32(h_prev), uint32(j), uint32(units), uint32(ld)
-            u2, u3 = uint32(2) * u, uint32(3) * u
-            for _ in range(u):
-                hk = shared[h_k]
-                z0 += hk * shared[w]
-                z1 += hk * shared[w + u]
-                z2 += hk * shared[w + u2]
-                z3 += hk * shared[w + u3]
-                h_k += uint32(1)
-                w += step
-            i, f = activate(recurrent_activation, z0), activate(recurrent_activation, z1)
-            g, o = activate(activation, z2), activate(recurrent_activation, z3)
-            c_t = f * c_t + i * g
-            h_t = o * activate(activation, c_t)
-            shared[h_s + ((t + 1) & 1) * rows * units + r * units + j] = h_t
-            if active:
-                h[b, t + 1, j] = h_t
-                c[b, t + 1, j] = c_t
-                gates[b, t, j], gates[b, t, units + j] = i, f
-                gates[b, t, 2 * units + j], gates[b, t, 3 * units + j] = g, o
+        for step in range(time):
+            t = uint32(step)
+            now, later = (t & uint32(1)) * buffer, ((t + uint32(1)) & uint32(1)) * buffer
+            z0 = gate_values(zx, b, t, j, u, count > 0)
+            z1 = gate_values(zx, b + uint32(1), t, j, u, count > 1)
+            z2 = gate_values(zx, b + uint32(2), t, j, u, count > 2)
+            z3 = gate_values(zx, b + uint32(3), t, j, u, count > 3)
+            # Per k, four weights and the rows' four h_prev[k] serve 16 multiply-adds.
+            hk, w = uint32(h_rows + now), j
+            end = uint32(hk + u)
+            while hk < end:
+                weights = shared[w], shared[w + u], shared[w + u2], shared[w + u3]
+                z0 = multiply_add(z0, shared[hk], weights)
+                z1 = multiply_add(z1, shared[hk + u], weights)
+                z2 = multiply_add(z2, shared[hk + u2], weights)
+                z3 = multiply_add(z3, shared[hk + u3], weights)
+                hk = uint32(hk + uint32(1))
+                w = uint32(w + ld)
+            h_next = h_rows + later + j
+            c_0 = forward_row(z0, c_0, shared, h_next, h, c, gates, b, t, j, u, count > 0, activation,
+                              recurrent_activation)
+            c_1 = forward_row(z1, c_1, shared, h_next + u, h, c, gates, b + uint32(1), t, j, u, count > 1,
+                              activation, recurrent_activation)
+            c_2 = forward_row(z2, c_2, shared, h_next + u2, h, c, gates, b + uint32(2), t, j, u, count > 2,
+                              activation, recurrent_activation)
+            c_3 = forward_row(z3, c_3, shared, h_next + u3, h, c, gates, b + uint32(3), t, j, u, count > 3,
+                              activation, recurrent_activation)
             cuda.syncthreads()
 
-    @cuda.jit(**_bounds("persistent_backward"))
-    def persistent_backward(recurrent_kernel, c, gates, dy, dy_per_step, dh_final, dc_final, dz, dh0, dc0,
-                            batch, time, units, rows, activation, recurrent_activation):
-        shared = cuda.shared.array(0, dtype=T)
-        ld = 4 * units + 1
-        dz_s = units * ld  # offset of dz [2][rows][4*units], double-buffered
-        r, j = cuda.threadIdx.x // units, cuda.threadIdx.x % units
-        b = cuda.blockIdx.x * rows + r
-        active = b < batch
-        stage(shared, recurrent_kernel, units)
+    @cuda.jit(device=True, inline=True)
+    def backward_start(dy, dy_per_step, dh_final, dc_final, b, j, exists):
+        """(dh, dc) of row b before the last step: the final state's gradients, plus dy when it
+        holds only the last output's gradient; zeros for a row that does not exist."""
         dh = dc = zero
-        if active:
+        if exists:
             if dh_final.shape[0] > 0:
                 dh = dh_final[b, j]
             if dc_final.shape[0] > 0:
                 dc = dc_final[b, j]
             if dy.shape[0] > 0 and dy_per_step == 0:
                 dh += dy[b, 0, j]
+        return dh, dc
+
+    @cuda.jit(device=True, inline=True)
+    def backward_row(dh, dc, c, gates, dy, dy_per_step, dz, shared, row, b, t, j, units, exists,
+                     activation, recurrent_activation):
+        """One row's pointwise step: writes its dz to shared memory at ``row`` (zeros for a row
+        that does not exist) and to global memory; returns dc for the step before."""
+        d0 = d1 = d2 = d3 = zero
+        if exists:
+            if dy.shape[0] > 0 and dy_per_step != 0:
+                dh += dy[b, t, j]
+            i, f, g, o = gate_values(gates, b, t, j, units, exists)
+            act_c = activate(activation, c[b, t + uint32(1), j])
+            dc += dh * o * activation_grad(activation, act_c)
+            d0 = dc * g * activation_grad(recurrent_activation, i)
+            d1 = dc * c[b, t, j] * activation_grad(recurrent_activation, f)
+            d2 = dc * i * activation_grad(activation, g)
+            d3 = dh * act_c * activation_grad(recurrent_activation, o)
+            dz[b, t, j], dz[b, t, units + j] = d0, d1
+            dz[b, t, uint32(2) * units + j], dz[b, t, uint32(3) * units + j] = d2, d3
+            dc *= f
+        shared[row + j], shared[row + units + j] = d0, d1
+        shared[row + uint32(2) * units + j], shared[row + uint32(3) * units + j] = d2, d3
+        return dc
+
+    @cuda.jit(**_bounds("persistent_backward", dtype))
+    def persistent_backward(recurrent_kernel, c, gates, dy, dy_per_step, dh_final, dc_final, dz, dh0, dc0,
+                            batch, time, units, rows, activation, recurrent_activation):
+        shared = cuda.shared.array(0, dtype=T)
+        ld = stage(shared, recurrent_kernel, units)
+        u = uint32(units)
+        g4 = uint32(4) * u
+        first, j, b, count = place(batch, units, rows)
+        buffer = uint32((rows + ROWS - 1) // ROWS * ROWS) * g4  # dz [2][padded rows][4*units], double-buffered
+        dz_s = u * ld + first * g4  # the thread's first row of dz in buffer 0
+        dh_0, dc_0 = backward_start(dy, dy_per_step, dh_final, dc_final, b, j, count > 0)
+        dh_1, dc_1 = backward_start(dy, dy_per_step, dh_final, dc_final, b + uint32(1), j, count > 1)
+        dh_2, dc_2 = backward_start(dy, dy_per_step, dh_final, dc_final, b + uint32(2), j, count > 2)
+        dh_3, dc_3 = backward_start(dy, dy_per_step, dh_final, dc_final, b + uint32(3), j, count > 3)
         cuda.syncthreads()
-        for t in range(time - 1, -1, -1):
-            row = dz_s + (t & 1) * rows * 4 * units + r * 4 * units
-            if active:
-                if dy.shape[0] > 0 and dy_per_step != 0:
-                    dh += dy[b, t, j]
-                i, f = gates[b, t, j], gates[b, t, units + j]
-                g, o = gates[b, t, 2 * units + j], gates[b, t, 3 * units + j]
-                act_c = activate(activation, c[b, t + 1, j])
-                dc += dh * o * activation_grad(activation, act_c)
-                d0 = dc * g * activation_grad(recurrent_activation, i)
-                d1 = dc * c[b, t, j] * activation_grad(recurrent_activation, f)
-                d2 = dc * i * activation_grad(activation, g)
-                d3 = dh * act_c * activation_grad(recurrent_activation, o)
-                shared[row + j], shared[row + units + j] = d0, d1
-                shared[row + 2 * units + j], shared[row + 3 * units + j] = d2, d3
-                dz[b, t, j], dz[b, t, units + j], dz[b, t, 2 * units + j], dz[b, t, 3 * units + j] = d0, d1, d2, d3
-                dc *= f
-            else:
-                for q in range(4):
-                    shared[row + q * units + j] = zero
+        for step in range(time - 1, -1, -1):
+            t = uint32(step)
+            row = dz_s + (t & uint32(1)) * buffer
+            dc_0 = backward_row(dh_0, dc_0, c, gates, dy, dy_per_step, dz, shared, row, b, t, j, u, count > 0,
+                                activation, recurrent_activation)
+            dc_1 = backward_row(dh_1, dc_1, c, gates, dy, dy_per_step, dz, shared, row + g4, b + uint32(1), t, j, u,
+                                count > 1, activation, recurrent_activation)
+            dc_2 = backward_row(dh_2, dc_2, c, gates, dy, dy_per_step, dz, shared, row + uint32(2) * g4,
+                                b + uint32(2), t, j, u, count > 2, activation, recurrent_activation)
+            dc_3 = backward_row(dh_3, dc_3, c, gates, dy, dy_per_step, dz, shared, row + uint32(3) * g4,
+                                b + uint32(3), t, j, u, count > 3, activation, recurrent_activation)
             cuda.syncthreads()
-            # One independent chain per gate, summed at the end, rather than one chain of 4 * units.
-            p0 = p1 = p2 = p3 = zero
-            d, w, u = uint32(row), uint32(j * ld), uint32(units)
-            u2, u3 = uint32(2) * u, uint32(3) * u
-            for _ in range(u):
-                p0 += shared[d] * shared[w]
-                p1 += shared[d + u] * shared[w + u]
-                p2 += shared[d + u2] * shared[w + u2]
-                p3 += shared[d + u3] * shared[w + u3]
-                d += uint32(1)
-                w += uint32(1)
-            dh = (p0 + p1) + (p2 + p3)
-        if active:
-            dh0[b, j] = dh
-            dc0[b, j] = dc
+            # dh_{t-1}[j] = sum_m dz_t[m] * recurrent_kernel[j][m] over 16-byte vectors: one weight
+            # vector serves the four rows, each row summing its lanes in independent chains (the
+            # compiler merges a vector's loads where it proves them aligned: every row starts at a
+            # multiple of it).
+            p0 = p1 = p2 = p3 = no_sums
+            d, w = row, uint32(j * ld)
+            g8, g12 = uint32(2) * g4, uint32(3) * g4
+            end = uint32(w + g4)
+            while w < end:
+                weights = vector(shared, w)
+                p0 = multiply_add_vector(p0, shared, d, weights)
+                p1 = multiply_add_vector(p1, shared, d + g4, weights)
+                p2 = multiply_add_vector(p2, shared, d + g8, weights)
+                p3 = multiply_add_vector(p3, shared, d + g12, weights)
+                d = uint32(d + lanes)
+                w = uint32(w + lanes)
+            dh_0, dh_1, dh_2, dh_3 = lane_sum(p0), lane_sum(p1), lane_sum(p2), lane_sum(p3)
+        if count > 0:
+            dh0[b, j], dc0[b, j] = dh_0, dc_0
+        if count > 1:
+            dh0[b + uint32(1), j], dc0[b + uint32(1), j] = dh_1, dc_1
+        if count > 2:
+            dh0[b + uint32(2), j], dc0[b + uint32(2), j] = dh_2, dc_2
+        if count > 3:
+            dh0[b + uint32(3), j], dc0[b + uint32(3), j] = dh_3, dc_3
 
     @cuda.jit
     def stepwise_forward(zx, hr, h, c, gates, batch, time, units, t, activation, recurrent_activation):

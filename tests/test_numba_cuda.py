@@ -4,10 +4,13 @@ must be switched on before numba is imported) and its compile gate.
 Compile gate: every kernel signature the backend can request, compiled by numba.cuda.compile_ptx
 for compute capability 7.0, 8.0 and 9.0 and assembled by ptxas -v. Fails on an error, a spill,
 local memory, more registers than the largest block the plan launches allows, shared memory over
-the 48 KB the backend plans with, or any float64 instruction in a float32 kernel. numba-cuda on
-CUDA 13 refuses compute capability 7.0 (CUDA 13 dropped Volta), so sm_70 is compiled and assembled
-by a CUDA 12 Numba stack, as a Volta user would have, in a virtual environment of its own that
-the test makes under build/ (tests/support/numba_ptx.py runs there).
+the 48 KB the backend plans with, or any float64 instruction in a float32 kernel; and, in the
+persistent kernels' sm_90 SASS, on a multiply-add loop over INSTRUCTIONS_PER_FMA instructions or
+over the CUDA C target's shared loads per multiply-add, or a staging loop with fewer loads in
+flight than the CUDA C target. numba-cuda on CUDA 13 refuses compute capability 7.0 (CUDA 13
+dropped Volta), so sm_70 is compiled and assembled by a CUDA 12 Numba stack, as a Volta user
+would have, in a virtual environment of its own that the test makes under build/
+(tests/support/numba_ptx.py runs there).
 """
 import fcntl
 import json
@@ -22,15 +25,17 @@ import tempfile
 import numpy as np
 import pytest
 
+from fastlstm.backends import numba_cuda as backend, plan
 from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, DEFAULT_SHARED_MEMORY, DeviceLimits, plan_lstm
 from fastlstm.kernels import numba_cuda
 
 from support import sass
 from support.numba_ptx import write_ptx
-from test_compile_gate import STAGING_TARGET
+from test_compile_gate import FMA_TARGETS, STAGING_TARGET
 
 TESTS = pathlib.Path(__file__).parent
 REGISTERS_PER_BLOCK = 65536
+INSTRUCTIONS_PER_FMA = 4.0  # in the persistent kernels' multiply-add loops at sm_90, at most
 CUDA12_PACKAGES = ["numpy", "numba", "numba-cuda[cu12]"]
 # Fails unless Numba runs on cuda-bindings 12; prints CUDA 12's ptxas.
 CUDA12_PROBE = ("import cuda.bindings, numba.cuda, nvidia.cuda_nvcc as nvcc; "
@@ -47,7 +52,7 @@ def test_simulator_suite_passes_in_its_own_process():
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
     print(summary)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert re.search(r"\b(\d+) passed\b", summary) and int(re.search(r"(\d+) passed", summary).group(1)) >= 49
+    assert re.search(r"\b(\d+) passed\b", summary) and int(re.search(r"(\d+) passed", summary).group(1)) >= 53
     assert "failed" not in summary and "skipped" not in summary
 
 
@@ -124,9 +129,16 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
         (loops,) = sass.cubin_loops(ptx.with_suffix(".cubin")).values()
         in_flight = max(loop.loads_in_flight for loop in loops if loop.staging)
         assert in_flight >= STAGING_TARGET, f"{function}: staging keeps {in_flight} loads in flight"
+        fma_loops = [loop for loop in loops if loop.fma_count]
         print("  inner loops: " + "; ".join(
             f"{loop.fma_count} FMAs, {loop.instructions_per_fma():.2f} instructions and "
-            f"{loop.shared_loads_per_fma():.2f} shared loads per FMA" for loop in loops if loop.fma_count))
+            f"{loop.shared_loads_per_fma():.2f} shared loads per FMA" for loop in fma_loops))
+        assert fma_loops, f"{function}: no multiply-add loop in its SASS"
+        for loop in fma_loops:
+            assert loop.instructions_per_fma() <= INSTRUCTIONS_PER_FMA, \
+                f"{function}: {loop.instructions_per_fma():.2f} instructions per multiply-add"
+            assert loop.shared_loads_per_fma() <= FMA_TARGETS[function][0], \
+                f"{function}: {loop.shared_loads_per_fma():.2f} shared loads per multiply-add"
 
 
 GATED = {"sm_70": (7, 0), "sm_80": (8, 0), "sm_90": (9, 0)}
@@ -148,3 +160,20 @@ def test_every_kernel_compiles_without_spills_or_float64_in_float32(arch, dtype,
         write_ptx(numba_cuda, GATED[arch], dtype, signatures, tmp_path)
     for function in signatures:
         _assemble_and_check(tmp_path / f"{function}.ptx", arch, ptxas, function, dtype)
+
+
+def test_the_kernels_keep_the_plans_constants():
+    """The kernels file cannot import the plan (tests/support/numba_ptx.py loads it alone), so it
+    repeats what it must agree with."""
+    assert numba_cuda.PERSISTENT_THREADS == plan.PERSISTENT_THREADS
+    assert numba_cuda.ROWS == plan.ROWS_PER_THREAD
+    assert numba_cuda.VECTOR_BYTES == plan.VECTOR_BYTES
+
+
+def test_the_backend_states_the_largest_units_of_its_persistent_path():
+    stated = re.search(r"persistent path up to (\d+) units in float32\s+and (\d+) in float64",
+                       backend.__doc__)
+    limits = DeviceLimits(1024, DEFAULT_SHARED_MEMORY, 1)
+    largest = [max(units for units in range(1, 513) if plan_lstm(1, units, dtype, limits).path == "persistent")
+               for dtype in (np.float32, np.float64)]
+    assert stated and [int(n) for n in stated.groups()] == largest, (stated and stated.group(0), largest)

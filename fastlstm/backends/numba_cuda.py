@@ -5,7 +5,8 @@ the CuPy backend uses.
 The input projection and the weight gradients are cuBLAS GEMMs through CuPy rather than a tiled
 Numba kernel: cuBLAS is tuned for every GPU, and the 'cuda' extra installs CuPy beside Numba.
 Numba has no public way to raise a kernel's dynamic shared memory past 48 KB
-(NVIDIA/numba-cuda#94), so the plan keeps to that: the persistent path up to 54 units in float32.
+(NVIDIA/numba-cuda#94), so the plan keeps to that: the persistent path up to 50 units in float32
+and 35 in float64.
 
 Accepts NumPy arrays (moved to the device and back), and CuPy arrays, Numba device arrays and
 anything with ``__cuda_array_interface__`` or ``__dlpack__`` without copying (results come back as

@@ -14,13 +14,13 @@ from fastlstm import lstm_backward, lstm_forward
 from fastlstm.backends import LSTMOptions
 from fastlstm.backends import numba_cuda
 from fastlstm.backends.fused import FusedLSTM
-from fastlstm.backends.plan import DeviceLimits
+from fastlstm.backends.plan import ROWS_PER_THREAD, DeviceLimits, plan_lstm, thread_groups
 from support.lstm_testing import random_inputs, relative_error
 
 assert numba_cuda.SIMULATOR, "run with NUMBA_ENABLE_CUDASIM=1"
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
-# Two multiprocessors, so that 3 rows make a full block and a partial one; 64 bytes of shared
-# memory, so that nothing fits the persistent path.
+# Two multiprocessors, over which the plan spreads the rows; 64 bytes of shared memory, so that
+# nothing fits the persistent path.
 LIMITS = {"persistent": DeviceLimits(1024, 48 * 1024, 2), "stepwise": DeviceLimits(1024, 64, 2)}
 
 
@@ -42,9 +42,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_the_backend_matches_the_reference(path, case, dtype):
+# Persistent blocks of several groups of ROWS_PER_THREAD rows, a group holding rows that do not
+# exist: {name: (limits, [batch, time, input_dim, units])}.
+ROW_GROUPS = {
+    # One block of 7 rows: its second group's fourth row is none of the block's.
+    "rows-not-whole-groups": (DeviceLimits(1024, 48 * 1024, 1), (7, 3, 2, 3)),
+    # Blocks of 8 rows over 11: the last block's first group holds 3 rows, its second none.
+    "last-block-partial": (DeviceLimits(1024, 48 * 1024, 2), (11, 3, 2, 3)),
+}
+
+
+def _check_against_the_reference(case, dtype):
+    """Runs ``case`` forward and backward on the backend and the NumPy reference; returns the
+    forward's plan."""
     case = dict(case)
     batch, time, input_dim, units = case.pop("shape")
     make = {k: case.pop(k) for k in ("state", "bias") if k in case}
@@ -59,7 +69,6 @@ def test_the_backend_matches_the_reference(path, case, dtype):
     arrays = {**inputs, "h0": zeros if inputs["h0"] is None else inputs["h0"],
               "c0": zeros if inputs["c0"] is None else inputs["c0"]}
     outputs, h, c, saved = numba_cuda.forward(*arrays.values(), options)
-    assert saved[0].plan.path == path  # the path the backend took, not only the one the limits imply
     got = [outputs, h, c, *numba_cuda.backward(saved, *grads_in)]
     for mine, want in zip(got, expected):
         if want is None:
@@ -67,6 +76,28 @@ def test_the_backend_matches_the_reference(path, case, dtype):
             continue
         assert mine.dtype == dtype and mine.shape == want.shape
         assert relative_error(mine, want) <= TOLERANCE[dtype]
+    return saved[0].plan
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_the_backend_matches_the_reference(path, case, dtype):
+    # The path the backend took, not only the one the limits imply.
+    assert _check_against_the_reference(case, dtype).path == path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(ROW_GROUPS))
+def test_row_groups_with_rows_that_do_not_exist_match_the_reference(name, dtype, monkeypatch):
+    limits, shape = ROW_GROUPS[name]
+    batch, units = shape[0], shape[3]
+    rows = plan_lstm(batch, units, dtype, limits).rows
+    last_block = batch - (-(-batch // rows) - 1) * rows
+    assert thread_groups(rows) > 1 and (rows % ROWS_PER_THREAD or last_block % ROWS_PER_THREAD), \
+        f"{name}: the plan makes blocks of {rows} rows of {batch}, no group holding rows that do not exist"
+    monkeypatch.setattr(numba_cuda, "_engine", lambda: FusedLSTM(np, numba_cuda.NumbaLauncher(), limits))
+    taken = _check_against_the_reference(dict(shape=shape, return_sequences=True), dtype)
+    assert (taken.path, taken.rows) == ("persistent", rows)
 
 
 def test_the_simulator_is_not_mistaken_for_a_gpu():

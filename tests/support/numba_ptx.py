@@ -23,7 +23,7 @@ def write_ptx(module, cc, dtype, signatures, directory):
     with the module's launch bounds."""
     for function, signature in signatures.items():
         ptx, _ = cuda.compile_ptx(module.kernels(dtype)[function].py_func, signature, cc=cc,
-                                  launch_bounds=module.LAUNCH_BOUNDS.get(function))
+                                  launch_bounds=module.launch_bounds(function, dtype))
         (pathlib.Path(directory) / f"{function}.ptx").write_text(ptx)
 
 
