@@ -1,9 +1,12 @@
 // The persistent path: ONE launch runs the whole recurrence.
 //
 // Each block owns `rows` batch rows for every time step (rows are independent, so blocks never
-// synchronise with each other) and has rows * units threads: thread (r, j) owns unit j of row r.
-// recurrent_kernel is staged in shared memory once, with rows padded to 4*units + 1 elements so
-// that the backward pass's row-wise reads do not collide in one bank.
+// synchronise with each other). Its threads are register-blocked: thread (q, j) computes unit j of
+// the ROWS rows q * ROWS .. q * ROWS + ROWS - 1 of the block, so each weight it reads from shared
+// memory serves ROWS rows; a block has ceil(rows / ROWS) * units threads. recurrent_kernel is
+// staged in shared memory once, its rows padded to fastlstm.backends.plan.recurrent_row_length:
+// whole 16-byte vectors, an odd number of them, so that the backward pass reads each thread's own
+// row a vector at a time with no two threads of a phase in one bank.
 //
 // Layouts (batch-major, as the NumPy reference): zx [batch, time, 4*units] = x @ kernel + bias;
 // h, c [batch, time + 1, units] with the initial state at index 0; gates [batch, time, 4*units]
@@ -12,150 +15,246 @@
 
 namespace fastlstm {
 
-enum { MAX_THREADS = 1024, STAGED = 4 };  // enumerators, not variables: no device global under NVRTC
+// Enumerators, not variables: no device global under NVRTC. ROWS matches ROWS_PER_THREAD in
+// fastlstm/backends/plan.py, and MAX_THREADS / (sizeof(T) / 4) its PERSISTENT_THREADS: a float64
+// value takes two registers.
+enum { MAX_THREADS = 512, ROWS = 4, STAGED = 4, VECTOR_BYTES = 16 };
 
-// A thread's place in its block, and the block's recurrent_kernel staged in shared memory.
+// 16 bytes of T, loaded and stored as one vector.
+template <typename T>
+struct alignas(VECTOR_BYTES) Vector {
+    enum { LANES = VECTOR_BYTES / sizeof(T) };
+    T lane[LANES];
+};
+
+// A thread's place in its block, and where the block's recurrent_kernel lies in shared memory.
 template <typename T>
 struct Tile {
-    int ld;          // the padded row length of the staged recurrent_kernel
-    T* recurrent;    // [units][ld] in shared memory
-    T* buffers;      // the shared memory after it
-    int r, j, b;     // row in the block, unit, batch row
-    bool active;     // b < batch: the last block may hold fewer rows; its idle threads still reach every barrier
+    int ld;          // the padded row length of the staged recurrent_kernel (the backward's layout)
+    T* recurrent;    // units * ld elements of shared memory
+    T* buffers;      // the shared memory after them
+    int padded_rows; // the block's rows rounded up to whole groups: the buffers' rows
+    int first;       // the thread's first row in the block, q * ROWS
+    int j;           // its unit
+    int b;           // the batch row of its first row
+    int count;       // how many of its ROWS rows exist (the last group and the last block may hold
+                     // fewer); the others compute on zeros and still reach every barrier
 };
 
 template <typename T>
-__device__ __forceinline__ Tile<T> stage(unsigned char* shared, const T* recurrent_kernel, int batch, int units,
-                                         int rows) {
+__device__ __forceinline__ Tile<T> place(unsigned char* shared, int batch, int units, int rows) {
     Tile<T> tile;
-    const int gates = 4 * units;
-    tile.ld = gates + 1;
+    const int lanes = Vector<T>::LANES, vectors = 4 * units / lanes + 1;
+    tile.ld = (vectors + 1 - vectors % 2) * lanes;
     tile.recurrent = reinterpret_cast<T*>(shared);
     tile.buffers = tile.recurrent + units * tile.ld;
-    tile.r = threadIdx.x / units;
+    tile.padded_rows = (rows + ROWS - 1) / ROWS * ROWS;
+    tile.first = threadIdx.x / units * ROWS;
     tile.j = threadIdx.x % units;
-    tile.b = blockIdx.x * rows + tile.r;
-    tile.active = tile.b < batch;
-    // STAGED loads in flight per thread before their stores, each a coalesced pass of the block
-    // over recurrent_kernel: a load at a time would wait out the memory's latency per element.
-    const int elements = units * gates, stride = blockDim.x;
+    tile.b = blockIdx.x * rows + tile.first;
+    const int left = rows - tile.first < batch - tile.b ? rows - tile.first : batch - tile.b;
+    tile.count = left < 0 ? 0 : left < ROWS ? left : ROWS;
+    return tile;
+}
+
+// Copies recurrent_kernel [units][4*units] into shared memory, element e to staged[slot(e)].
+// STAGED loads in flight per thread before their stores, each a coalesced pass of the block over
+// recurrent_kernel: a load at a time would wait out the memory's latency per element.
+template <typename T, typename Slot>
+__device__ __forceinline__ void stage(T* staged, const T* recurrent_kernel, int units, Slot slot) {
+    const int elements = units * 4 * units, stride = blockDim.x;
     int i = threadIdx.x;
     for (; i + (STAGED - 1) * stride < elements; i += STAGED * stride) {
         T loaded[STAGED];
 #pragma unroll
         for (int s = 0; s < STAGED; ++s) loaded[s] = recurrent_kernel[i + s * stride];
 #pragma unroll
-        for (int s = 0; s < STAGED; ++s) {
-            const int e = i + s * stride;
-            tile.recurrent[(e / gates) * tile.ld + e % gates] = loaded[s];
-        }
+        for (int s = 0; s < STAGED; ++s) staged[slot(i + s * stride)] = loaded[s];
     }
-    for (; i < elements; i += stride) tile.recurrent[(i / gates) * tile.ld + i % gates] = recurrent_kernel[i];
-    return tile;
+    for (; i < elements; i += stride) staged[slot(i)] = recurrent_kernel[i];
 }
 
-// Forward. Shared memory: recurrent_kernel [units][4*units + 1], then h [2][rows][units]
+// into[rr][g] = zx[b + rr, step, g * units + j] for the first `count` of a thread's rows, 0 for the others.
+template <typename T>
+__device__ __forceinline__ void load_step(T (&into)[ROWS][4], const T* zx, int b, int count, int time, int step,
+                                          int units, int j) {
+#pragma unroll
+    for (int rr = 0; rr < ROWS; ++rr) {
+        const T* zx_step = zx + ((size_t)(b + rr) * time + step) * 4 * units + j;
+#pragma unroll
+        for (int g = 0; g < 4; ++g) into[rr][g] = rr < count ? zx_step[g * units] : T(0);
+    }
+}
+
+// Forward. Shared memory: recurrent_kernel [units][ld], then h [2][padded_rows][units]
 // (double-buffered, so one barrier per step suffices: step t reads buffer t % 2 and writes the
 // other, and a thread can only overwrite a buffer after every thread passed the barrier that
-// follows the reads of it).
+// follows the reads of it). recurrent_kernel is staged by row k, then unit j, its four gates'
+// weights of unit j side by side as [k][4 / LANES][units][LANES]: per k a thread reads them in one
+// 16-byte vector (two in double), whose ROWS values of h then serve 4 * ROWS multiply-adds.
 template <typename T>
-__global__ void __launch_bounds__(MAX_THREADS)
+__global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
 persistent_forward(const T* __restrict__ zx, const T* __restrict__ recurrent_kernel, T* __restrict__ h,
                    T* __restrict__ c, T* __restrict__ gates, int batch, int time, int units, int rows,
                    int activation, int recurrent_activation) {
     FASTLSTM_DYNAMIC_SHARED(shared);
-    const auto [ld, r_s, h_s, r, j, b, active] = stage(shared, recurrent_kernel, batch, units, rows);
-    T c_t = active ? c[(size_t)b * (time + 1) * units + j] : T(0);
-    h_s[r * units + j] = active ? h[(size_t)b * (time + 1) * units + j] : T(0);
+    const auto [ld, r_s, h_s, padded_rows, first, j, b, count] = place<T>(shared, batch, units, rows);
+    constexpr int LANES = Vector<T>::LANES;
+    stage(r_s, recurrent_kernel, units, [units](int e) {
+        const int k = e / (4 * units), g = e % (4 * units) / units, unit = e % units;
+        return (k * 4 + g / LANES * LANES) * units + unit * LANES + g % LANES;
+    });
+    T c_t[ROWS];
+#pragma unroll
+    for (int rr = 0; rr < ROWS; ++rr) {
+        const size_t state = (size_t)(b + rr) * (time + 1) * units + j;
+        c_t[rr] = rr < count ? c[state] : T(0);
+        h_s[(first + rr) * units + j] = rr < count ? h[state] : T(0);
+    }
     __syncthreads();
 
+    T zx_t[ROWS][4];
+    load_step(zx_t, zx, b, count, time, 0, units, j);
     for (int t = 0; t < time; ++t) {
-        const T* h_prev = h_s + (t & 1) * rows * units + r * units;
-        T z[4] = {T(0), T(0), T(0), T(0)};
-        if (active) {
-            const T* zx_t = zx + ((size_t)b * time + t) * 4 * units;
-            for (int g = 0; g < 4; ++g) z[g] = zx_t[g * units + j];
-        }
+        const T* h_prev = h_s + ((t & 1) * padded_rows + first) * units;
+        // The next step's zx is loaded a step ahead, so that no load from global memory starts
+        // the recurrence's critical path; this step's, loaded during the last, starts the sums.
+        T zx_ahead[ROWS][4];
+        load_step(zx_ahead, zx, b, t + 1 < time ? count : 0, time, t + 1, units, j);
+        T z[ROWS][4];
+#pragma unroll
+        for (int rr = 0; rr < ROWS; ++rr)
+#pragma unroll
+            for (int g = 0; g < 4; ++g) z[rr][g] = zx_t[rr][g];
+        const Vector<T>* w_j = reinterpret_cast<const Vector<T>*>(r_s) + j;
+#pragma unroll 4
         for (int k = 0; k < units; ++k) {
-            const T hk = h_prev[k];
-            const T* r_k = r_s + k * ld + j;
-            for (int g = 0; g < 4; ++g) z[g] += hk * r_k[g * units];
+            Vector<T> w[4 / LANES];
+#pragma unroll
+            for (int v = 0; v < 4 / LANES; ++v) w[v] = w_j[(k * 4 / LANES + v) * units];
+#pragma unroll
+            for (int rr = 0; rr < ROWS; ++rr) {
+                const T hk = h_prev[rr * units + k];
+#pragma unroll
+                for (int g = 0; g < 4; ++g) z[rr][g] += hk * w[g / LANES].lane[g % LANES];
+            }
         }
-        const T i = activate(recurrent_activation, z[0]), f = activate(recurrent_activation, z[1]);
-        const T g = activate(activation, z[2]), o = activate(recurrent_activation, z[3]);
-        c_t = f * c_t + i * g;
-        const T h_t = o * activate(activation, c_t);
-        h_s[((t + 1) & 1) * rows * units + r * units + j] = h_t;
-        if (active) {
-            const size_t state = ((size_t)b * (time + 1) + t + 1) * units + j;
-            h[state] = h_t;
-            c[state] = c_t;
-            T* gates_t = gates + ((size_t)b * time + t) * 4 * units + j;
-            gates_t[0] = i;
-            gates_t[units] = f;
-            gates_t[2 * units] = g;
-            gates_t[3 * units] = o;
+        T* h_next = h_s + (((t + 1) & 1) * padded_rows + first) * units + j;
+#pragma unroll
+        for (int rr = 0; rr < ROWS; ++rr) {
+#pragma unroll
+            for (int g = 0; g < 4; ++g) zx_t[rr][g] = zx_ahead[rr][g];
+            const T i = activate(recurrent_activation, z[rr][0]), f = activate(recurrent_activation, z[rr][1]);
+            const T g = activate(activation, z[rr][2]), o = activate(recurrent_activation, z[rr][3]);
+            c_t[rr] = f * c_t[rr] + i * g;
+            const T h_t = o * activate(activation, c_t[rr]);
+            h_next[rr * units] = rr < count ? h_t : T(0);
+            if (rr < count) {
+                const size_t state = ((size_t)(b + rr) * (time + 1) + t + 1) * units + j;
+                h[state] = h_t;
+                c[state] = c_t[rr];
+                T* gates_t = gates + ((size_t)(b + rr) * time + t) * 4 * units + j;
+                gates_t[0] = i;
+                gates_t[units] = f;
+                gates_t[2 * units] = g;
+                gates_t[3 * units] = o;
+            }
         }
         __syncthreads();
     }
 }
 
-// Backward, in reverse time. dh and dc of thread (r, j) stay in registers; dz of a row goes
-// through shared memory [2][rows][4*units] (double-buffered as h in the forward), because
-// dh_{t-1}[j] = sum_m dz_t[m] * recurrent_kernel[j][m] needs the whole row.
+// Backward, in reverse time. dh and dc of each of a thread's rows stay in registers; dz of a row
+// goes through shared memory [2][padded_rows][4*units] (double-buffered as h in the forward),
+// because dh_{t-1}[j] = sum_m dz_t[m] * recurrent_kernel[j][m] needs the whole row. That sum reads
+// the thread's weight row and the rows of dz in 16-byte vectors: one weight vector serves ROWS
+// rows, and each (row, lane) is an independent chain of multiply-adds, summed at the end.
 // dy: [batch, time, units] when dy_per_step, else [batch, 1, units] (the last output's gradient);
 // dy, dh_final and dc_final may be null (zero). Writes dz, and dh0, dc0 [batch, units].
 template <typename T>
-__global__ void __launch_bounds__(MAX_THREADS)
+__global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
 persistent_backward(const T* __restrict__ recurrent_kernel, const T* __restrict__ c, const T* __restrict__ gates,
                     const T* __restrict__ dy, int dy_per_step, const T* __restrict__ dh_final,
                     const T* __restrict__ dc_final, T* __restrict__ dz, T* __restrict__ dh0, T* __restrict__ dc0,
                     int batch, int time, int units, int rows, int activation, int recurrent_activation) {
     FASTLSTM_DYNAMIC_SHARED(shared);
-    const auto [ld, r_s, dz_s, r, j, b, active] = stage(shared, recurrent_kernel, batch, units, rows);
-    const size_t row_state = (size_t)b * units + j;
-    T dh = T(0), dc = T(0);
-    if (active) {
-        if (dh_final) dh = dh_final[row_state];
-        if (dc_final) dc = dc_final[row_state];
-        if (dy && !dy_per_step) dh += dy[row_state];
+    const auto [ld, r_s, dz_s, padded_rows, first, j, b, count] = place<T>(shared, batch, units, rows);
+    constexpr int LANES = Vector<T>::LANES;
+    const int row_length = ld;  // a lambda cannot capture a structured binding before C++20
+    stage(r_s, recurrent_kernel, units,
+          [units, row_length](int e) { return e / (4 * units) * row_length + e % (4 * units); });
+    T dh[ROWS], dc[ROWS];
+#pragma unroll
+    for (int rr = 0; rr < ROWS; ++rr) {
+        const size_t row_state = (size_t)(b + rr) * units + j;
+        dh[rr] = dc[rr] = T(0);
+        if (rr < count) {
+            if (dh_final) dh[rr] = dh_final[row_state];
+            if (dc_final) dc[rr] = dc_final[row_state];
+            if (dy && !dy_per_step) dh[rr] += dy[row_state];
+        }
     }
     __syncthreads();
 
     for (int t = time - 1; t >= 0; --t) {
-        T* dz_row = dz_s + (t & 1) * rows * 4 * units + r * 4 * units;
-        if (active) {
-            if (dy && dy_per_step) dh += dy[((size_t)b * time + t) * units + j];
-            const T* gates_t = gates + ((size_t)b * time + t) * 4 * units + j;
-            const T i = gates_t[0], f = gates_t[units], g = gates_t[2 * units], o = gates_t[3 * units];
-            const T c_prev = c[((size_t)b * (time + 1) + t) * units + j];
-            const T act_c = activate(activation, c[((size_t)b * (time + 1) + t + 1) * units + j]);
-            dc += dh * o * activation_grad(activation, act_c);
-            const T d[4] = {dc * g * activation_grad(recurrent_activation, i),
-                            dc * c_prev * activation_grad(recurrent_activation, f),
-                            dc * i * activation_grad(activation, g),
-                            dh * act_c * activation_grad(recurrent_activation, o)};
-            T* dz_t = dz + ((size_t)b * time + t) * 4 * units + j;
-            for (int q = 0; q < 4; ++q) {
-                dz_row[q * units + j] = d[q];
-                dz_t[q * units] = d[q];
+        T* dz_rows = dz_s + ((t & 1) * padded_rows + first) * 4 * units;
+#pragma unroll
+        for (int rr = 0; rr < ROWS; ++rr) {
+            T* dz_row = dz_rows + rr * 4 * units + j;
+            if (rr < count) {
+                const size_t step = (size_t)(b + rr) * time + t;
+                if (dy && dy_per_step) dh[rr] += dy[step * units + j];
+                const T* gates_t = gates + step * 4 * units + j;
+                const T i = gates_t[0], f = gates_t[units], g = gates_t[2 * units], o = gates_t[3 * units];
+                const size_t state = (size_t)(b + rr) * (time + 1) + t;  // c_{t-1}'s index in c, then c_t's
+                const T c_prev = c[state * units + j];
+                const T act_c = activate(activation, c[(state + 1) * units + j]);
+                dc[rr] += dh[rr] * o * activation_grad(activation, act_c);
+                const T d[4] = {dc[rr] * g * activation_grad(recurrent_activation, i),
+                                dc[rr] * c_prev * activation_grad(recurrent_activation, f),
+                                dc[rr] * i * activation_grad(activation, g),
+                                dh[rr] * act_c * activation_grad(recurrent_activation, o)};
+                T* dz_t = dz + step * 4 * units + j;
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    dz_row[q * units] = d[q];
+                    dz_t[q * units] = d[q];
+                }
+                dc[rr] *= f;
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; ++q) dz_row[q * units] = T(0);
             }
-            dc *= f;
-        } else {
-            for (int q = 0; q < 4; ++q) dz_row[q * units + j] = T(0);
         }
         __syncthreads();
-        // One independent chain per gate, summed at the end: a single accumulator would chain all
-        // 4 * units multiply-adds, each waiting for the one before.
-        const T* r_j = r_s + j * ld;
-        T partial[4] = {T(0), T(0), T(0), T(0)};
-        for (int m = 0; m < units; ++m)
-            for (int q = 0; q < 4; ++q) partial[q] += dz_row[q * units + m] * r_j[q * units + m];
-        dh = (partial[0] + partial[1]) + (partial[2] + partial[3]);
+        const Vector<T>* w_j = reinterpret_cast<const Vector<T>*>(r_s + j * ld);
+        const Vector<T>* dz_v = reinterpret_cast<const Vector<T>*>(dz_rows);
+        const int vectors = 4 * units / LANES;
+        T partial[ROWS][LANES] = {};
+        for (int m = 0; m < vectors; ++m) {
+            const Vector<T> w = w_j[m];
+#pragma unroll
+            for (int rr = 0; rr < ROWS; ++rr) {
+                const Vector<T> d = dz_v[rr * vectors + m];
+#pragma unroll
+                for (int l = 0; l < LANES; ++l) partial[rr][l] += d.lane[l] * w.lane[l];
+            }
+        }
+#pragma unroll
+        for (int rr = 0; rr < ROWS; ++rr) {
+            T sum = T(0);
+#pragma unroll
+            for (int l = 0; l < LANES; ++l) sum += partial[rr][l];
+            dh[rr] = sum;
+        }
     }
-    if (active) {
-        dh0[row_state] = dh;
-        dc0[row_state] = dc;
+#pragma unroll
+    for (int rr = 0; rr < ROWS; ++rr) {
+        if (rr < count) {
+            const size_t row_state = (size_t)(b + rr) * units + j;
+            dh0[row_state] = dh[rr];
+            dc0[row_state] = dc[rr];
+        }
     }
 }
 

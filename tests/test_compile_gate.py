@@ -4,8 +4,10 @@ reading ptxas's report. Fails on a compile error, any spill or local memory, mor
 the largest block the plan launches allows, or shared memory over what the plan assumed the
 architecture has. The report (registers and shared memory per instance) is written to
 build/compile-gate.md, with the sm_90 nvcc build's inner loops counted from its SASS (multiply-adds,
-shared loads and instructions per multiply-add, loads in flight in the staging loops) beside the
-targets the kernels are to reach: report only, the targets are not asserted.
+shared loads and instructions per multiply-add, loads in flight in the staging loops) beside their
+targets, which the gate asserts: every multiply-add loop of a persistent kernel at most
+FMA_TARGETS' shared loads and instructions per multiply-add, and its staging at least
+STAGING_TARGET loads in flight.
 
 CUDA 13 no longer targets sm_70 (Volta), so sm_70 is built with NVRTC 12 (the 'test' extra
 installs it), as a Volta user with CuPy for CUDA 12 would; sm_80 and sm_90 with NVRTC 13 and the
@@ -20,7 +22,8 @@ import numpy as np
 import pytest
 
 from fastlstm.backends.cupy import KERNELS, NVRTC_OPTIONS
-from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, POINTWISE_THREADS, all_instances, plan_lstm
+from fastlstm.backends.plan import (ARCHITECTURES, C_TYPES, PERSISTENT_THREADS, POINTWISE_THREADS, ROWS_PER_THREAD,
+                                    all_instances, plan_lstm, recurrent_row_length, thread_groups)
 
 from support import sass
 from support.nvrtc import NVRTC
@@ -32,7 +35,7 @@ NVCC_ARCHITECTURES = {"sm_80", "sm_90"}
 PTXAS_FLAGS = ["-v", "-warn-spills", "-warn-lmem-usage"]
 REGISTERS_PER_BLOCK = 65536
 SASS_ARCHITECTURE = "sm_90"
-# Per multiply-add in the inner loop: (shared loads, instructions) at most; not yet met.
+# Per multiply-add in every multiply-add loop: (shared loads, instructions) at most.
 FMA_TARGETS = {"persistent_forward": (0.5, 2.0), "persistent_backward": (1.0, 2.5)}
 STAGING_TARGET = 4  # loads in flight per thread while recurrent_kernel is staged, at least
 
@@ -137,10 +140,15 @@ def test_every_instance_compiles_without_spills_within_the_plans_budget(source, 
                 found = loops[mangled]
                 assert any(loop.fma_count for loop in found) and any(loop.staging for loop in found), \
                     f"{name}: expected a multiply-add loop and a staging loop in its SASS, got {found}"
-                # The one target met so far, so kept: staging's main loop (its remainder, which takes
-                # fewer than STAGING_TARGET elements a thread, loads one at a time).
+                # Staging's main loop (its remainder, which takes fewer than STAGING_TARGET elements
+                # a thread, loads one at a time).
                 in_flight = max(loop.loads_in_flight for loop in found if loop.staging)
                 assert in_flight >= STAGING_TARGET, f"{name}: staging keeps {in_flight} loads in flight"
+                # Every multiply-add loop, the unrolled one and its remainder.
+                shared_target, instruction_target = FMA_TARGETS[_kernel(name)]
+                for loop in (loop for loop in found if loop.fma_count):
+                    assert loop.shared_loads_per_fma() <= shared_target, f"{name}: {loop}"
+                    assert loop.instructions_per_fma() <= instruction_target, f"{name}: {loop}"
             LOOP_REPORT.extend(_loop_rows(name, loops[mangled]))
     limit = ARCHITECTURES[arch].shared_memory_per_block_optin
     for compiler, log in logs.items():
@@ -169,6 +177,32 @@ def test_the_plan_never_asks_for_more_than_a_block_can_have():
                         assert launch.shared_memory <= limits.shared_memory_per_block_optin
                         assert launch.grid[0] * (plan.rows or 1) >= (batch if plan.rows else
                                                                       -(-batch * units // POINTWISE_THREADS))
+
+
+def test_the_persistent_plan_fills_whole_row_groups_within_each_dtypes_launch_bound():
+    # A thread computes ROWS_PER_THREAD rows whether they exist or not: a block's rows are whole
+    # groups unless the batch has fewer, and its threads one per (group, unit).
+    for arch, limits in ARCHITECTURES.items():
+        for dtype in C_TYPES:
+            for units in (1, 16, 33, 50, 81, 116):
+                for batch in (1, 3, 5, 131, 4096):
+                    plan = plan_lstm(batch, units, dtype, limits)
+                    if plan.path != "persistent":
+                        continue
+                    assert plan.rows % ROWS_PER_THREAD == 0 or plan.rows == batch, (arch, dtype, units, batch)
+                    assert plan.forward.block[0] == thread_groups(plan.rows) * units
+                    assert plan.forward.block[0] <= PERSISTENT_THREADS[np.dtype(dtype).itemsize]
+
+
+def test_staged_rows_are_an_odd_number_of_whole_16_byte_vectors():
+    # 16-byte aligned rows for the backward's vector reads, and an odd count of vectors, so that the
+    # 8 threads of a 128-bit load's phase, each at the start of its own row, hit 8 distinct banks.
+    for itemsize in (4, 8):
+        for units in range(1, 130):
+            length = recurrent_row_length(units, itemsize)
+            assert length >= 4 * units + 1 and length * itemsize % 16 == 0
+            starts = {row * length * itemsize // 16 % 8 for row in range(8)}
+            assert len(starts) == 8, (itemsize, units, length)
 
 
 @pytest.fixture(scope="module", autouse=True)

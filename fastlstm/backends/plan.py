@@ -2,9 +2,11 @@
 limits, shared by the GPU backends and executed on the CPU by the tests.
 
 Two paths (see kernels/lstm_persistent.cu and kernels/lstm_stepwise.cu):
-- persistent: one launch runs the whole recurrence; each block owns ``rows`` batch rows with
-  ``rows * units`` threads and keeps recurrent_kernel in shared memory. Taken whenever that fits
-  the device's threads per block and (opt-in) shared memory per block.
+- persistent: one launch runs the whole recurrence; each block owns ``rows`` batch rows and keeps
+  recurrent_kernel in shared memory; a thread computes one unit of ROWS_PER_THREAD rows (register
+  blocking: each weight it reads from shared memory serves that many rows), so a block has
+  ``ceil(rows / ROWS_PER_THREAD) * units`` threads. Taken whenever that fits the kernels' launch
+  bound and the device's (opt-in) shared memory per block.
 - stepwise: per time step a GEMM plus one fused pointwise kernel; for larger units.
 """
 from typing import NamedTuple
@@ -17,6 +19,11 @@ KERNELS = {
     "lstm_stepwise.cu": ("stepwise_forward", "stepwise_backward"),
 }
 POINTWISE_THREADS = 256
+ROWS_PER_THREAD = 4  # the persistent kernels' register blocking (kernels/lstm_persistent.cu)
+# Their launch bound by itemsize: 128 registers a thread in float32 and 255 in float64 (each value
+# takes two) hold the blocked rows' sums and the next step's zx.
+PERSISTENT_THREADS = {4: 512, 8: 256}
+VECTOR_BYTES = 16  # the backward reads recurrent_kernel's rows and dz in vectors of this many bytes
 DEFAULT_SHARED_MEMORY = 48 * 1024  # what a block gets without opting in to more
 
 
@@ -62,11 +69,27 @@ def all_instances():
             for source, functions in KERNELS.items() for function in functions for dtype in C_TYPES]
 
 
+def recurrent_row_length(units, itemsize):
+    """The padded row length, in elements, of recurrent_kernel staged in shared memory: whole
+    16-byte vectors, an odd number of them, so that a row starts 16-byte aligned and the
+    backward's threads, each reading its own row a vector at a time, fall in distinct banks."""
+    vector = VECTOR_BYTES // itemsize
+    vectors = 4 * units // vector + 1
+    return (vectors + 1 - vectors % 2) * vector
+
+
+def thread_groups(rows):
+    """The row groups of a block of ``rows`` batch rows: ROWS_PER_THREAD rows each, the last padded."""
+    return -(-rows // ROWS_PER_THREAD)
+
+
 def persistent_shared_memory(units, rows, itemsize):
     """Bytes of (forward, backward) dynamic shared memory on the persistent path: recurrent_kernel
-    with padded rows, then the double-buffered h (forward) or dz (backward) of the block's rows."""
-    weights = units * (4 * units + 1)
-    return (weights + 2 * rows * units) * itemsize, (weights + 2 * rows * 4 * units) * itemsize
+    with padded rows, then the double-buffered h (forward) or dz (backward) of the block's rows,
+    padded to whole row groups."""
+    weights = units * recurrent_row_length(units, itemsize)
+    padded_rows = thread_groups(rows) * ROWS_PER_THREAD
+    return (weights + 2 * padded_rows * units) * itemsize, (weights + 2 * padded_rows * 4 * units) * itemsize
 
 
 def plan_lstm(batch, units, dtype, limits):
@@ -76,15 +99,19 @@ def plan_lstm(batch, units, dtype, limits):
     if batch < 1 or units < 1:
         raise ValueError(f"an LSTM launch plan needs batch >= 1 and units >= 1, got batch {batch}, units {units}")
     itemsize = np.dtype(dtype).itemsize
-    if units <= limits.max_threads_per_block:
-        # Spread the rows over the multiprocessors; a block holds as many as its threads allow.
-        rows = min(-(-batch // limits.multiprocessors), limits.max_threads_per_block // units)
-        forward_bytes, backward_bytes = persistent_shared_memory(units, rows, itemsize)
-        while rows > 1 and backward_bytes > limits.shared_memory_per_block_optin:
-            rows -= 1
-            forward_bytes, backward_bytes = persistent_shared_memory(units, rows, itemsize)
+    threads = min(limits.max_threads_per_block, PERSISTENT_THREADS[itemsize])
+    if units <= threads:
+        # Spread the rows over the multiprocessors in whole row groups, since a thread computes all
+        # of its group's rows whether they exist or not; a block holds as many groups as its
+        # threads and shared memory allow.
+        groups = min(thread_groups(-(-batch // limits.multiprocessors)), threads // units)
+        forward_bytes, backward_bytes = persistent_shared_memory(units, groups * ROWS_PER_THREAD, itemsize)
+        while groups > 1 and backward_bytes > limits.shared_memory_per_block_optin:
+            groups -= 1
+            forward_bytes, backward_bytes = persistent_shared_memory(units, groups * ROWS_PER_THREAD, itemsize)
         if backward_bytes <= limits.shared_memory_per_block_optin:
-            grid, block = (-(-batch // rows),), (rows * units,)
+            rows = min(groups * ROWS_PER_THREAD, batch)
+            grid, block = (-(-batch // rows),), (thread_groups(rows) * units,)
             return LSTMPlan(
                 "persistent",
                 Launch(kernel_name("persistent_forward", dtype), "lstm_persistent.cu", grid, block, forward_bytes),
