@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 
+import distributed
 import numba
 import pytest
 import threadpoolctl
 
 from fastlstm import cli, cluster
 from test_cli import FASTLSTM, NEUTRAL
-
-distributed = pytest.importorskip("distributed")  # the test extra installs it
 
 DASK = shutil.which("dask", path=os.path.dirname(sys.executable)) or "dask"
 # Two experiments, four seeds, on NumPy (nothing to compile in fresh processes): experiment 3's
