@@ -45,8 +45,11 @@ def _local_cluster(workers):
     resource_tracker.ensure_running()
     try:
         with blocked({signal.SIGINT}):
+            # No dashboard; the scheduler's HTTP server (health checks) on any free port rather than on 8787,
+            # which another cluster may hold.
             return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                dashboard_address=None, env=ONE_THREAD, silence_logs=logging.CRITICAL)
+                                dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                env=ONE_THREAD, silence_logs=logging.CRITICAL)
     except BaseException:  # a signal, say: no cluster to close the processes already started with
         stop_children()
         raise
