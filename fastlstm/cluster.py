@@ -185,5 +185,11 @@ class Cluster:
 
     def __exit__(self, kind, exception, traceback):
         self.close(failed=exception is not None)
+        from distributed import KilledWorker
+
+        if isinstance(exception, KilledWorker):  # Dask gave up a run: a worker died under it once too often
+            raise ClusterError("a run was under way on a worker lost more times than Dask allows "
+                               "(its distributed.scheduler.allowed-failures); the last was "
+                               f"{exception.last_worker.address}") from None
         return False
 

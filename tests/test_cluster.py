@@ -140,6 +140,22 @@ def test_a_worker_killed_mid_study_loses_no_run(tmp_path, here):
     assert "Traceback" not in (tmp_path / "stderr").read_text()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the worker processes in /proc (Linux)")
+def test_a_run_whose_workers_die_more_often_than_dask_allows_fails_the_command_in_one_line(tmp_path):
+    # With no failure allowed, Dask gives up the runs of the first worker lost.
+    process = _study(tmp_path, "local:2", env={**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"})
+    try:
+        _wait_for(lambda: "experiment 3, seed 10," in (tmp_path / "stdout").read_text(), 90, "experiment 3")
+        os.kill(_worker_processes(process.pid)[0], signal.SIGKILL)
+        assert process.wait(timeout=120) == 2
+    finally:
+        process.kill()
+        process.wait()
+    [line] = (tmp_path / "stderr").read_text().splitlines()
+    assert line.startswith("fastlstm alphabet: error: --scheduler local:2: ")
+    assert "a run was under way on a worker lost more times than Dask allows" in line
+
+
 def test_a_scheduler_that_does_not_answer_fails_fast_in_one_line():
     address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
     start = time.monotonic()
