@@ -1,6 +1,7 @@
 // Shared by the LSTM kernels: activation functions (each with its derivative written in terms of
-// its own output, so the backward pass never recomputes an activation) and the hook for dynamic
-// shared memory. Activation ids match kernels/activation_ids.py.
+// its own output, so the backward pass never recomputes an activation), the time order of the
+// caller's arrays, and the hook for dynamic shared memory. Activation ids match
+// kernels/activation_ids.py.
 #pragma once
 
 #ifndef FASTLSTM_DYNAMIC_SHARED
@@ -40,6 +41,12 @@ __device__ __forceinline__ T activation_grad(int id, T y) {
         case SOFTSIGN: { T s = T(1) - fabs(y); return s * s; }
         default: return T(1);  // LINEAR
     }
+}
+
+// The caller's time index of processing step t: go_backwards processes the sequence from its end.
+// zx, inputs and dz are in the caller's order, so that x and dx need no reversed copy.
+__device__ __forceinline__ int caller_step(int t, int time, int go_backwards) {
+    return go_backwards ? time - 1 - t : t;
 }
 
 }  // namespace fastlstm

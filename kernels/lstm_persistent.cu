@@ -8,9 +8,16 @@
 // whole 16-byte vectors, an odd number of them, so that the backward pass reads each thread's own
 // row a vector at a time with no two threads of a phase in one bank.
 //
-// Layouts (batch-major, as the NumPy reference): zx [batch, time, 4*units] = x @ kernel + bias;
-// h, c [batch, time + 1, units] with the initial state at index 0; gates [batch, time, 4*units]
-// (activated i, f, g, o); dz [batch, time, 4*units] (pre-activation gradients).
+// One launch is the whole call's device work besides the GEMMs around it: the forward reads the
+// initial state and bias itself and writes every array the call returns or saves.
+//
+// Layouts (batch-major, as the NumPy reference). In the caller's time order (see caller_step):
+// zx [batch, time, 4*units] = x @ kernel, without bias; inputs [batch, time, input_dim + units],
+// the rows [x_t, h_{t-1}] that multiply [kernel; recurrent_kernel], whose x part the caller fills
+// and whose h part the forward writes; dz [batch, time, 4*units] (pre-activation gradients). In
+// processing order: c [batch, time + 1, units] with c0 at index 0; gates [batch, time, 4*units]
+// (activated i, f, g, o); outputs and dy [batch, time, units] when per step, else [batch, 1, units]
+// (the last step's). bias [4*units], h0, c0, h_final, c_final, dh0, dc0 [batch, units].
 #include "lstm_common.cuh"
 
 namespace fastlstm {
@@ -74,15 +81,16 @@ __device__ __forceinline__ void stage(T* staged, const T* recurrent_kernel, int 
     for (; i < elements; i += stride) staged[slot(i)] = recurrent_kernel[i];
 }
 
-// into[rr][g] = zx[b + rr, step, g * units + j] for the first `count` of a thread's rows, 0 for the others.
+// into[rr][g] = zx[b + rr, step, g * units + j] + bias_j[g] for the first `count` of a thread's
+// rows, 0 for the others: bias first, as x @ kernel + bias in the reference.
 template <typename T>
-__device__ __forceinline__ void load_step(T (&into)[ROWS][4], const T* zx, int b, int count, int time, int step,
-                                          int units, int j) {
+__device__ __forceinline__ void load_step(T (&into)[ROWS][4], const T* zx, const T (&bias_j)[4], int b, int count,
+                                          int time, int step, int units, int j) {
 #pragma unroll
     for (int rr = 0; rr < ROWS; ++rr) {
         const T* zx_step = zx + ((size_t)(b + rr) * time + step) * 4 * units + j;
 #pragma unroll
-        for (int g = 0; g < 4; ++g) into[rr][g] = rr < count ? zx_step[g * units] : T(0);
+        for (int g = 0; g < 4; ++g) into[rr][g] = rr < count ? zx_step[g * units] + bias_j[g] : T(0);
     }
 }
 
@@ -92,10 +100,15 @@ __device__ __forceinline__ void load_step(T (&into)[ROWS][4], const T* zx, int b
 // follows the reads of it). recurrent_kernel is staged by row k, then unit j, its four gates'
 // weights of unit j side by side as [k][4 / LANES][units][LANES]: per k a thread reads them in one
 // 16-byte vector (two in double), whose ROWS values of h then serve 4 * ROWS multiply-adds.
+// bias may be null (zero). Writes c0 and h0 at their places in c and inputs, then each step's h
+// into inputs at the next step's place and into outputs (outputs_per_step) or only the last, and
+// the final h_final, c_final.
 template <typename T>
 __global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
-persistent_forward(const T* __restrict__ zx, const T* __restrict__ recurrent_kernel, T* __restrict__ h,
-                   T* __restrict__ c, T* __restrict__ gates, int batch, int time, int units, int rows,
+persistent_forward(const T* __restrict__ zx, const T* __restrict__ bias, const T* __restrict__ recurrent_kernel,
+                   const T* __restrict__ h0, const T* __restrict__ c0, T* __restrict__ inputs, T* __restrict__ c,
+                   T* __restrict__ gates, T* __restrict__ outputs, T* __restrict__ h_final, T* __restrict__ c_final,
+                   int batch, int time, int input_dim, int units, int rows, int go_backwards, int outputs_per_step,
                    int activation, int recurrent_activation) {
     FASTLSTM_DYNAMIC_SHARED(shared);
     const auto [ld, r_s, h_s, padded_rows, first, j, b, count] = place<T>(shared, batch, units, rows);
@@ -104,23 +117,34 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ recurrent_ker
         const int k = e / (4 * units), g = e % (4 * units) / units, unit = e % units;
         return (k * 4 + g / LANES * LANES) * units + unit * LANES + g % LANES;
     });
+    const int width = input_dim + units;  // a row of inputs; its h part starts at input_dim
+    T bias_j[4];
+#pragma unroll
+    for (int g = 0; g < 4; ++g) bias_j[g] = bias ? bias[g * units + j] : T(0);
     T c_t[ROWS];
 #pragma unroll
     for (int rr = 0; rr < ROWS; ++rr) {
-        const size_t state = (size_t)(b + rr) * (time + 1) * units + j;
-        c_t[rr] = rr < count ? c[state] : T(0);
-        h_s[(first + rr) * units + j] = rr < count ? h[state] : T(0);
+        const size_t row_state = (size_t)(b + rr) * units + j;
+        const T h_start = rr < count ? h0[row_state] : T(0);
+        c_t[rr] = rr < count ? c0[row_state] : T(0);
+        h_s[(first + rr) * units + j] = h_start;
+        if (rr < count) {
+            c[(size_t)(b + rr) * (time + 1) * units + j] = c_t[rr];
+            inputs[((size_t)(b + rr) * time + caller_step(0, time, go_backwards)) * width + input_dim + j] = h_start;
+        }
     }
     __syncthreads();
 
     T zx_t[ROWS][4];
-    load_step(zx_t, zx, b, count, time, 0, units, j);
+    load_step(zx_t, zx, bias_j, b, count, time, caller_step(0, time, go_backwards), units, j);
     for (int t = 0; t < time; ++t) {
         const T* h_prev = h_s + ((t & 1) * padded_rows + first) * units;
         // The next step's zx is loaded a step ahead, so that no load from global memory starts
         // the recurrence's critical path; this step's, loaded during the last, starts the sums.
+        const bool more = t + 1 < time;
+        const int ahead = more ? caller_step(t + 1, time, go_backwards) : 0;
         T zx_ahead[ROWS][4];
-        load_step(zx_ahead, zx, b, t + 1 < time ? count : 0, time, t + 1, units, j);
+        load_step(zx_ahead, zx, bias_j, b, more ? count : 0, time, ahead, units, j);
         T z[ROWS][4];
 #pragma unroll
         for (int rr = 0; rr < ROWS; ++rr)
@@ -150,10 +174,11 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ recurrent_ker
             const T h_t = o * activate(activation, c_t[rr]);
             h_next[rr * units] = rr < count ? h_t : T(0);
             if (rr < count) {
-                const size_t state = ((size_t)(b + rr) * (time + 1) + t + 1) * units + j;
-                h[state] = h_t;
-                c[state] = c_t[rr];
-                T* gates_t = gates + ((size_t)(b + rr) * time + t) * 4 * units + j;
+                const size_t row = b + rr;
+                c[(row * (time + 1) + t + 1) * units + j] = c_t[rr];
+                if (more) inputs[(row * time + ahead) * width + input_dim + j] = h_t;
+                if (outputs_per_step) outputs[(row * time + t) * units + j] = h_t;
+                T* gates_t = gates + (row * time + t) * 4 * units + j;
                 gates_t[0] = i;
                 gates_t[units] = f;
                 gates_t[2 * units] = g;
@@ -161,6 +186,17 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ recurrent_ker
             }
         }
         __syncthreads();
+    }
+    // The last step's h, in the buffer the thread itself wrote last.
+    const T* h_last = h_s + ((time & 1) * padded_rows + first) * units + j;
+#pragma unroll
+    for (int rr = 0; rr < ROWS; ++rr) {
+        if (rr < count) {
+            const size_t row_state = (size_t)(b + rr) * units + j;
+            h_final[row_state] = h_last[rr * units];
+            c_final[row_state] = c_t[rr];
+            if (!outputs_per_step) outputs[row_state] = h_last[rr * units];
+        }
     }
 }
 
@@ -170,13 +206,14 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ recurrent_ker
 // the thread's weight row and the rows of dz in 16-byte vectors: one weight vector serves ROWS
 // rows, and each (row, lane) is an independent chain of multiply-adds, summed at the end.
 // dy: [batch, time, units] when dy_per_step, else [batch, 1, units] (the last output's gradient);
-// dy, dh_final and dc_final may be null (zero). Writes dz, and dh0, dc0 [batch, units].
+// dy, dh_final and dc_final may be null (zero). Writes dz (in the caller's order), and dh0, dc0.
 template <typename T>
 __global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
 persistent_backward(const T* __restrict__ recurrent_kernel, const T* __restrict__ c, const T* __restrict__ gates,
                     const T* __restrict__ dy, int dy_per_step, const T* __restrict__ dh_final,
                     const T* __restrict__ dc_final, T* __restrict__ dz, T* __restrict__ dh0, T* __restrict__ dc0,
-                    int batch, int time, int units, int rows, int activation, int recurrent_activation) {
+                    int batch, int time, int units, int rows, int go_backwards, int activation,
+                    int recurrent_activation) {
     FASTLSTM_DYNAMIC_SHARED(shared);
     const auto [ld, r_s, dz_s, padded_rows, first, j, b, count] = place<T>(shared, batch, units, rows);
     constexpr int LANES = Vector<T>::LANES;
@@ -214,7 +251,7 @@ persistent_backward(const T* __restrict__ recurrent_kernel, const T* __restrict_
                                 dc[rr] * c_prev * activation_grad(recurrent_activation, f),
                                 dc[rr] * i * activation_grad(activation, g),
                                 dh[rr] * act_c * activation_grad(recurrent_activation, o)};
-                T* dz_t = dz + step * 4 * units + j;
+                T* dz_t = dz + ((size_t)(b + rr) * time + caller_step(t, time, go_backwards)) * 4 * units + j;
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
                     dz_row[q * units] = d[q];

@@ -7,7 +7,8 @@ each sum in the loops: Numba types arithmetic on uint32 as uint64, and a signed 
 negative-index wrap-around at every access. So the persistent kernels' inner loops are loads and
 multiply-adds, about 2 instructions per multiply-add at sm_90 (the compile gate asserts at most
 4). A tuple stands for a small array kept in registers (a row's four gates, a vector's lanes). An
-absent optional array (dy, the final state's gradients) comes as an empty array. Compiled on first
+absent optional array (bias, dy, the final state's gradients) comes as an empty array. The kernels
+take and fill the arrays of the CUDA C ones, in the same layouts and time orders. Compiled on first
 launch, never at import.
 """
 import functools
@@ -107,6 +108,12 @@ def kernels(dtype):
         return ld
 
     @cuda.jit(device=True, inline=True)
+    def caller_step(t, time, go_backwards):
+        """The caller's time index of processing step t (zx, inputs and dz are in the caller's
+        order): go_backwards processes the sequence from its end."""
+        return uint32(uint32(time) - uint32(1) - t) if go_backwards != 0 else t
+
+    @cuda.jit(device=True, inline=True)
     def place(batch, units, rows):
         """(first, j, b, count): the thread's first row in the block, q * ROWS, its unit, the batch
         row of its first row, and how many of its ROWS rows exist (the last group and the last
@@ -123,6 +130,20 @@ def kernels(dtype):
         if exists:
             return a[b, t, j], a[b, t, units + j], a[b, t, uint32(2) * units + j], a[b, t, uint32(3) * units + j]
         return zero, zero, zero, zero
+
+    @cuda.jit(device=True, inline=True)
+    def biases(bias, j, units):
+        """The four gates' bias of unit j; zeros for an absent bias."""
+        if bias.shape[0] > 0:
+            return bias[j], bias[units + j], bias[uint32(2) * units + j], bias[uint32(3) * units + j]
+        return zero, zero, zero, zero
+
+    @cuda.jit(device=True, inline=True)
+    def step_start(zx, bias_j, b, t, j, units, exists):
+        """Row b's zx + bias at step t of zx (bias first, as x @ kernel + bias in the reference);
+        zeros for a row that does not exist."""
+        z = gate_values(zx, b, t, j, units, exists)
+        return z[0] + bias_j[0], z[1] + bias_j[1], z[2] + bias_j[2], z[3] + bias_j[3]
 
     @cuda.jit(device=True, inline=True)
     def multiply_add(z, hk, w):
@@ -159,24 +180,51 @@ def kernels(dtype):
     no_sums = (zero,) * lanes
 
     @cuda.jit(device=True, inline=True)
-    def forward_row(z, c_prev, shared, h_next, h, c, gates, b, t, j, units, exists, activation,
-                    recurrent_activation):
+    def forward_start(h0, c0, inputs, c, shared, slot, b, j, h_column, step, exists):
+        """Row b's initial state: h0 into shared memory at ``slot`` (zero for a row that does not
+        exist) and into inputs at the first step, c0 into c; returns c0."""
+        h_start = h0[b, j] if exists else zero
+        c_start = c0[b, j] if exists else zero
+        shared[slot] = h_start
+        if exists:
+            c[b, 0, j] = c_start
+            inputs[b, step, h_column] = h_start
+        return c_start
+
+    @cuda.jit(device=True, inline=True)
+    def forward_row(z, c_prev, shared, h_next, inputs, c, gates, outputs, b, t, more, ahead, j, units, h_column,
+                    outputs_per_step, exists, activation, recurrent_activation):
         """One row's pointwise step: writes h_t to shared memory (zero for a row that does not
-        exist) and h, c and the gates to global memory; returns c_t."""
+        exist), into inputs at the next step unless this is the last (the caller's index
+        ``ahead``) and into outputs (outputs_per_step), and c and the gates to global memory;
+        returns c_t."""
         i, f = activate(recurrent_activation, z[0]), activate(recurrent_activation, z[1])
         g, o = activate(activation, z[2]), activate(recurrent_activation, z[3])
         c_t = f * c_prev + i * g
         h_t = o * activate(activation, c_t)
         shared[h_next] = h_t if exists else zero
         if exists:
-            h[b, t + uint32(1), j] = h_t
             c[b, t + uint32(1), j] = c_t
+            if more:
+                inputs[b, ahead, h_column] = h_t
+            if outputs_per_step != 0:
+                outputs[b, t, j] = h_t
             gates[b, t, j], gates[b, t, units + j] = i, f
             gates[b, t, uint32(2) * units + j], gates[b, t, uint32(3) * units + j] = g, o
         return c_t
 
+    @cuda.jit(device=True, inline=True)
+    def forward_end(shared, slot, c_t, outputs, h_final, c_final, b, j, outputs_per_step, exists):
+        """Row b's final state, h from shared memory at ``slot``, which the thread wrote last; and
+        its last output unless outputs holds every step's."""
+        if exists:
+            h_final[b, j], c_final[b, j] = shared[slot], c_t
+            if outputs_per_step == 0:
+                outputs[b, 0, j] = shared[slot]
+
     @cuda.jit(**_bounds("persistent_forward", dtype))
-    def persistent_forward(zx, recurrent_kernel, h, c, gates, batch, time, units, rows, activation,
+    def persistent_forward(zx, bias, recurrent_kernel, h0, c0, inputs, c, gates, outputs, h_final, c_final,
+                           batch, time, input_dim, units, rows, go_backwards, outputs_per_step, activation,
                            recurrent_activation):
         shared = cuda.shared.array(0, dtype=T)
         ld = stage(shared, recurrent_kernel, units)
@@ -185,22 +233,25 @@ def kernels(dtype):
         u2, u3 = uint32(2) * u, uint32(3) * u
         buffer = uint32((rows + ROWS - 1) // ROWS * ROWS) * u  # h [2][padded rows][units], double-buffered
         h_rows = u * ld + first * u  # the thread's first row of h in buffer 0
-        c_0 = c[b, 0, j] if count > 0 else zero
-        c_1 = c[b + uint32(1), 0, j] if count > 1 else zero
-        c_2 = c[b + uint32(2), 0, j] if count > 2 else zero
-        c_3 = c[b + uint32(3), 0, j] if count > 3 else zero
-        shared[h_rows + j] = h[b, 0, j] if count > 0 else zero
-        shared[h_rows + u + j] = h[b + uint32(1), 0, j] if count > 1 else zero
-        shared[h_rows + u2 + j] = h[b + uint32(2), 0, j] if count > 2 else zero
-        shared[h_rows + u3 + j] = h[b + uint32(3), 0, j] if count > 3 else zero
+        h_column = uint32(input_dim) + j  # unit j's column of h in inputs
+        bias_j = biases(bias, j, u)
+        start = caller_step(uint32(0), time, go_backwards)
+        c_0 = forward_start(h0, c0, inputs, c, shared, h_rows + j, b, j, h_column, start, count > 0)
+        c_1 = forward_start(h0, c0, inputs, c, shared, h_rows + u + j, b + uint32(1), j, h_column, start, count > 1)
+        c_2 = forward_start(h0, c0, inputs, c, shared, h_rows + u2 + j, b + uint32(2), j, h_column, start, count > 2)
+        c_3 = forward_start(h0, c0, inputs, c, shared, h_rows + u3 + j, b + uint32(3), j, h_column, start, count > 3)
         cuda.syncthreads()
         for step in range(time):
             t = uint32(step)
             now, later = (t & uint32(1)) * buffer, ((t + uint32(1)) & uint32(1)) * buffer
-            z0 = gate_values(zx, b, t, j, u, count > 0)
-            z1 = gate_values(zx, b + uint32(1), t, j, u, count > 1)
-            z2 = gate_values(zx, b + uint32(2), t, j, u, count > 2)
-            z3 = gate_values(zx, b + uint32(3), t, j, u, count > 3)
+            t_in = caller_step(t, time, go_backwards)
+            more = step + 1 < time
+            # The caller's index of the next step, where h_t goes in inputs (none after the last).
+            ahead = caller_step(t + uint32(1), time, go_backwards) if more else t
+            z0 = step_start(zx, bias_j, b, t_in, j, u, count > 0)
+            z1 = step_start(zx, bias_j, b + uint32(1), t_in, j, u, count > 1)
+            z2 = step_start(zx, bias_j, b + uint32(2), t_in, j, u, count > 2)
+            z3 = step_start(zx, bias_j, b + uint32(3), t_in, j, u, count > 3)
             # Per k, four weights and the rows' four h_prev[k] serve 16 multiply-adds.
             hk, w = uint32(h_rows + now), j
             end = uint32(hk + u)
@@ -213,15 +264,23 @@ def kernels(dtype):
                 hk = uint32(hk + uint32(1))
                 w = uint32(w + ld)
             h_next = h_rows + later + j
-            c_0 = forward_row(z0, c_0, shared, h_next, h, c, gates, b, t, j, u, count > 0, activation,
-                              recurrent_activation)
-            c_1 = forward_row(z1, c_1, shared, h_next + u, h, c, gates, b + uint32(1), t, j, u, count > 1,
-                              activation, recurrent_activation)
-            c_2 = forward_row(z2, c_2, shared, h_next + u2, h, c, gates, b + uint32(2), t, j, u, count > 2,
-                              activation, recurrent_activation)
-            c_3 = forward_row(z3, c_3, shared, h_next + u3, h, c, gates, b + uint32(3), t, j, u, count > 3,
-                              activation, recurrent_activation)
+            c_0 = forward_row(z0, c_0, shared, h_next, inputs, c, gates, outputs, b, t, more, ahead, j, u,
+                              h_column, outputs_per_step, count > 0, activation, recurrent_activation)
+            c_1 = forward_row(z1, c_1, shared, h_next + u, inputs, c, gates, outputs, b + uint32(1), t, more, ahead,
+                              j, u, h_column, outputs_per_step, count > 1, activation, recurrent_activation)
+            c_2 = forward_row(z2, c_2, shared, h_next + u2, inputs, c, gates, outputs, b + uint32(2), t, more, ahead,
+                              j, u, h_column, outputs_per_step, count > 2, activation, recurrent_activation)
+            c_3 = forward_row(z3, c_3, shared, h_next + u3, inputs, c, gates, outputs, b + uint32(3), t, more, ahead,
+                              j, u, h_column, outputs_per_step, count > 3, activation, recurrent_activation)
             cuda.syncthreads()
+        h_last = h_rows + (uint32(time) & uint32(1)) * buffer + j  # the buffer of the last step's h
+        forward_end(shared, h_last, c_0, outputs, h_final, c_final, b, j, outputs_per_step, count > 0)
+        forward_end(shared, h_last + u, c_1, outputs, h_final, c_final, b + uint32(1), j, outputs_per_step,
+                    count > 1)
+        forward_end(shared, h_last + u2, c_2, outputs, h_final, c_final, b + uint32(2), j, outputs_per_step,
+                    count > 2)
+        forward_end(shared, h_last + u3, c_3, outputs, h_final, c_final, b + uint32(3), j, outputs_per_step,
+                    count > 3)
 
     @cuda.jit(device=True, inline=True)
     def backward_start(dy, dy_per_step, dh_final, dc_final, b, j, exists):
@@ -238,10 +297,11 @@ def kernels(dtype):
         return dh, dc
 
     @cuda.jit(device=True, inline=True)
-    def backward_row(dh, dc, c, gates, dy, dy_per_step, dz, shared, row, b, t, j, units, exists,
+    def backward_row(dh, dc, c, gates, dy, dy_per_step, dz, shared, row, b, t, t_in, j, units, exists,
                      activation, recurrent_activation):
         """One row's pointwise step: writes its dz to shared memory at ``row`` (zeros for a row
-        that does not exist) and to global memory; returns dc for the step before."""
+        that does not exist) and to global memory at the caller's index ``t_in``; returns dc for
+        the step before."""
         d0 = d1 = d2 = d3 = zero
         if exists:
             if dy.shape[0] > 0 and dy_per_step != 0:
@@ -253,8 +313,8 @@ def kernels(dtype):
             d1 = dc * c[b, t, j] * activation_grad(recurrent_activation, f)
             d2 = dc * i * activation_grad(activation, g)
             d3 = dh * act_c * activation_grad(recurrent_activation, o)
-            dz[b, t, j], dz[b, t, units + j] = d0, d1
-            dz[b, t, uint32(2) * units + j], dz[b, t, uint32(3) * units + j] = d2, d3
+            dz[b, t_in, j], dz[b, t_in, units + j] = d0, d1
+            dz[b, t_in, uint32(2) * units + j], dz[b, t_in, uint32(3) * units + j] = d2, d3
             dc *= f
         shared[row + j], shared[row + units + j] = d0, d1
         shared[row + uint32(2) * units + j], shared[row + uint32(3) * units + j] = d2, d3
@@ -262,7 +322,7 @@ def kernels(dtype):
 
     @cuda.jit(**_bounds("persistent_backward", dtype))
     def persistent_backward(recurrent_kernel, c, gates, dy, dy_per_step, dh_final, dc_final, dz, dh0, dc0,
-                            batch, time, units, rows, activation, recurrent_activation):
+                            batch, time, units, rows, go_backwards, activation, recurrent_activation):
         shared = cuda.shared.array(0, dtype=T)
         ld = stage(shared, recurrent_kernel, units)
         u = uint32(units)
@@ -278,14 +338,15 @@ def kernels(dtype):
         for step in range(time - 1, -1, -1):
             t = uint32(step)
             row = dz_s + (t & uint32(1)) * buffer
-            dc_0 = backward_row(dh_0, dc_0, c, gates, dy, dy_per_step, dz, shared, row, b, t, j, u, count > 0,
-                                activation, recurrent_activation)
-            dc_1 = backward_row(dh_1, dc_1, c, gates, dy, dy_per_step, dz, shared, row + g4, b + uint32(1), t, j, u,
-                                count > 1, activation, recurrent_activation)
+            t_in = caller_step(t, time, go_backwards)
+            dc_0 = backward_row(dh_0, dc_0, c, gates, dy, dy_per_step, dz, shared, row, b, t, t_in, j, u,
+                                count > 0, activation, recurrent_activation)
+            dc_1 = backward_row(dh_1, dc_1, c, gates, dy, dy_per_step, dz, shared, row + g4, b + uint32(1), t,
+                                t_in, j, u, count > 1, activation, recurrent_activation)
             dc_2 = backward_row(dh_2, dc_2, c, gates, dy, dy_per_step, dz, shared, row + uint32(2) * g4,
-                                b + uint32(2), t, j, u, count > 2, activation, recurrent_activation)
+                                b + uint32(2), t, t_in, j, u, count > 2, activation, recurrent_activation)
             dc_3 = backward_row(dh_3, dc_3, c, gates, dy, dy_per_step, dz, shared, row + uint32(3) * g4,
-                                b + uint32(3), t, j, u, count > 3, activation, recurrent_activation)
+                                b + uint32(3), t, t_in, j, u, count > 3, activation, recurrent_activation)
             cuda.syncthreads()
             # dh_{t-1}[j] = sum_m dz_t[m] * recurrent_kernel[j][m] over 16-byte vectors: one weight
             # vector serves the four rows, each row summing its lanes in independent chains (the
@@ -314,28 +375,46 @@ def kernels(dtype):
             dh0[b + uint32(3), j], dc0[b + uint32(3), j] = dh_3, dc_3
 
     @cuda.jit
-    def stepwise_forward(zx, hr, h, c, gates, batch, time, units, t, activation, recurrent_activation):
+    def stepwise_forward(zx, hr, bias, h0, c0, inputs, c, gates, outputs, h_final, c_final, batch, time,
+                         input_dim, units, t, go_backwards, outputs_per_step, activation, recurrent_activation):
         index = cuda.grid(1)
         if index >= batch * units:
             return
         b, j = index // units, index % units
-        i = activate(recurrent_activation, zx[b, t, j] + hr[b, j])
-        f = activate(recurrent_activation, zx[b, t, units + j] + hr[b, units + j])
-        g = activate(activation, zx[b, t, 2 * units + j] + hr[b, 2 * units + j])
-        o = activate(recurrent_activation, zx[b, t, 3 * units + j] + hr[b, 3 * units + j])
-        c_t = f * c[b, t, j] + i * g
+        t_in = time - 1 - t if go_backwards != 0 else t
+        z = step_start(zx, biases(bias, j, units), b, t_in, j, units, True)
+        i = activate(recurrent_activation, z[0] + hr[b, j])
+        f = activate(recurrent_activation, z[1] + hr[b, units + j])
+        g = activate(activation, z[2] + hr[b, 2 * units + j])
+        o = activate(recurrent_activation, z[3] + hr[b, 3 * units + j])
+        if t == 0:
+            c[b, 0, j] = c0[b, j]
+            inputs[b, t_in, input_dim + j] = h0[b, j]
+        c_t = f * (c0[b, j] if t == 0 else c[b, t, j]) + i * g
+        h_t = o * activate(activation, c_t)
         c[b, t + 1, j] = c_t
-        h[b, t + 1, j] = o * activate(activation, c_t)
+        if t + 1 < time:
+            inputs[b, time - 2 - t if go_backwards != 0 else t + 1, input_dim + j] = h_t
+        else:
+            h_final[b, j], c_final[b, j] = h_t, c_t
+        if outputs_per_step != 0:
+            outputs[b, t, j] = h_t
+        elif t + 1 == time:
+            outputs[b, 0, j] = h_t
         gates[b, t, j], gates[b, t, units + j], gates[b, t, 2 * units + j], gates[b, t, 3 * units + j] = i, f, g, o
 
     @cuda.jit
-    def stepwise_backward(c, gates, dy, dy_per_step, dh, dc, dz, batch, time, units, t, activation,
-                          recurrent_activation):
+    def stepwise_backward(c, gates, dy, dy_per_step, dh_final, dc_final, dh, dc, dz, batch, time, units, t,
+                          go_backwards, activation, recurrent_activation):
         index = cuda.grid(1)
         if index >= batch * units:
             return
         b, j = index // units, index % units
-        dh_t = dh[b, j]
+        if t == time - 1:  # the final state's gradients, zeros where absent
+            dh_t = dh_final[b, j] if dh_final.shape[0] > 0 else zero
+            dc_next = dc_final[b, j] if dc_final.shape[0] > 0 else zero
+        else:
+            dh_t, dc_next = dh[b, j], dc[b, j]
         if dy.shape[0] > 0:
             if dy_per_step != 0:
                 dh_t += dy[b, t, j]
@@ -344,11 +423,12 @@ def kernels(dtype):
         i, f = gates[b, t, j], gates[b, t, units + j]
         g, o = gates[b, t, 2 * units + j], gates[b, t, 3 * units + j]
         act_c = activate(activation, c[b, t + 1, j])
-        dc_t = dc[b, j] + dh_t * o * activation_grad(activation, act_c)
-        dz[b, t, j] = dc_t * g * activation_grad(recurrent_activation, i)
-        dz[b, t, units + j] = dc_t * c[b, t, j] * activation_grad(recurrent_activation, f)
-        dz[b, t, 2 * units + j] = dc_t * i * activation_grad(activation, g)
-        dz[b, t, 3 * units + j] = dh_t * act_c * activation_grad(recurrent_activation, o)
+        dc_t = dc_next + dh_t * o * activation_grad(activation, act_c)
+        t_in = time - 1 - t if go_backwards != 0 else t
+        dz[b, t_in, j] = dc_t * g * activation_grad(recurrent_activation, i)
+        dz[b, t_in, units + j] = dc_t * c[b, t, j] * activation_grad(recurrent_activation, f)
+        dz[b, t_in, 2 * units + j] = dc_t * i * activation_grad(activation, g)
+        dz[b, t_in, 3 * units + j] = dh_t * act_c * activation_grad(recurrent_activation, o)
         dc[b, j] = dc_t * f
 
     return {

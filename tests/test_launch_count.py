@@ -115,8 +115,7 @@ def _run(emulated, path, shape, options):
     final = (np.ones_like(h), np.ones_like(c)) if options["final_state_gradients"] else (None, None)
     DeviceArray.log = []
     engine.backward(saved, dy, *final)
-    count = launch_count(plan, batch, time, input_dim, units, has_bias=options["bias"],
-                         go_backwards=options["go_backwards"])
+    count = launch_count(plan, batch, time, input_dim, units, has_bias=options["bias"])
     return count, forward, DeviceArray.log
 
 
@@ -130,3 +129,13 @@ def test_the_plan_counts_every_device_operation_of_a_forward(emulated, path, sha
 def test_the_plan_counts_every_device_operation_of_a_backward(emulated, path, shape, options):
     count, _, backward = _run(emulated, path, shape, options)
     assert len(backward) == count.backward, backward
+
+
+def test_a_persistent_call_launches_its_kernel_beside_the_products_and_the_caches_copies_alone(emulated):
+    # Forward: x into the saved inputs, x @ kernel, recurrent_kernel copied, the kernel, kernel
+    # copied; backward: the kernel, the weights' gradients, dbias, dx.
+    options = dict(bias=True, go_backwards=True, return_sequences=True, final_state_gradients=True)
+    _, forward, backward = _run(emulated, "persistent", (3, 4, 2, 4), options)
+    kernel = "fastlstm::persistent_{}<float>"
+    assert forward == ["copy into a slice", "cuBLAS", "copy", kernel.format("forward"), "copy"]
+    assert backward == [kernel.format("backward"), "cuBLAS", "add.reduce", "cuBLAS"]

@@ -60,12 +60,12 @@ def _signatures(dtype):
     """The argument types the backend passes, as Numba signature strings (which
     tests/support/numba_ptx.py takes to a CUDA 12 Numba): C-contiguous arrays and Python ints."""
     T = np.dtype(dtype).name
-    a2, a3, i = f"{T}[:, ::1]", f"{T}[:, :, ::1]", "int64"
+    a1, a2, a3, i = f"{T}[::1]", f"{T}[:, ::1]", f"{T}[:, :, ::1]", "int64"
     return {function: ", ".join(types) for function, types in {
-        "persistent_forward": (a3, a2, a3, a3, a3, i, i, i, i, i, i),
-        "persistent_backward": (a2, a3, a3, a3, i, a2, a2, a3, a2, a2, i, i, i, i, i, i),
-        "stepwise_forward": (a3, a2, a3, a3, a3, i, i, i, i, i, i),
-        "stepwise_backward": (a3, a3, a3, i, a2, a2, a3, i, i, i, i, i, i),
+        "persistent_forward": (a3, a1, a2, a2, a2, a3, a3, a3, a3, a2, a2, i, i, i, i, i, i, i, i, i),
+        "persistent_backward": (a2, a3, a3, a3, i, a2, a2, a3, a2, a2, i, i, i, i, i, i, i),
+        "stepwise_forward": (a3, a2, a1, a2, a2, a3, a3, a3, a3, a2, a2, i, i, i, i, i, i, i, i, i),
+        "stepwise_backward": (a3, a3, a3, i, a2, a2, a2, a2, a3, i, i, i, i, i, i, i),
     }.items()}
 
 

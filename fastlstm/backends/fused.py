@@ -7,9 +7,16 @@ and a launcher that runs the same ``.cu`` sources on the CPU, so this orchestrat
 a copy of it, is what the tests check.
 
 A launcher is called as ``launcher(launch, *arguments)`` with a :class:`~fastlstm.backends.plan.Launch`
-and the kernel's arguments in order: contiguous ``xp`` arrays and Python ints. An optional array
-that is absent (``dy``, the final state's gradients) is an empty array of its rank: a null pointer
-for the CUDA C kernels, ``shape[0] == 0`` for the Numba ones.
+and the kernel's arguments in order: contiguous ``xp`` arrays and Python ints; the CuPy and the
+Numba launcher take the same ones. An optional array that is absent (bias, ``dy``, the final
+state's gradients) is an empty array of its rank: a null pointer for the CUDA C kernels,
+``shape[0] == 0`` for the Numba ones.
+
+The forward kernels take the initial state and the bias and write every array the call returns or
+saves, so that on the persistent path a forward is the input projection and one launch, and a
+backward one launch and the weight gradients' GEMMs (:func:`~fastlstm.backends.plan.launch_count`).
+zx, the saved ``[x_t, h_{t-1}]`` rows and dz keep the caller's time order, the kernels processing
+them from the end for go_backwards, so that neither x nor dx is copied in reverse.
 """
 from typing import Any, NamedTuple
 
@@ -21,13 +28,12 @@ from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 
 
 class Saved(NamedTuple):
-    x: Any  # [batch, time, input_dim], in processing order
+    inputs: Any  # [batch, time, input_dim + units]: [x_t, h_{t-1}] of every step, in the caller's order
     kernel: Any
     recurrent_kernel: Any
     has_bias: bool
-    h: Any  # [batch, time + 1, units]: h0, h_1 .. h_T
-    c: Any  # [batch, time + 1, units]
-    gates: Any  # [batch, time, 4*units]: activated i, f, g, o
+    c: Any  # [batch, time + 1, units]: c0, c_1 .. c_T, in processing order
+    gates: Any  # [batch, time, 4*units]: activated i, f, g, o, in processing order
     options: Any
     plan: Any
 
@@ -38,49 +44,63 @@ class FusedLSTM:
 
     def forward(self, x, kernel, recurrent_kernel, bias, h0, c0, options):
         xp = self.xp
+        x = xp.ascontiguousarray(x)
+        batch, time, input_dim = x.shape
         units = recurrent_kernel.shape[0]
-        x, zx, h, c, gates = sequence.start(xp, x, kernel, bias, h0, c0, units, options.go_backwards)
-        batch, time, _ = x.shape
         plan = plan_lstm(batch, units, x.dtype, self.limits)
-        activations = ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation]
+        inputs = xp.empty((batch, time, input_dim + units), x.dtype)
+        inputs[:, :, :input_dim] = x  # the cache's own x; the kernels write the h part
+        zx = xp.matmul(x.reshape(batch * time, input_dim), kernel).reshape(batch, time, 4 * units)
         recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
+        c = xp.empty((batch, time + 1, units), x.dtype)
+        gates = xp.empty_like(zx)
+        outputs = xp.empty((batch, time, units) if options.return_sequences else (batch, units), x.dtype)
+        h_final, c_final = xp.empty((batch, units), x.dtype), xp.empty((batch, units), x.dtype)
+        h0, c0 = xp.ascontiguousarray(h0), xp.ascontiguousarray(c0)
+        filled = (inputs, c, gates, outputs.reshape(batch, -1, units), h_final, c_final)
+        flags = (int(options.go_backwards), int(options.return_sequences),
+                 ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation])
+        has_bias, bias = bias is not None, _optional(xp, bias, 1, x.dtype)
         if plan.path == "persistent":
-            self.launcher(plan.forward, zx, recurrent_kernel, h, c, gates, batch, time, units, plan.rows, *activations)
+            self.launcher(plan.forward, zx, bias, recurrent_kernel, h0, c0, *filled,
+                          batch, time, input_dim, units, plan.rows, *flags)
         else:
             hr = xp.empty((batch, 4 * units), x.dtype)
             for t in range(time):
-                xp.matmul(h[:, t], recurrent_kernel, out=hr)
-                self.launcher(plan.forward, zx, hr, h, c, gates, batch, time, units, t, *activations)
-        outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
-        saved = Saved(x, kernel.copy(), recurrent_kernel, bias is not None, h, c, gates, options, plan)
-        return outputs, h[:, time].copy(), c[:, time].copy(), saved
+                h_prev = h0 if t == 0 else inputs[:, _caller_step(t, time, options), input_dim:]
+                xp.matmul(h_prev, recurrent_kernel, out=hr)
+                self.launcher(plan.forward, zx, hr, bias, h0, c0, *filled, batch, time, input_dim, units, t, *flags)
+        saved = Saved(inputs, kernel.copy(), recurrent_kernel, has_bias, c, gates, options, plan)
+        return outputs, h_final, c_final, saved
 
     def backward(self, saved, dy, dhT, dcT):
         xp = self.xp
-        x, kernel, recurrent_kernel, has_bias, h, c, gates, options, plan = saved
-        batch, time, _ = x.shape
+        inputs, kernel, recurrent_kernel, has_bias, c, gates, options, plan = saved
+        batch, time, _ = inputs.shape
         units = recurrent_kernel.shape[0]
-        activations = ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation]
-        dy = _optional(xp, None if dy is None else dy.reshape(batch, -1, units), 3, x.dtype)
-        dy_per_step = int(options.return_sequences)
-
+        dtype = inputs.dtype
+        flags = (int(options.go_backwards), ACTIVATION_IDS[options.activation],
+                 ACTIVATION_IDS[options.recurrent_activation])
+        dy = _optional(xp, None if dy is None else dy.reshape(batch, -1, units), 3, dtype)
+        given = (dy, int(options.return_sequences), _optional(xp, dhT, 2, dtype), _optional(xp, dcT, 2, dtype))
         dz = xp.empty_like(gates)
+        dh0, dc0 = xp.empty((batch, units), dtype), xp.empty((batch, units), dtype)
         if plan.path == "persistent":
-            dh0 = xp.empty((batch, units), x.dtype)
-            dc0 = xp.empty_like(dh0)
-            self.launcher(plan.backward, recurrent_kernel, c, gates, dy, dy_per_step,
-                          _optional(xp, dhT, 2, x.dtype), _optional(xp, dcT, 2, x.dtype), dz, dh0, dc0,
-                          batch, time, units, plan.rows, *activations)
+            self.launcher(plan.backward, recurrent_kernel, c, gates, *given, dz, dh0, dc0,
+                          batch, time, units, plan.rows, *flags)
         else:
-            dh0 = xp.zeros((batch, units), x.dtype) if dhT is None else dhT.copy()
-            dc0 = xp.zeros((batch, units), x.dtype) if dcT is None else dcT.copy()
             recurrent_kernel_t = recurrent_kernel.T
             for t in reversed(range(time)):
-                self.launcher(plan.backward, c, gates, dy, dy_per_step, dh0, dc0, dz,
-                              batch, time, units, t, *activations)
-                xp.matmul(dz[:, t], recurrent_kernel_t, out=dh0)
-        inputs = sequence.step_inputs(xp, x, h)
-        return (*sequence.weight_gradients(xp, inputs, kernel, dz, has_bias, options.go_backwards), dh0, dc0)
+                # dh0 and dc0 carry the gradients reaching the state from step t + 1 to step t.
+                self.launcher(plan.backward, c, gates, *given, dh0, dc0, dz, batch, time, units, t, *flags)
+                xp.matmul(dz[:, _caller_step(t, time, options)], recurrent_kernel_t, out=dh0)
+        # inputs and dz share the caller's time order, which dx then has too.
+        return (*sequence.weight_gradients(xp, inputs, kernel, dz, has_bias, False), dh0, dc0)
+
+
+def _caller_step(t, time, options):
+    """The caller's time index of processing step ``t`` (lstm_common.cuh's caller_step)."""
+    return time - 1 - t if options.go_backwards else t
 
 
 def _optional(xp, a, ndim, dtype):

@@ -135,26 +135,26 @@ class LaunchCount(NamedTuple):
     backward: int  # the backward pass of that forward
 
 
-def launch_count(plan, batch, time, input_dim, units, has_bias=True, go_backwards=False):
+def launch_count(plan, batch, time, input_dim, units, has_bias=True):
     """The device operations of FusedLSTM's forward and backward for ``plan`` over ``x`` [batch,
     time, input_dim], with contiguous device arrays as arguments (lstm_forward's finite check, its
-    zero initial state and any transfer from the host come on top)."""
-    bias, persistent = int(has_bias), plan.path == "persistent"
-    if persistent:
+    zero initial state and any transfer from the host come on top). go_backwards changes neither:
+    the kernels read x's projection and write dz in the caller's time order."""
+    if plan.path == "persistent":
         forward_recurrence = backward_recurrence = 1
     else:
         # Per step a product and the pointwise kernel. CuPy copies a product's operand whose rows
-        # are strided (h[:, t] of several rows; dz[:, t] of several rows and steps) for cuBLAS.
-        forward_recurrence = time * (_product(batch, 4 * units, strided=batch > 1) + 1)
-        # After dh and dc start as zeros (or the final state's gradients).
-        backward_recurrence = 2 + time * (_product(batch, units, strided=batch > 1 and time > 1) + 1)
-    # x copied in processing order, x @ kernel, + bias, h0 and c0 stored, recurrent_kernel copied;
-    # after the recurrence the outputs, the final h and c, and kernel copied.
-    forward = 1 + _product(batch * time, 4 * units) + bias + 2 + 1 + forward_recurrence + 4
-    # [x_t, h_{t-1}] gathered (two copies), their product with dz, dbias summed, dz @ kernel.T,
-    # dx reversed in time for go_backwards (over one step the reversal is a view).
-    backward = backward_recurrence + 2 + _product(input_dim + units, 4 * units) + bias + \
-        _product(batch * time, input_dim) + int(go_backwards and time > 1)
+        # are strided for cuBLAS: h_{t-1} in inputs of several rows (h0, at the first step, is
+        # contiguous), and dz at one step of several rows and steps.
+        forward_recurrence = time * (_product(batch, 4 * units) + 1) + (time - 1) * int(batch > 1)
+        backward_recurrence = time * (_product(batch, units, strided=batch > 1 and time > 1) + 1)
+    # x copied into the saved inputs, x @ kernel, recurrent_kernel and kernel copied for the cache;
+    # the kernels write the initial state, the outputs and the final state themselves.
+    forward = 1 + _product(batch * time, 4 * units) + 2 + forward_recurrence
+    # The weights' gradients as one product of the saved [x_t, h_{t-1}] with dz, dbias summed,
+    # dz @ kernel.T.
+    backward = backward_recurrence + _product(input_dim + units, 4 * units) + int(has_bias) + \
+        _product(batch * time, input_dim)
     return LaunchCount(forward, backward)
 
 

@@ -53,9 +53,11 @@ def step_inputs(xp, x, h):
 
 def weight_gradients(xp, inputs, kernel, dz, has_bias, go_backwards, empty=None):
     """(dx, dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz``
-    [batch, time, 4*units] of the whole sequence and the :func:`step_inputs` of the forward pass:
-    the gradients of kernel and recurrent_kernel as one product, ``inputs^T @ dz``. dx
-    [batch, time, input_dim] is made by ``empty(shape, dtype)`` (default ``xp.empty``)."""
+    [batch, time, 4*units] of the whole sequence and the forward pass's ``inputs`` [batch, time,
+    input_dim + units], the rows [x_t, h_{t-1}] that :func:`step_inputs` (or a GPU kernel) makes, in
+    dz's time order: the gradients of kernel and recurrent_kernel as one product, ``inputs^T @ dz``.
+    dx [batch, time, input_dim], in that order reversed for go_backwards, is made by
+    ``empty(shape, dtype)`` (default ``xp.empty``)."""
     empty = empty or xp.empty
     batch, time, _ = dz.shape
     input_dim = kernel.shape[0]
