@@ -1,5 +1,6 @@
 """The numba_cuda backend: its simulator tests (in a process of their own, since the simulator
-must be switched on before numba is imported) and its compile gate.
+must be switched on before numba is imported), its launcher's import of device arrays, and its
+compile gate.
 
 Compile gate: every kernel signature the backend can request, compiled by numba.cuda.compile_ptx
 for compute capability 7.0, 8.0 and 9.0 and assembled by ptxas -v. Fails on an error, a spill,
@@ -54,6 +55,35 @@ def test_simulator_suite_passes_in_its_own_process():
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     assert re.search(r"\b(\d+) passed\b", summary) and int(re.search(r"(\d+) passed", summary).group(1)) >= 53
     assert "failed" not in summary and "skipped" not in summary
+
+
+class _DeviceArray:
+    """A stand-in for a CuPy array: what Numba takes for a device array is its interface."""
+
+    __cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (1 << 20, False), "version": 3,
+                                "strides": None, "stream": 7}
+
+
+def test_the_launcher_imports_device_arrays_without_synchronising_their_stream(monkeypatch):
+    imported, launched = [], []
+
+    def as_cuda_array(a, sync=True):
+        imported.append((a, sync))
+        return ("imported", a)
+
+    class Kernel:
+        def __getitem__(self, configuration):
+            return lambda *arguments: launched.append((configuration, arguments))
+
+    monkeypatch.setattr(backend.cuda, "as_cuda_array", as_cuda_array)
+    monkeypatch.setattr(backend, "kernels", lambda dtype: {"persistent_forward": Kernel()})
+    device, host = _DeviceArray(), np.zeros(3, np.float32)
+    launch = plan.Launch("fastlstm::persistent_forward<float>", "lstm_persistent.cu", (2,), (64,), 1024)
+    backend.NumbaLauncher(stream=lambda: "the stream")(launch, device, host, 5)
+    assert imported == [(device, False)]
+    [(configuration, (first, second, third))] = launched
+    assert configuration == ((2,), (64,), "the stream", 1024)
+    assert first == ("imported", device) and second is host and third == 5
 
 
 def _signatures(dtype):

@@ -11,7 +11,7 @@ import pytest
 
 from fastlstm import lstm_backward, lstm_forward
 from support.gpu_testing import TOLERANCE, check_against_the_reference, needs_gpu
-from support.lstm_testing import random_inputs
+from support.lstm_testing import random_inputs, relative_error
 
 pytestmark = needs_gpu("numba_cuda")
 
@@ -73,3 +73,44 @@ def test_numpy_arrays_go_to_the_device_and_back():
     grads = lstm_backward(result.cache, np.ones_like(result.outputs))
     assert all(isinstance(a, np.ndarray) for a in (*result[:3], *grads))
     assert np.abs(result.outputs - reference.outputs).max() <= TOLERANCE[np.float32]
+
+
+SPIN = r"""
+extern "C" __global__ void spin(long long cycles) {
+    const long long start = clock64();
+    while (clock64() - start < cycles) {}
+}
+"""
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 2, 8), (3, 4, 2, 64)], ids=["persistent", "stepwise"])
+def test_a_call_returns_without_waiting_for_the_work_queued_before_it(shape):
+    """Numba synchronises the host with the stream an imported device array names unless told not
+    to: a forward and backward that did would return only once a kernel queued before them on the
+    stream has finished. That kernel spins for about a second (2e9 cycles at up to 2 GHz), far longer
+    than the calls take once compiled; their results must still be right, computed after it."""
+    import cupy
+
+    batch, time, input_dim, units = shape
+    inputs = random_inputs(np.random.default_rng(0), batch, time, input_dim, units, np.float32)
+    reference = lstm_forward(**inputs, return_sequences=True, backend="numpy")
+    expected = lstm_backward(reference.cache, np.ones_like(reference.outputs))
+    on_device = {name: cupy.asarray(a) for name, a in inputs.items()}
+    options = dict(return_sequences=True, check_finite=False, backend="numba_cuda")  # the check reads back
+    warm = lstm_forward(**on_device, **options)  # compiles the kernels, so that the calls below only launch
+    lstm_backward(warm.cache, cupy.ones_like(warm.outputs))
+    spin = cupy.RawKernel(SPIN, "spin")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    cupy.cuda.Device().synchronize()
+    with stream:
+        spin((1,), (1,), (np.int64(2_000_000_000),))
+        spun = stream.record()
+        result = lstm_forward(**on_device, **options)
+        gradients = lstm_backward(result.cache, cupy.ones_like(result.outputs))
+        returned_before_the_spin_ended = not spun.done
+        stream.synchronize()
+    assert returned_before_the_spin_ended
+    assert taken_path(result) == ("persistent" if units == 8 else "stepwise")
+    assert relative_error(cupy.asnumpy(result.outputs), reference.outputs) <= TOLERANCE[np.float32]
+    for mine, want in zip(gradients, expected):
+        assert relative_error(cupy.asnumpy(mine), want) <= TOLERANCE[np.float32]

@@ -51,7 +51,8 @@ def probe():
 
 
 class NumbaLauncher:
-    """Launches the plan's kernels, by name, on the current CuPy stream (stream 0 in the simulator)."""
+    """Launches the plan's kernels, by name, on the current CuPy stream (stream 0 in the simulator),
+    never waiting on the host: see :func:`_kernel_argument`."""
 
     def __init__(self, stream=lambda: 0):
         self.stream = stream
@@ -59,7 +60,17 @@ class NumbaLauncher:
     def __call__(self, launch, *arguments):
         function, c_type = _NAME.fullmatch(launch.kernel).groups()
         kernel = kernels(DTYPES[c_type])[function]
-        kernel[launch.grid, launch.block, self.stream(), launch.shared_memory](*arguments)
+        kernel[launch.grid, launch.block, self.stream(), launch.shared_memory](*map(_kernel_argument, arguments))
+
+
+def _kernel_argument(argument):
+    """A device array (anything exposing ``__cuda_array_interface__``, as CuPy's arrays) as a Numba
+    device array imported with ``sync=False``; NumPy arrays (the simulator's) and ints as they are.
+    Numba would otherwise synchronise the host with the stream the array names at every launch,
+    though the kernel runs on that stream, after the work that made the array, anyway."""
+    if hasattr(argument, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(argument, sync=False)
+    return argument
 
 
 def _device_module():
