@@ -64,11 +64,13 @@ __device__ __forceinline__ Tile<T> place(unsigned char* shared, int batch, int u
     return tile;
 }
 
-// Copies recurrent_kernel [units][4*units] into shared memory, element e to staged[slot(e)].
-// STAGED loads in flight per thread before their stores, each a coalesced pass of the block over
-// recurrent_kernel: a load at a time would wait out the memory's latency per element.
+// Copies recurrent_kernel [units][4*units] into shared memory, element e to staged[slot(e)], and
+// as it is into `saved` unless null (the call's own copy for the backward pass, which a launch of
+// its own would otherwise make). STAGED loads in flight per thread before their stores, each a
+// coalesced pass of the block over recurrent_kernel: a load at a time would wait out the memory's
+// latency per element.
 template <typename T, typename Slot>
-__device__ __forceinline__ void stage(T* staged, const T* recurrent_kernel, int units, Slot slot) {
+__device__ __forceinline__ void stage(T* staged, const T* recurrent_kernel, T* saved, int units, Slot slot) {
     const int elements = units * 4 * units, stride = blockDim.x;
     int i = threadIdx.x;
     for (; i + (STAGED - 1) * stride < elements; i += STAGED * stride) {
@@ -77,8 +79,16 @@ __device__ __forceinline__ void stage(T* staged, const T* recurrent_kernel, int 
         for (int s = 0; s < STAGED; ++s) loaded[s] = recurrent_kernel[i + s * stride];
 #pragma unroll
         for (int s = 0; s < STAGED; ++s) staged[slot(i + s * stride)] = loaded[s];
+        if (saved) {
+#pragma unroll
+            for (int s = 0; s < STAGED; ++s) saved[i + s * stride] = loaded[s];
+        }
     }
-    for (; i < elements; i += stride) staged[slot(i)] = recurrent_kernel[i];
+    for (; i < elements; i += stride) {
+        const T loaded = recurrent_kernel[i];
+        staged[slot(i)] = loaded;
+        if (saved) saved[i] = loaded;
+    }
 }
 
 // into[rr][g] = zx[b + rr, step, g * units + j] + bias_j[g] for the first `count` of a thread's
@@ -100,20 +110,21 @@ __device__ __forceinline__ void load_step(T (&into)[ROWS][4], const T* zx, const
 // follows the reads of it). recurrent_kernel is staged by row k, then unit j, its four gates'
 // weights of unit j side by side as [k][4 / LANES][units][LANES]: per k a thread reads them in one
 // 16-byte vector (two in double), whose ROWS values of h then serve 4 * ROWS multiply-adds.
-// bias may be null (zero). Writes c0 and h0 at their places in c and inputs, then each step's h
-// into inputs at the next step's place and into outputs (outputs_per_step) or only the last, and
-// the final h_final, c_final.
+// bias may be null (zero). Block 0 copies recurrent_kernel into saved_recurrent_kernel as it
+// stages it. Writes c0 and h0 at their places in c and inputs, then each step's h into inputs at
+// the next step's place and into outputs (outputs_per_step) or only the last, and the final
+// h_final, c_final.
 template <typename T>
 __global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
 persistent_forward(const T* __restrict__ zx, const T* __restrict__ bias, const T* __restrict__ recurrent_kernel,
-                   const T* __restrict__ h0, const T* __restrict__ c0, T* __restrict__ inputs, T* __restrict__ c,
-                   T* __restrict__ gates, T* __restrict__ outputs, T* __restrict__ h_final, T* __restrict__ c_final,
-                   int batch, int time, int input_dim, int units, int rows, int go_backwards, int outputs_per_step,
-                   int activation, int recurrent_activation) {
+                   T* __restrict__ saved_recurrent_kernel, const T* __restrict__ h0, const T* __restrict__ c0,
+                   T* __restrict__ inputs, T* __restrict__ c, T* __restrict__ gates, T* __restrict__ outputs,
+                   T* __restrict__ h_final, T* __restrict__ c_final, int batch, int time, int input_dim, int units,
+                   int rows, int go_backwards, int outputs_per_step, int activation, int recurrent_activation) {
     FASTLSTM_DYNAMIC_SHARED(shared);
     const auto [ld, r_s, h_s, padded_rows, first, j, b, count] = place<T>(shared, batch, units, rows);
     constexpr int LANES = Vector<T>::LANES;
-    stage(r_s, recurrent_kernel, units, [units](int e) {
+    stage(r_s, recurrent_kernel, blockIdx.x == 0 ? saved_recurrent_kernel : nullptr, units, [units](int e) {
         const int k = e / (4 * units), g = e % (4 * units) / units, unit = e % units;
         return (k * 4 + g / LANES * LANES) * units + unit * LANES + g % LANES;
     });
@@ -218,7 +229,7 @@ persistent_backward(const T* __restrict__ recurrent_kernel, const T* __restrict_
     const auto [ld, r_s, dz_s, padded_rows, first, j, b, count] = place<T>(shared, batch, units, rows);
     constexpr int LANES = Vector<T>::LANES;
     const int row_length = ld;  // a lambda cannot capture a structured binding before C++20
-    stage(r_s, recurrent_kernel, units,
+    stage(r_s, recurrent_kernel, static_cast<T*>(nullptr), units,
           [units, row_length](int e) { return e / (4 * units) * row_length + e % (4 * units); });
     T dh[ROWS], dc[ROWS];
 #pragma unroll

@@ -84,10 +84,12 @@ def kernels(dtype):
         return one
 
     @cuda.jit(device=True, inline=True)
-    def stage(shared, recurrent_kernel, units):
+    def stage(shared, recurrent_kernel, units, saved, copy):
         """Copies recurrent_kernel into shared memory with rows padded to ld elements (as
-        fastlstm.backends.plan.recurrent_row_length), four loads in flight per thread before their
-        stores (a load at a time waits out the latency of each); returns ld."""
+        fastlstm.backends.plan.recurrent_row_length), and as it is into ``saved`` where ``copy``
+        (the call's own copy for the backward pass, which a launch of its own would otherwise
+        make), four loads in flight per thread before their stores (a load at a time waits out the
+        latency of each); returns ld."""
         gates = uint32(4 * units)
         vectors = uint32(gates // lanes + uint32(1))
         ld = uint32((vectors + uint32(1) - vectors % uint32(2)) * lanes)
@@ -101,9 +103,15 @@ def kernels(dtype):
             shared[(e1 // gates) * ld + e1 % gates] = a1
             shared[(e2 // gates) * ld + e2 % gates] = a2
             shared[(e3 // gates) * ld + e3 % gates] = a3
+            if copy:
+                saved[i // gates, i % gates], saved[e1 // gates, e1 % gates] = a0, a1
+                saved[e2 // gates, e2 % gates], saved[e3 // gates, e3 % gates] = a2, a3
             i = uint32(e3 + stride)
         while i < elements:
-            shared[(i // gates) * ld + i % gates] = recurrent_kernel[i // gates, i % gates]
+            a0 = recurrent_kernel[i // gates, i % gates]
+            shared[(i // gates) * ld + i % gates] = a0
+            if copy:
+                saved[i // gates, i % gates] = a0
             i = uint32(i + stride)
         return ld
 
@@ -223,11 +231,11 @@ def kernels(dtype):
                 outputs[b, 0, j] = shared[slot]
 
     @cuda.jit(**_bounds("persistent_forward", dtype))
-    def persistent_forward(zx, bias, recurrent_kernel, h0, c0, inputs, c, gates, outputs, h_final, c_final,
-                           batch, time, input_dim, units, rows, go_backwards, outputs_per_step, activation,
-                           recurrent_activation):
+    def persistent_forward(zx, bias, recurrent_kernel, saved_recurrent_kernel, h0, c0, inputs, c, gates, outputs,
+                           h_final, c_final, batch, time, input_dim, units, rows, go_backwards, outputs_per_step,
+                           activation, recurrent_activation):
         shared = cuda.shared.array(0, dtype=T)
-        ld = stage(shared, recurrent_kernel, units)
+        ld = stage(shared, recurrent_kernel, units, saved_recurrent_kernel, cuda.blockIdx.x == 0)
         u = uint32(units)
         first, j, b, count = place(batch, units, rows)
         u2, u3 = uint32(2) * u, uint32(3) * u
@@ -324,7 +332,7 @@ def kernels(dtype):
     def persistent_backward(recurrent_kernel, c, gates, dy, dy_per_step, dh_final, dc_final, dz, dh0, dc0,
                             batch, time, units, rows, go_backwards, activation, recurrent_activation):
         shared = cuda.shared.array(0, dtype=T)
-        ld = stage(shared, recurrent_kernel, units)
+        ld = stage(shared, recurrent_kernel, units, recurrent_kernel, False)  # no copy to make
         u = uint32(units)
         g4 = uint32(4) * u
         first, j, b, count = place(batch, units, rows)

@@ -51,7 +51,6 @@ class FusedLSTM:
         inputs = xp.empty((batch, time, input_dim + units), x.dtype)
         inputs[:, :, :input_dim] = x  # the cache's own x; the kernels write the h part
         zx = xp.matmul(x.reshape(batch * time, input_dim), kernel).reshape(batch, time, 4 * units)
-        recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
         c = xp.empty((batch, time + 1, units), x.dtype)
         gates = xp.empty_like(zx)
         outputs = xp.empty((batch, time, units) if options.return_sequences else (batch, units), x.dtype)
@@ -62,15 +61,17 @@ class FusedLSTM:
                  ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation])
         has_bias, bias = bias is not None, _optional(xp, bias, 1, x.dtype)
         if plan.path == "persistent":
-            self.launcher(plan.forward, zx, bias, recurrent_kernel, h0, c0, *filled,
-                          batch, time, input_dim, units, plan.rows, *flags)
+            saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the kernel copies it as it stages it
+            self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
+                          h0, c0, *filled, batch, time, input_dim, units, plan.rows, *flags)
         else:
+            saved_recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
             hr = xp.empty((batch, 4 * units), x.dtype)
             for t in range(time):
                 h_prev = h0 if t == 0 else inputs[:, _caller_step(t, time, options), input_dim:]
-                xp.matmul(h_prev, recurrent_kernel, out=hr)
+                xp.matmul(h_prev, saved_recurrent_kernel, out=hr)
                 self.launcher(plan.forward, zx, hr, bias, h0, c0, *filled, batch, time, input_dim, units, t, *flags)
-        saved = Saved(inputs, kernel.copy(), recurrent_kernel, has_bias, c, gates, options, plan)
+        saved = Saved(inputs, kernel.copy(), saved_recurrent_kernel, has_bias, c, gates, options, plan)
         return outputs, h_final, c_final, saved
 
     def backward(self, saved, dy, dhT, dcT):

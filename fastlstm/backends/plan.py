@@ -141,16 +141,18 @@ def launch_count(plan, batch, time, input_dim, units, has_bias=True):
     zero initial state and any transfer from the host come on top). go_backwards changes neither:
     the kernels read x's projection and write dz in the caller's time order."""
     if plan.path == "persistent":
+        # The forward kernel copies recurrent_kernel for the cache as it stages it.
         forward_recurrence = backward_recurrence = 1
     else:
-        # Per step a product and the pointwise kernel. CuPy copies a product's operand whose rows
-        # are strided for cuBLAS: h_{t-1} in inputs of several rows (h0, at the first step, is
-        # contiguous), and dz at one step of several rows and steps.
-        forward_recurrence = time * (_product(batch, 4 * units) + 1) + (time - 1) * int(batch > 1)
+        # recurrent_kernel copied for the cache, then per step a product and the pointwise kernel.
+        # CuPy copies a product's operand whose rows are strided for cuBLAS: h_{t-1} in inputs of
+        # several rows (h0, at the first step, is contiguous), and dz at one step of several rows
+        # and steps.
+        forward_recurrence = 1 + time * (_product(batch, 4 * units) + 1) + (time - 1) * int(batch > 1)
         backward_recurrence = time * (_product(batch, units, strided=batch > 1 and time > 1) + 1)
-    # x copied into the saved inputs, x @ kernel, recurrent_kernel and kernel copied for the cache;
-    # the kernels write the initial state, the outputs and the final state themselves.
-    forward = 1 + _product(batch * time, 4 * units) + 2 + forward_recurrence
+    # x copied into the saved inputs, x @ kernel, kernel copied for the cache; the kernels write the
+    # initial state, the outputs and the final state themselves.
+    forward = 1 + _product(batch * time, 4 * units) + 1 + forward_recurrence
     # The weights' gradients as one product of the saved [x_t, h_{t-1}] with dz, dbias summed,
     # dz @ kernel.T.
     backward = backward_recurrence + _product(input_dim + units, 4 * units) + int(has_bias) + \
