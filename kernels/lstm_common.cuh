@@ -49,4 +49,17 @@ __device__ __forceinline__ int caller_step(int t, int time, int go_backwards) {
     return go_backwards ? time - 1 - t : t;
 }
 
+// The length of a row of inputs: [x_t, h_{t-1}], and with a bias a 1 after them, so that the
+// weight gradients' one product of inputs with dz sums dbias too.
+__device__ __forceinline__ int input_width(int input_dim, int units, const void* bias) {
+    return input_dim + units + (bias ? 1 : 0);
+}
+
+// The 1 that ends each of row b's rows of inputs (with a bias): unit j's thread writes steps j,
+// j + units, ...
+template <typename T>
+__device__ __forceinline__ void write_ones(T* inputs, size_t b, int time, int width, int units, int j) {
+    for (int t = j; t < time; t += units) inputs[(b * time + t) * width + width - 1] = T(1);
+}
+
 }  // namespace fastlstm

@@ -12,9 +12,9 @@
 // initial state and bias itself and writes every array the call returns or saves.
 //
 // Layouts (batch-major, as the NumPy reference). In the caller's time order (see caller_step):
-// zx [batch, time, 4*units] = x @ kernel, without bias; inputs [batch, time, input_dim + units],
-// the rows [x_t, h_{t-1}] that multiply [kernel; recurrent_kernel], whose x part the caller fills
-// and whose h part the forward writes; dz [batch, time, 4*units] (pre-activation gradients). In
+// zx [batch, time, 4*units] = x @ kernel, without bias; inputs [batch, time, input_dim + units (+ 1
+// with a bias)], the rows [x_t, h_{t-1} (, 1)] whose product with dz is the weight gradients
+// (dbias too), whose x part the caller fills and whose h part and ones the forward writes; dz [batch, time, 4*units] (pre-activation gradients). In
 // processing order: c [batch, time + 1, units] with c0 at index 0; gates [batch, time, 4*units]
 // (activated i, f, g, o); outputs and dy [batch, time, units] when per step, else [batch, 1, units]
 // (the last step's). bias [4*units], h0, c0, h_final, c_final, dh0, dc0 [batch, units].
@@ -128,7 +128,7 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ bias, const T
         const int k = e / (4 * units), g = e % (4 * units) / units, unit = e % units;
         return (k * 4 + g / LANES * LANES) * units + unit * LANES + g % LANES;
     });
-    const int width = input_dim + units;  // a row of inputs; its h part starts at input_dim
+    const int width = input_width(input_dim, units, bias);  // its h part starts at input_dim
     T bias_j[4];
 #pragma unroll
     for (int g = 0; g < 4; ++g) bias_j[g] = bias ? bias[g * units + j] : T(0);
@@ -142,6 +142,7 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ bias, const T
         if (rr < count) {
             c[(size_t)(b + rr) * (time + 1) * units + j] = c_t[rr];
             inputs[((size_t)(b + rr) * time + caller_step(0, time, go_backwards)) * width + input_dim + j] = h_start;
+            if (bias) write_ones(inputs, b + rr, time, width, units, j);
         }
     }
     __syncthreads();

@@ -9,7 +9,7 @@ namespace fastlstm {
 // 4*units] is the caller's GEMM of h0 or of inputs' h part; bias may be null (zero). Writes the
 // activated gates[:, t], c[:, t + 1], h_t into inputs at step t + 1 and into outputs
 // (outputs_per_step) or only the last; at the first step also c0 and h0 into c and inputs, at the
-// last h_final and c_final.
+// last h_final and c_final; and with a bias the ones of inputs.
 template <typename T>
 __global__ void stepwise_forward(const T* __restrict__ zx, const T* __restrict__ hr, const T* __restrict__ bias,
                                  const T* __restrict__ h0, const T* __restrict__ c0, T* __restrict__ inputs,
@@ -20,7 +20,7 @@ __global__ void stepwise_forward(const T* __restrict__ zx, const T* __restrict__
     const int index = blockIdx.x * blockDim.x + threadIdx.x;
     if (index >= batch * units) return;
     const int b = index / units, j = index % units;
-    const size_t row = b, width = input_dim + units;
+    const size_t row = b, width = input_width(input_dim, units, bias);
     const T* zx_t = zx + (row * time + caller_step(t, time, go_backwards)) * 4 * units + j;
     const T* hr_b = hr + row * 4 * units + j;
     // bias first, as x @ kernel + bias in the reference
@@ -31,6 +31,7 @@ __global__ void stepwise_forward(const T* __restrict__ zx, const T* __restrict__
     if (t == 0) {
         c[state] = c0[index];
         inputs[(row * time + caller_step(0, time, go_backwards)) * width + input_dim + j] = h0[index];
+        if (bias) write_ones(inputs, row, time, width, units, j);
     }
     const T c_t = f * (t == 0 ? c0[index] : c[state]) + i * g;
     const T h_t = o * activate(activation, c_t);

@@ -188,15 +188,28 @@ def kernels(dtype):
     no_sums = (zero,) * lanes
 
     @cuda.jit(device=True, inline=True)
-    def forward_start(h0, c0, inputs, c, shared, slot, b, j, h_column, step, exists):
+    def write_ones(inputs, b, j, units, time):
+        """With a bias, the 1 that ends each of row b's rows of inputs, so that the weight
+        gradients' one product of inputs with dz sums dbias too: unit j's thread writes steps j,
+        j + units, ..."""
+        last, s, end, stride = uint32(inputs.shape[2] - 1), uint32(j), uint32(time), uint32(units)
+        while s < end:
+            inputs[b, s, last] = one
+            s = uint32(s + stride)
+
+    @cuda.jit(device=True, inline=True)
+    def forward_start(h0, c0, inputs, c, shared, slot, b, j, h_column, step, units, time, ones, exists):
         """Row b's initial state: h0 into shared memory at ``slot`` (zero for a row that does not
-        exist) and into inputs at the first step, c0 into c; returns c0."""
+        exist) and into inputs at the first step, c0 into c; inputs' ones where ``ones``; returns
+        c0."""
         h_start = h0[b, j] if exists else zero
         c_start = c0[b, j] if exists else zero
         shared[slot] = h_start
         if exists:
             c[b, 0, j] = c_start
             inputs[b, step, h_column] = h_start
+            if ones:
+                write_ones(inputs, b, j, units, time)
         return c_start
 
     @cuda.jit(device=True, inline=True)
@@ -243,11 +256,15 @@ def kernels(dtype):
         h_rows = u * ld + first * u  # the thread's first row of h in buffer 0
         h_column = uint32(input_dim) + j  # unit j's column of h in inputs
         bias_j = biases(bias, j, u)
-        start = caller_step(uint32(0), time, go_backwards)
-        c_0 = forward_start(h0, c0, inputs, c, shared, h_rows + j, b, j, h_column, start, count > 0)
-        c_1 = forward_start(h0, c0, inputs, c, shared, h_rows + u + j, b + uint32(1), j, h_column, start, count > 1)
-        c_2 = forward_start(h0, c0, inputs, c, shared, h_rows + u2 + j, b + uint32(2), j, h_column, start, count > 2)
-        c_3 = forward_start(h0, c0, inputs, c, shared, h_rows + u3 + j, b + uint32(3), j, h_column, start, count > 3)
+        start, ones = caller_step(uint32(0), time, go_backwards), bias.shape[0] > 0
+        c_0 = forward_start(h0, c0, inputs, c, shared, h_rows + j, b, j, h_column, start, units, time, ones,
+                            count > 0)
+        c_1 = forward_start(h0, c0, inputs, c, shared, h_rows + u + j, b + uint32(1), j, h_column, start, units,
+                            time, ones, count > 1)
+        c_2 = forward_start(h0, c0, inputs, c, shared, h_rows + u2 + j, b + uint32(2), j, h_column, start, units,
+                            time, ones, count > 2)
+        c_3 = forward_start(h0, c0, inputs, c, shared, h_rows + u3 + j, b + uint32(3), j, h_column, start, units,
+                            time, ones, count > 3)
         cuda.syncthreads()
         for step in range(time):
             t = uint32(step)
@@ -398,6 +415,8 @@ def kernels(dtype):
         if t == 0:
             c[b, 0, j] = c0[b, j]
             inputs[b, t_in, input_dim + j] = h0[b, j]
+            if bias.shape[0] > 0:
+                write_ones(inputs, b, j, units, time)
         c_t = f * (c0[b, j] if t == 0 else c[b, t, j]) + i * g
         h_t = o * activate(activation, c_t)
         c[b, t + 1, j] = c_t

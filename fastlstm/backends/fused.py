@@ -28,7 +28,7 @@ from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 
 
 class Saved(NamedTuple):
-    inputs: Any  # [batch, time, input_dim + units]: [x_t, h_{t-1}] of every step, in the caller's order
+    inputs: Any  # [batch, time, input_dim + units (+ 1)]: [x_t, h_{t-1} (, 1 with a bias)], in the caller's order
     kernel: Any
     recurrent_kernel: Any
     has_bias: bool
@@ -48,8 +48,10 @@ class FusedLSTM:
         batch, time, input_dim = x.shape
         units = recurrent_kernel.shape[0]
         plan = plan_lstm(batch, units, x.dtype, self.limits)
-        inputs = xp.empty((batch, time, input_dim + units), x.dtype)
-        inputs[:, :, :input_dim] = x  # the cache's own x; the kernels write the h part
+        has_bias, bias = bias is not None, _optional(xp, bias, 1, x.dtype)
+        # With a bias, a column of ones after [x_t, h_{t-1}] makes dbias a row of the weight gradients' product.
+        inputs = xp.empty((batch, time, input_dim + units + int(has_bias)), x.dtype)
+        inputs[:, :, :input_dim] = x  # the cache's own x; the kernels write the rest
         zx = xp.matmul(x.reshape(batch * time, input_dim), kernel).reshape(batch, time, 4 * units)
         c = xp.empty((batch, time + 1, units), x.dtype)
         gates = xp.empty_like(zx)
@@ -59,7 +61,6 @@ class FusedLSTM:
         filled = (inputs, c, gates, outputs.reshape(batch, -1, units), h_final, c_final)
         flags = (int(options.go_backwards), int(options.return_sequences),
                  ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation])
-        has_bias, bias = bias is not None, _optional(xp, bias, 1, x.dtype)
         if plan.path == "persistent":
             saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the kernel copies it as it stages it
             self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
@@ -68,7 +69,7 @@ class FusedLSTM:
             saved_recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
             hr = xp.empty((batch, 4 * units), x.dtype)
             for t in range(time):
-                h_prev = h0 if t == 0 else inputs[:, _caller_step(t, time, options), input_dim:]
+                h_prev = h0 if t == 0 else inputs[:, _caller_step(t, time, options), input_dim:input_dim + units]
                 xp.matmul(h_prev, saved_recurrent_kernel, out=hr)
                 self.launcher(plan.forward, zx, hr, bias, h0, c0, *filled, batch, time, input_dim, units, t, *flags)
         saved = Saved(inputs, kernel.copy(), saved_recurrent_kernel, has_bias, c, gates, options, plan)

@@ -135,11 +135,12 @@ class LaunchCount(NamedTuple):
     backward: int  # the backward pass of that forward
 
 
-def launch_count(plan, batch, time, input_dim, units, has_bias=True):
+def launch_count(plan, batch, time, input_dim, units):
     """The device operations of FusedLSTM's forward and backward for ``plan`` over ``x`` [batch,
     time, input_dim], with contiguous device arrays as arguments (lstm_forward's finite check, its
-    zero initial state and any transfer from the host come on top). go_backwards changes neither:
-    the kernels read x's projection and write dz in the caller's time order."""
+    zero initial state and any transfer from the host come on top). Neither a bias nor go_backwards
+    changes them: the weight gradients' product sums dbias too, and the kernels read x's projection
+    and write dz in the caller's time order."""
     if plan.path == "persistent":
         # The forward kernel copies recurrent_kernel for the cache as it stages it.
         forward_recurrence = backward_recurrence = 1
@@ -153,10 +154,9 @@ def launch_count(plan, batch, time, input_dim, units, has_bias=True):
     # x copied into the saved inputs, x @ kernel, kernel copied for the cache; the kernels write the
     # initial state, the outputs and the final state themselves.
     forward = 1 + _product(batch * time, 4 * units) + 1 + forward_recurrence
-    # The weights' gradients as one product of the saved [x_t, h_{t-1}] with dz, dbias summed,
-    # dz @ kernel.T.
-    backward = backward_recurrence + _product(input_dim + units, 4 * units) + int(has_bias) + \
-        _product(batch * time, input_dim)
+    # The weights' gradients as one product of the saved [x_t, h_{t-1}] with dz (a column of ones
+    # after them sums dbias), dz @ kernel.T.
+    backward = backward_recurrence + _product(input_dim + units, 4 * units) + _product(batch * time, input_dim)
     return LaunchCount(forward, backward)
 
 
