@@ -12,9 +12,9 @@
 // initial state and bias itself and writes every array the call returns or saves.
 //
 // Layouts (batch-major, as the NumPy reference). In the caller's time order (see caller_step):
-// zx [batch, time, 4*units] = x @ kernel, without bias; inputs [batch, time, input_dim + units (+ 1
-// with a bias)], the rows [x_t, h_{t-1} (, 1)] whose product with dz is the weight gradients
-// (dbias too), whose x part the caller fills and whose h part and ones the forward writes; dz [batch, time, 4*units] (pre-activation gradients). In
+// zx [batch, time, 4*units] = x @ kernel, without bias; inputs [batch, time, input_width], the rows
+// [x_t, h_{t-1}] (and a 1 with a bias) whose product with dz is the weight gradients, x filled by
+// the caller and the rest by the forward; dz [batch, time, 4*units] (pre-activation gradients). In
 // processing order: c [batch, time + 1, units] with c0 at index 0; gates [batch, time, 4*units]
 // (activated i, f, g, o); outputs and dy [batch, time, units] when per step, else [batch, 1, units]
 // (the last step's). bias [4*units], h0, c0, h_final, c_final, dh0, dc0 [batch, units].

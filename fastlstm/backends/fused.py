@@ -13,10 +13,11 @@ state's gradients) is an empty array of its rank: a null pointer for the CUDA C 
 ``shape[0] == 0`` for the Numba ones.
 
 The forward kernels take the initial state and the bias and write every array the call returns or
-saves, so that on the persistent path a forward is the input projection and one launch, and a
-backward one launch and the weight gradients' GEMMs (:func:`~fastlstm.backends.plan.launch_count`).
-zx, the saved ``[x_t, h_{t-1}]`` rows and dz keep the caller's time order, the kernels processing
-them from the end for go_backwards, so that neither x nor dx is copied in reverse.
+saves, so that on the persistent path a forward is the cache's copies of x and kernel, the input
+projection and one launch, and a backward one launch and the GEMMs of the weight gradients and dx
+(:func:`~fastlstm.backends.plan.launch_count`). zx, the saved ``[x_t, h_{t-1}]`` rows and dz keep
+the caller's time order, the kernels processing them from the end for go_backwards, so that
+neither x nor dx is copied in reverse.
 """
 from typing import Any, NamedTuple
 
