@@ -64,30 +64,31 @@ __device__ __forceinline__ Tile<T> place(unsigned char* shared, int batch, int u
     return tile;
 }
 
-// Copies recurrent_kernel [units][4*units] into shared memory, element e to staged[slot(e)], and
-// as it is into `saved` unless null (the call's own copy for the backward pass, which a launch of
-// its own would otherwise make). STAGED loads in flight per thread before their stores, each a
-// coalesced pass of the block over recurrent_kernel: a load at a time would wait out the memory's
-// latency per element.
+// Copies recurrent_kernel [units][4*units], read as [4*units][units] (its row p = 4k + g holds gate
+// g's weights from h_k), into shared memory, element j of row p to staged[slot(p, j)], and as it is
+// into `saved` unless null (the call's own copy for the backward pass, which a launch of its own
+// would otherwise make). Thread (q, j) of the block's groups x units copies element j of rows q,
+// q + groups, ...: coalesced, and no division per element. STAGED loads in flight per thread
+// before their stores: a load at a time would wait out the memory's latency per element.
 template <typename T, typename Slot>
 __device__ __forceinline__ void stage(T* staged, const T* recurrent_kernel, T* saved, int units, Slot slot) {
-    const int elements = units * 4 * units, stride = blockDim.x;
-    int i = threadIdx.x;
-    for (; i + (STAGED - 1) * stride < elements; i += STAGED * stride) {
+    const int groups = blockDim.x / units, rows = 4 * units, j = threadIdx.x % units;
+    int p = threadIdx.x / units;
+    for (; p + (STAGED - 1) * groups < rows; p += STAGED * groups) {
         T loaded[STAGED];
 #pragma unroll
-        for (int s = 0; s < STAGED; ++s) loaded[s] = recurrent_kernel[i + s * stride];
+        for (int s = 0; s < STAGED; ++s) loaded[s] = recurrent_kernel[(p + s * groups) * units + j];
 #pragma unroll
-        for (int s = 0; s < STAGED; ++s) staged[slot(i + s * stride)] = loaded[s];
+        for (int s = 0; s < STAGED; ++s) staged[slot(p + s * groups, j)] = loaded[s];
         if (saved) {
 #pragma unroll
-            for (int s = 0; s < STAGED; ++s) saved[i + s * stride] = loaded[s];
+            for (int s = 0; s < STAGED; ++s) saved[(p + s * groups) * units + j] = loaded[s];
         }
     }
-    for (; i < elements; i += stride) {
-        const T loaded = recurrent_kernel[i];
-        staged[slot(i)] = loaded;
-        if (saved) saved[i] = loaded;
+    for (; p < rows; p += groups) {
+        const T loaded = recurrent_kernel[p * units + j];
+        staged[slot(p, j)] = loaded;
+        if (saved) saved[p * units + j] = loaded;
     }
 }
 
@@ -124,9 +125,8 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ bias, const T
     FASTLSTM_DYNAMIC_SHARED(shared);
     const auto [ld, r_s, h_s, padded_rows, first, j, b, count] = place<T>(shared, batch, units, rows);
     constexpr int LANES = Vector<T>::LANES;
-    stage(r_s, recurrent_kernel, blockIdx.x == 0 ? saved_recurrent_kernel : nullptr, units, [units](int e) {
-        const int k = e / (4 * units), g = e % (4 * units) / units, unit = e % units;
-        return (k * 4 + g / LANES * LANES) * units + unit * LANES + g % LANES;
+    stage(r_s, recurrent_kernel, blockIdx.x == 0 ? saved_recurrent_kernel : nullptr, units, [units](int p, int unit) {
+        return (p - p % LANES) * units + unit * LANES + p % LANES;  // p = 4k + g, LANES divides 4
     });
     const int width = input_width(input_dim, units, bias);  // its h part starts at input_dim
     T bias_j[4];
@@ -231,7 +231,7 @@ persistent_backward(const T* __restrict__ recurrent_kernel, const T* __restrict_
     constexpr int LANES = Vector<T>::LANES;
     const int row_length = ld;  // a lambda cannot capture a structured binding before C++20
     stage(r_s, recurrent_kernel, static_cast<T*>(nullptr), units,
-          [units, row_length](int e) { return e / (4 * units) * row_length + e % (4 * units); });
+          [units, row_length](int p, int unit) { return p / 4 * row_length + p % 4 * units + unit; });
     T dh[ROWS], dc[ROWS];
 #pragma unroll
     for (int rr = 0; rr < ROWS; ++rr) {

@@ -88,31 +88,34 @@ def kernels(dtype):
         """Copies recurrent_kernel into shared memory with rows padded to ld elements (as
         fastlstm.backends.plan.recurrent_row_length), and as it is into ``saved`` where ``copy``
         (the call's own copy for the backward pass, which a launch of its own would otherwise
-        make), four loads in flight per thread before their stores (a load at a time waits out the
-        latency of each); returns ld."""
-        gates = uint32(4 * units)
-        vectors = uint32(gates // lanes + uint32(1))
+        make); returns ld. Read as [4*units][units] rows (row p = 4k + g: gate g's weights from
+        h_k), thread (q, j) copies element j of rows q, q + groups, ...: coalesced, and no
+        division per element; four loads in flight per thread before their stores (a load at a
+        time waits out the latency of each)."""
+        u = uint32(units)
+        vectors = uint32(uint32(4) * u // lanes + uint32(1))
         ld = uint32((vectors + uint32(1) - vectors % uint32(2)) * lanes)
-        elements, stride = uint32(uint32(units) * gates), uint32(cuda.blockDim.x)
-        i = uint32(cuda.threadIdx.x)
-        while uint32(i + uint32(3) * stride) < elements:
-            e1, e2, e3 = uint32(i + stride), uint32(i + uint32(2) * stride), uint32(i + uint32(3) * stride)
-            a0, a1 = recurrent_kernel[i // gates, i % gates], recurrent_kernel[e1 // gates, e1 % gates]
-            a2, a3 = recurrent_kernel[e2 // gates, e2 % gates], recurrent_kernel[e3 // gates, e3 % gates]
-            shared[(i // gates) * ld + i % gates] = a0
-            shared[(e1 // gates) * ld + e1 % gates] = a1
-            shared[(e2 // gates) * ld + e2 % gates] = a2
-            shared[(e3 // gates) * ld + e3 % gates] = a3
+        rows, groups = uint32(uint32(4) * u), uint32(uint32(cuda.blockDim.x) // u)
+        j, p = uint32(uint32(cuda.threadIdx.x) % u), uint32(uint32(cuda.threadIdx.x) // u)
+        while uint32(p + uint32(3) * groups) < rows:
+            p1, p2, p3 = uint32(p + groups), uint32(p + uint32(2) * groups), uint32(p + uint32(3) * groups)
+            k0, k1, k2, k3 = p >> uint32(2), p1 >> uint32(2), p2 >> uint32(2), p3 >> uint32(2)
+            c0, c1 = uint32((p & uint32(3)) * u + j), uint32((p1 & uint32(3)) * u + j)
+            c2, c3 = uint32((p2 & uint32(3)) * u + j), uint32((p3 & uint32(3)) * u + j)
+            a0, a1 = recurrent_kernel[k0, c0], recurrent_kernel[k1, c1]
+            a2, a3 = recurrent_kernel[k2, c2], recurrent_kernel[k3, c3]
+            shared[uint32(k0 * ld + c0)], shared[uint32(k1 * ld + c1)] = a0, a1
+            shared[uint32(k2 * ld + c2)], shared[uint32(k3 * ld + c3)] = a2, a3
             if copy:
-                saved[i // gates, i % gates], saved[e1 // gates, e1 % gates] = a0, a1
-                saved[e2 // gates, e2 % gates], saved[e3 // gates, e3 % gates] = a2, a3
-            i = uint32(e3 + stride)
-        while i < elements:
-            a0 = recurrent_kernel[i // gates, i % gates]
-            shared[(i // gates) * ld + i % gates] = a0
+                saved[k0, c0], saved[k1, c1], saved[k2, c2], saved[k3, c3] = a0, a1, a2, a3
+            p = uint32(p3 + groups)
+        while p < rows:
+            k0, c0 = p >> uint32(2), uint32((p & uint32(3)) * u + j)
+            a0 = recurrent_kernel[k0, c0]
+            shared[uint32(k0 * ld + c0)] = a0
             if copy:
-                saved[i // gates, i % gates] = a0
-            i = uint32(i + stride)
+                saved[k0, c0] = a0
+            p = uint32(p + groups)
         return ld
 
     @cuda.jit(device=True, inline=True)

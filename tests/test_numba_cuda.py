@@ -162,7 +162,9 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
         fma_loops = [loop for loop in loops if loop.fma_count]
         print("  inner loops: " + "; ".join(
             f"{loop.fma_count} FMAs, {loop.instructions_per_fma():.2f} instructions and "
-            f"{loop.shared_loads_per_fma():.2f} shared loads per FMA" for loop in fma_loops))
+            f"{loop.shared_loads_per_fma():.2f} shared loads per FMA" for loop in fma_loops)
+              + "; staging: " + ", ".join(f"{loop.global_loads} loads ({loop.loads_in_flight} in flight) in "
+                                          f"{loop.instructions} instructions" for loop in loops if loop.staging))
         assert fma_loops, f"{function}: no multiply-add loop in its SASS"
         for loop in fma_loops:
             assert loop.instructions_per_fma() <= INSTRUCTIONS_PER_FMA, \
