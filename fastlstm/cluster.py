@@ -7,13 +7,13 @@ on a worker that is lost meanwhile (killed, out of memory) is run again on anoth
 reschedules a lost worker's tasks by itself, and ``retries`` runs again a task that raised.
 
 Dask is imported here only, and only once a cluster is asked for (``pip install
-".[cluster]"``): ``import fastlstm`` and the commands without ``--scheduler`` do without it.
+".[cluster]"``): ``import fastlstm`` and the commands without ``--scheduler`` do without it, and
+without asyncio, which this module's functions import as Dask does (about 65 ms that every
+``fastlstm`` command would otherwise spend, since the command line imports this module).
 """
-import asyncio
 import functools
 import logging
 import signal
-from multiprocessing import resource_tracker
 
 import fastlstm
 from fastlstm.workers import ONE_THREAD, blocked, stop_children
@@ -40,6 +40,8 @@ def _local_cluster(workers):
     replace lost ones); multiprocessing's resource tracker is started before, since starting it
     unblocks SIGINT in the thread that does.
     """
+    from multiprocessing import resource_tracker
+
     from distributed import LocalCluster
 
     resource_tracker.ensure_running()
@@ -81,6 +83,8 @@ def _setup_plugin():
             self.initializer, self.initargs = initializer, initargs
 
         def setup(self, worker):
+            import asyncio
+
             # Off the worker's event loop, which must answer the scheduler meanwhile (compiling takes seconds).
             return asyncio.to_thread(self.initializer, *self.initargs)
 
@@ -90,6 +94,8 @@ def _setup_plugin():
 async def _end_workers(nannies):
     """Closes a LocalCluster's ``nannies`` (Dask's Nanny), each killing its worker process if that
     has not ended within CLOSE_SECONDS; a closed nanny restarts none."""
+    import asyncio
+
     await asyncio.gather(*(nanny.close(timeout=CLOSE_SECONDS) for nanny in nannies))
 
 
