@@ -123,19 +123,25 @@ def test_a_separately_started_scheduler_and_workers_give_the_runs_of_jobs_1(tmp_
     assert (tmp_path / "stderr").read_text() == ""
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the worker processes in /proc (Linux)")
-def test_a_worker_killed_mid_study_loses_no_run(tmp_path, here):
-    process = _study(tmp_path, "local:2")
+def _kill_a_worker_mid_study(tmp_path, **popen):
+    """The study on ``local:2`` with one of its two worker processes SIGKILLed while runs are under
+    way on both; returns the command's exit status."""
+    process = _study(tmp_path, "local:2", **popen)
     try:
         # Experiment 3's runs are printed once all are done: 7's are then under way on both workers.
         _wait_for(lambda: "experiment 3, seed 10," in (tmp_path / "stdout").read_text(), 90, "experiment 3")
         workers = _worker_processes(process.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
-        assert process.wait(timeout=120) == 0
+        return process.wait(timeout=120)
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the worker processes in /proc (Linux)")
+def test_a_worker_killed_mid_study_loses_no_run(tmp_path, here):
+    assert _kill_a_worker_mid_study(tmp_path) == 0
     assert _results(tmp_path / "out.json") == here
     assert "Traceback" not in (tmp_path / "stderr").read_text()
 
@@ -143,14 +149,8 @@ def test_a_worker_killed_mid_study_loses_no_run(tmp_path, here):
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the worker processes in /proc (Linux)")
 def test_a_run_whose_workers_die_more_often_than_dask_allows_fails_the_command_in_one_line(tmp_path):
     # With no failure allowed, Dask gives up the runs of the first worker lost.
-    process = _study(tmp_path, "local:2", env={**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"})
-    try:
-        _wait_for(lambda: "experiment 3, seed 10," in (tmp_path / "stdout").read_text(), 90, "experiment 3")
-        os.kill(_worker_processes(process.pid)[0], signal.SIGKILL)
-        assert process.wait(timeout=120) == 2
-    finally:
-        process.kill()
-        process.wait()
+    no_failure = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    assert _kill_a_worker_mid_study(tmp_path, env=no_failure) == 2
     [line] = (tmp_path / "stderr").read_text().splitlines()
     assert line.startswith("fastlstm alphabet: error: --scheduler local:2: ")
     assert "a run was under way on a worker lost more times than Dask allows" in line
