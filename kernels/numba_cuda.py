@@ -409,7 +409,7 @@ def kernels(dtype):
         if index >= batch * units:
             return
         b, j = index // units, index % units
-        t_in = time - 1 - t if go_backwards != 0 else t
+        t_in = caller_step(uint32(t), time, go_backwards)
         z = step_start(zx, biases(bias, j, units), b, t_in, j, units, True)
         i = activate(recurrent_activation, z[0] + hr[b, j])
         f = activate(recurrent_activation, z[1] + hr[b, units + j])
@@ -424,7 +424,7 @@ def kernels(dtype):
         h_t = o * activate(activation, c_t)
         c[b, t + 1, j] = c_t
         if t + 1 < time:
-            inputs[b, time - 2 - t if go_backwards != 0 else t + 1, input_dim + j] = h_t
+            inputs[b, caller_step(uint32(t + 1), time, go_backwards), input_dim + j] = h_t
         else:
             h_final[b, j], c_final[b, j] = h_t, c_t
         if outputs_per_step != 0:
@@ -454,7 +454,7 @@ def kernels(dtype):
         g, o = gates[b, t, 2 * units + j], gates[b, t, 3 * units + j]
         act_c = activate(activation, c[b, t + 1, j])
         dc_t = dc_next + dh_t * o * activation_grad(activation, act_c)
-        t_in = time - 1 - t if go_backwards != 0 else t
+        t_in = caller_step(uint32(t), time, go_backwards)
         dz[b, t_in, j] = dc_t * g * activation_grad(recurrent_activation, i)
         dz[b, t_in, units + j] = dc_t * c[b, t, j] * activation_grad(recurrent_activation, f)
         dz[b, t_in, 2 * units + j] = dc_t * i * activation_grad(activation, g)
