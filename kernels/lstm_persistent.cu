@@ -147,21 +147,16 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ bias, const T
     }
     __syncthreads();
 
-    T zx_t[ROWS][4];
-    load_step(zx_t, zx, bias_j, b, count, time, caller_step(0, time, go_backwards), units, j);
+    // The step's sums, started from its zx, which is loaded a step ahead, so that no load from
+    // global memory starts the recurrence's critical path.
+    T z[ROWS][4];
+    load_step(z, zx, bias_j, b, count, time, caller_step(0, time, go_backwards), units, j);
     for (int t = 0; t < time; ++t) {
         const T* h_prev = h_s + ((t & 1) * padded_rows + first) * units;
-        // The next step's zx is loaded a step ahead, so that no load from global memory starts
-        // the recurrence's critical path; this step's, loaded during the last, starts the sums.
         const bool more = t + 1 < time;
         const int ahead = more ? caller_step(t + 1, time, go_backwards) : 0;
         T zx_ahead[ROWS][4];
         load_step(zx_ahead, zx, bias_j, b, more ? count : 0, time, ahead, units, j);
-        T z[ROWS][4];
-#pragma unroll
-        for (int rr = 0; rr < ROWS; ++rr)
-#pragma unroll
-            for (int g = 0; g < 4; ++g) z[rr][g] = zx_t[rr][g];
         const Vector<T>* w_j = reinterpret_cast<const Vector<T>*>(r_s) + j;
 #pragma unroll 4
         for (int k = 0; k < units; ++k) {
@@ -178,10 +173,10 @@ persistent_forward(const T* __restrict__ zx, const T* __restrict__ bias, const T
         T* h_next = h_s + (((t + 1) & 1) * padded_rows + first) * units + j;
 #pragma unroll
         for (int rr = 0; rr < ROWS; ++rr) {
-#pragma unroll
-            for (int g = 0; g < 4; ++g) zx_t[rr][g] = zx_ahead[rr][g];
             const T i = activate(recurrent_activation, z[rr][0]), f = activate(recurrent_activation, z[rr][1]);
             const T g = activate(activation, z[rr][2]), o = activate(recurrent_activation, z[rr][3]);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) z[rr][q] = zx_ahead[rr][q];  // the next step's start
             c_t[rr] = f * c_t[rr] + i * g;
             const T h_t = o * activate(activation, c_t[rr]);
             h_next[rr * units] = rr < count ? h_t : T(0);
