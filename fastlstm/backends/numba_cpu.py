@@ -148,7 +148,8 @@ def runs_stepwise(batch, time, units):
     """Whether a layer of this shape runs on the stepwise path (a product per step, a slice of the
     samples per core) rather than in one compiled call."""
     step = batch * units * 4 * units
-    return step >= STEPWISE_WORK and step * time >= 16 * STEPWISE_WORK
+    # & rather than and: the drop-in asks with TensorFlow's batch size, a tensor, when fit's step runs.
+    return (step >= STEPWISE_WORK) & (step * time >= 16 * STEPWISE_WORK)
 
 
 class Share(NamedTuple):

@@ -2,10 +2,14 @@
 training, x, kernel, recurrent_kernel, bias, h0, c0, mask)`` returns ``(outputs, h, c)`` as the
 backend's tensors.
 
-- TensorFlow: ``tf.custom_gradient`` around ``tf.numpy_function``, so the step stays one graph
-  inside ``fit``'s ``tf.function`` (not under XLA, which has no form of it). A training call keeps
-  its activations on the host for the gradient's callback, which finds them by a key the forward
-  returns (:mod:`.fused_call`); a call outside training runs the forward again if differentiated.
+- TensorFlow: ``tf.custom_gradient`` around the compiled operations of :mod:`.tf_lstm` where
+  numba_cpu runs the call in one compiled call without a mask (where the batch is known only
+  when the step runs, a ``tf.cond`` picks them or the host work then), else around
+  ``tf.numpy_function``; so the step stays one graph inside ``fit``'s ``tf.function`` (not under
+  XLA, which has no form of either). The compiled forward returns its activations as tensors for
+  the gradient; a training call on the host keeps them there for the gradient's callback, which
+  finds them by a key the forward returns (:mod:`.fused_call`); a call outside training runs the
+  forward again if differentiated.
 - JAX: ``jax.custom_vjp`` around ``jax.ffi.ffi_call``, under ``jax.jit`` too, so the call is an
   operation of the compiled XLA program, on XLA's own buffers (``jax.pure_callback`` copied every
   array and cost about 0.3 ms more a call). A call without a mask that numba_cpu runs in one call
@@ -31,29 +35,86 @@ from fastlstm.keras.fused_call import FusedCall, host_backward, host_forward
 def _tensorflow(options, training, x, kernel, recurrent_kernel, bias, h0, c0, mask):
     import tensorflow as tf
 
-    masks = [] if mask is None else [tf.cast(mask, tf.bool)]
     # Variables (the weights, a stateful layer's state) are read here: the custom gradient takes tensors.
-    x, kernel, recurrent_kernel, bias, h0, c0 = map(tf.convert_to_tensor, (x, kernel, recurrent_kernel, bias, h0, c0))
-    shapes = _result_shapes(options, x.shape, recurrent_kernel.shape[0])
+    inputs = [tf.convert_to_tensor(a) for a in (x, kernel, recurrent_kernel, bias, h0, c0)]
+    masks = [] if mask is None else [tf.cast(mask, tf.bool)]
+    dtype, shapes = inputs[0].dtype, _result_shapes(options, inputs[0].shape, inputs[2].shape[0])
+    operations, on_host = _tensorflow_route(options, mask, inputs)
+    attributes = _coded(options)
 
-    @tf.custom_gradient
-    def fused(x, kernel, recurrent_kernel, bias, h0, c0):
-        inputs = [x, kernel, recurrent_kernel, bias, h0, c0, *masks]
-        *results, key = tf.numpy_function(functools.partial(host_forward, options, bool(training)), inputs,
-                                          [x.dtype] * 3 + [tf.int32], stateful=False)
+    # Both ways give (outputs, h_T, c_T, key, h, c, gates, act_c): the host work's kept call, or
+    # the compiled forward's activations, the other's part empty, so that tf.cond can pick either.
+    def host_forward_call(inputs):
+        *results, key = tf.numpy_function(functools.partial(host_forward, options, bool(training)),
+                                          [*inputs, *masks], [dtype] * 3 + [tf.int32], stateful=False)
         for result, shape in zip(results, shapes):
             result.set_shape(shape)
+        return (*results, key, *[tf.zeros((0,), dtype)] * 4)
+
+    def compiled_forward_call(inputs):
+        outputs, h_final, c_final, *activations = operations.fastlstm_forward(*inputs, **attributes)
+        return (outputs, h_final, c_final, tf.zeros((), tf.int32), *activations)
+
+    def host_backward_call(inputs, key, activations, upstream):
+        grads = tf.numpy_function(functools.partial(host_backward, options), [key, *inputs, *masks, *upstream],
+                                  [dtype] * 6, stateful=False)
+        for g, a in zip(grads, inputs):
+            g.set_shape(a.shape)
+        return tuple(grads)
+
+    def compiled_backward_call(inputs, key, activations, upstream):
+        return tuple(operations.fastlstm_backward(*inputs[:3], *activations, *upstream, **attributes))
+
+    @tf.custom_gradient
+    def fused(*inputs):
+        outputs, h_final, c_final, key, *activations = _either(
+            on_host, lambda: host_forward_call(inputs), lambda: compiled_forward_call(inputs))
 
         def gradient(*upstream):
-            grads = tf.numpy_function(functools.partial(host_backward, options), [key, *inputs, *upstream],
-                                      [x.dtype] * 6, stateful=False)
-            for g, a in zip(grads, inputs):
-                g.set_shape(a.shape)
-            return grads
+            return _either(on_host, lambda: host_backward_call(inputs, key, activations, upstream),
+                           lambda: compiled_backward_call(inputs, key, activations, upstream))
 
-        return results, gradient
+        return (outputs, h_final, c_final), gradient
 
-    return fused(x, kernel, recurrent_kernel, bias, h0, c0)
+    return fused(*inputs)
+
+
+def _tensorflow_route(options, mask, inputs):
+    """``(operations, on_host)``: the compiled operations of :mod:`.tf_lstm` (None where the call
+    cannot take them), and whether the call runs as the host work instead: True, False, or, where
+    the batch is known only when the step runs (``fit`` traces its step for any batch), a boolean
+    tensor, True where numba_cpu would run the call on its stepwise path's threads."""
+    import tensorflow as tf
+
+    (batch, time, _), units = inputs[0].shape, inputs[2].shape[0]
+    if mask is not None or time is None or not _runs_compiled(options, (batch or 1, time), units):
+        return None, True
+    from fastlstm.keras import tf_lstm
+
+    operations = tf_lstm.operations(inputs[0].dtype.name)
+    if operations is None or batch is not None:
+        return operations, operations is None
+    from fastlstm.backends.numba_cpu import runs_stepwise
+
+    return operations, runs_stepwise(tf.shape(inputs[0], out_type=tf.int64)[0], time, units)
+
+
+def _either(on_host, host_call, compiled_call):
+    """``host_call()`` or ``compiled_call()``, as ``on_host`` (True, False or a boolean tensor) says."""
+    import tensorflow as tf
+
+    if isinstance(on_host, bool):
+        return host_call() if on_host else compiled_call()
+    return tf.cond(on_host, host_call, compiled_call)
+
+
+def _coded(options):
+    """The options that the compiled targets take: activation ids, go_backwards, return_sequences."""
+    from fastlstm.kernels.activation_ids import ACTIVATION_IDS
+
+    return {"activation": ACTIVATION_IDS[options.activation],
+            "recurrent_activation": ACTIVATION_IDS[options.recurrent_activation],
+            "go_backwards": options.go_backwards, "return_sequences": options.return_sequences}
 
 
 def _jax(options, training, *inputs):
@@ -90,11 +151,9 @@ def _jax_compiled():
     import jax
 
     from fastlstm.keras import xla_lstm
-    from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 
     def coded(options):
-        return np.array([ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation],
-                         options.go_backwards, options.return_sequences], np.int32)
+        return np.array(list(_coded(options).values()), np.int32)
 
     def forward_call(options, inputs):
         """outputs, h_T, c_T, then what the backward reads: h, c, gates and act_c."""

@@ -1,4 +1,5 @@
-"""The fused LSTM as two compiled XLA FFI targets on the CPU, for JAX: Numba cfuncs that read XLA's
+"""The fused LSTM as two compiled XLA FFI targets on the CPU, for JAX (and, through the same call
+frame, for TensorFlow's operations of :mod:`.tf_lstm`): Numba cfuncs that read XLA's
 call frame and run the numba_cpu backend's one-call kernels (``kernels/cpu_lstm.py``) on XLA's
 buffers, with no Python and no interpreter lock in the call.
 
@@ -232,17 +233,19 @@ TARGETS = {("forward", "float32"): _forward_float32, ("forward", "float64"): _fo
 
 
 @functools.cache
+def compiled(direction, dtype):
+    """The compiled ``direction`` ('forward' or 'backward') target for ``dtype`` ('float32' or
+    'float64'), a Numba cfunc compiled (or loaded from Numba's disk cache) on first use and kept
+    alive for the process, since XLA and TensorFlow call it by its address."""
+    return cfunc(types.voidptr(types.voidptr), cache=True)(TARGETS[direction, dtype])
+
+
+@functools.cache
 def target(direction, dtype):
-    """The name of the ``direction`` ('forward' or 'backward') target for ``dtype`` ('float32' or
-    'float64'), compiled (or loaded from Numba's disk cache) and registered with XLA on first use."""
+    """The name of the ``direction`` target for ``dtype``, registered with XLA on first use."""
     import jax
 
-    compiled = cfunc(types.voidptr(types.voidptr), cache=True)(TARGETS[direction, dtype])
-    _compiled.append(compiled)  # alive for as long as XLA may call it
     name = f"fastlstm_compiled_{direction}_{dtype}"
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(ctypes.cast(compiled.address, ctypes.c_void_p)),
-                                platform="cpu")
+    address = ctypes.cast(compiled(direction, dtype).address, ctypes.c_void_p)
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(address), platform="cpu")
     return name
-
-
-_compiled = []

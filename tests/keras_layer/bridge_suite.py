@@ -2,7 +2,9 @@
 fused_call.py), on the Keras backend of this process: tests/test_keras_layer.py runs this file once
 per backend, each in its own process, as it runs layer_suite.py.
 """
+import functools
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -52,9 +54,9 @@ def test_a_training_step_runs_the_forward_once(call, fused_calls):
     fastlstm.keras.fused_call._kept.clear()
     for _ in range(3):
         model.train_on_batch(x, y)
-    # The backward takes the forward's activations, not a second forward; on JAX a small call
-    # without a mask runs as compiled FFI targets, traced once and then with no Python at all.
-    assert len(fused_calls) == (0 if BACKEND == "jax" and call == "small" else 3)
+    # The backward takes the forward's activations, not a second forward; on JAX and TensorFlow a
+    # small call without a mask runs on compiled targets, traced once and then with no Python at all.
+    assert len(fused_calls) == (0 if BACKEND in ("jax", "tensorflow") and call == "small" else 3)
     assert len(fastlstm.keras.fused_call._kept) == 0  # and each backward took its own
 
 
@@ -120,3 +122,113 @@ if BACKEND == "jax":  # JAX's choice between an FFI target and a host callback
             assert bool(callbacks) != on_cpu
         for got, want in zip(results[False], results[True]):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+if BACKEND == "tensorflow":  # TensorFlow's compiled operations (fastlstm/keras/tf_lstm.py)
+    import tensorflow as tf
+
+    from fastlstm.keras import bridges, tf_lstm
+
+    def tensorflow_call(inputs, options, compiled, batch_known, monkeypatch):
+        """Outputs, final states and every input's gradient of one call on the compiled operations
+        (or, not ``compiled``, the host work), traced with the batch unknown unless ``batch_known``,
+        as fit traces its step; and how many calls ran as the host work."""
+        hosted = []
+        monkeypatch.setattr(bridges, "host_forward", lambda *a: hosted.append(1) or host_forward(*a))
+        if not compiled:
+            monkeypatch.setattr(tf_lstm, "operations", lambda dtype: None)
+        rng = np.random.default_rng(2)
+        weights = [tf.constant(rng.standard_normal(s).astype(inputs[0].dtype.name)) for s in
+                   [(inputs[0].shape[0], inputs[0].shape[1], inputs[2].shape[0]), inputs[4].shape, inputs[5].shape]]
+        if not options.return_sequences:
+            weights[0] = weights[0][:, -1]
+        signature = [tf.TensorSpec((None if not batch_known and i in (0, 4, 5) else a.shape[0], *a.shape[1:]),
+                                   a.dtype) for i, a in enumerate(inputs)]
+
+        @tf.function(input_signature=signature)
+        def call(*arguments):
+            with tf.GradientTape() as tape:
+                tape.watch(arguments)
+                results = bridges._tensorflow(options, True, *arguments, None)
+                loss = sum(tf.reduce_sum(r * w) for r, w in zip(results, weights))
+            return [*results, *tape.gradient(loss, arguments)]
+
+        return [r.numpy() for r in call(*inputs)], len(hosted)
+
+    # (batch, time, units): small enough for the compiled operations, and as large as the stepwise path.
+    @pytest.mark.parametrize("shape", [(3, 4, 5), (64, 16, 64)], ids=["one-call", "stepwise"])
+    @pytest.mark.parametrize("batch_known", [True, False], ids=["batch-known", "batch-unknown"])
+    @pytest.mark.parametrize("dtype, return_sequences, go_backwards",
+                             [("float32", True, False), ("float32", False, True), ("float64", True, True)])
+    def test_tensorflow_s_compiled_operations_give_the_host_work_s_results(
+            shape, batch_known, dtype, return_sequences, go_backwards, monkeypatch):
+        batch, time, units = shape
+        inputs = [tf.constant(a.astype(dtype)) for a in host_inputs(np.random.default_rng(3), batch, time, 2, units)]
+        options = Options("tanh", "sigmoid", return_sequences, go_backwards, False, "auto")
+        with monkeypatch.context() as patch:
+            want, _ = tensorflow_call(inputs, options, False, batch_known, patch)
+        got, hosted = tensorflow_call(inputs, options, True, batch_known, monkeypatch)
+        stepwise = shape == (64, 16, 64)
+        assert hosted == (1 if stepwise else 0)  # the stepwise path's size still runs as the host work
+        for g, w in zip(got, want):
+            if stepwise:  # both on the host, whose weight gradients OpenBLAS's threads may sum in another order
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max())
+            else:
+                np.testing.assert_array_equal(g, w)
+
+    def test_without_a_compiler_tensorflow_calls_the_host_work_after_one_warning(monkeypatch, tmp_path):
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+        monkeypatch.setenv("FASTLSTM_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.setattr(tf_lstm, "_library", functools.cache(tf_lstm._library.__wrapped__))
+        monkeypatch.setattr(tf_lstm, "operations", functools.cache(tf_lstm.operations.__wrapped__))
+        with pytest.warns(UserWarning, match=r"no C\+\+ compiler '.*no-such-compiler' was found.*tf.numpy_function"):
+            assert tf_lstm.operations("float32") is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert tf_lstm.operations("float32") is None  # said once
+        hosted = []
+        monkeypatch.setattr(bridges, "host_forward", lambda *a: hosted.append(1) or host_forward(*a))
+        model, x, y = model_and_data()
+        model.train_on_batch(x, y)
+        assert hosted == [1]
+
+    def fake_compiler(tmp_path, script):
+        """A compiler that runs the shell ``script`` (its output file is "$OUT")."""
+        path = tmp_path / "fake-c++"
+        path.write_text('#!/bin/sh\nfor a; do [ "$prev" = -o ] && OUT=$a; prev=$a; done\n' + script)
+        path.chmod(0o755)
+        return str(path)
+
+    def test_a_failed_build_says_why_and_leaves_no_file(monkeypatch, tmp_path):
+        monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo "tf_lstm.cc:1: error: no such header" >&2\nexit 1\n'))
+        target = tmp_path / "cache" / "tf_lstm.so"
+        target.parent.mkdir()
+        with pytest.raises(tf_lstm.BuildError, match=r"fake-c\+\+ exited with 1\):\ntf_lstm.cc:1: error: no such header"):
+            tf_lstm._finish_build(tf_lstm._start_build(target), target)
+        assert list(target.parent.iterdir()) == []
+
+    def test_an_interrupted_build_stops_the_compiler_and_leaves_no_file(monkeypatch, tmp_path):
+        monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo partial > "$OUT"\nsleep 60\n'))
+        target = tmp_path / "cache" / "tf_lstm.so"
+        target.parent.mkdir()
+        process, temporary = build = tf_lstm._start_build(target)
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(process, "communicate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tf_lstm._finish_build(build, target)
+        assert process.poll() is not None and list(target.parent.iterdir()) == []
+
+    def test_a_build_writes_the_library_under_its_name_and_nothing_else(monkeypatch, tmp_path, capsys):
+        monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo library > "$OUT"\n'))
+        target = tmp_path / "cache" / "tf_lstm.so"
+        target.parent.mkdir()
+        tf_lstm._finish_build(tf_lstm._start_build(target), target)
+        assert list(target.parent.iterdir()) == [target] and target.read_text() == "library\n"
+        assert f"building its TensorFlow operation into {target}" in capsys.readouterr().err
+
+    def test_the_operations_this_process_loaded_were_built_into_the_cache_whole():
+        assert tf_lstm.operations("float32") is not None
+        assert tf_lstm.library_path().is_file() and not list(tf_lstm.cache_directory().glob("*.partial"))
