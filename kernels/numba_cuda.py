@@ -269,17 +269,24 @@ def kernels(dtype):
         c_3 = forward_start(h0, c0, inputs, c, shared, h_rows + u3 + j, b + uint32(3), j, h_column, start, units,
                             time, ones, count > 3)
         cuda.syncthreads()
+        # The step's sums, started from its zx, which is loaded a step ahead, so that no load from
+        # global memory starts the recurrence's critical path.
+        z0 = step_start(zx, bias_j, b, start, j, u, count > 0)
+        z1 = step_start(zx, bias_j, b + uint32(1), start, j, u, count > 1)
+        z2 = step_start(zx, bias_j, b + uint32(2), start, j, u, count > 2)
+        z3 = step_start(zx, bias_j, b + uint32(3), start, j, u, count > 3)
         for step in range(time):
             t = uint32(step)
             now, later = (t & uint32(1)) * buffer, ((t + uint32(1)) & uint32(1)) * buffer
-            t_in = caller_step(t, time, go_backwards)
             more = step + 1 < time
-            # The caller's index of the next step, where h_t goes in inputs (none after the last).
+            # The caller's index of the next step, where h_t goes in inputs and whose zx starts the
+            # next sums (none after the last: zeros, read from nowhere).
             ahead = caller_step(t + uint32(1), time, go_backwards) if more else t
-            z0 = step_start(zx, bias_j, b, t_in, j, u, count > 0)
-            z1 = step_start(zx, bias_j, b + uint32(1), t_in, j, u, count > 1)
-            z2 = step_start(zx, bias_j, b + uint32(2), t_in, j, u, count > 2)
-            z3 = step_start(zx, bias_j, b + uint32(3), t_in, j, u, count > 3)
+            ahead_count = count if more else 0
+            next0 = step_start(zx, bias_j, b, ahead, j, u, ahead_count > 0)
+            next1 = step_start(zx, bias_j, b + uint32(1), ahead, j, u, ahead_count > 1)
+            next2 = step_start(zx, bias_j, b + uint32(2), ahead, j, u, ahead_count > 2)
+            next3 = step_start(zx, bias_j, b + uint32(3), ahead, j, u, ahead_count > 3)
             # Per k, four weights and the rows' four h_prev[k] serve 16 multiply-adds.
             hk, w = uint32(h_rows + now), j
             end = uint32(hk + u)
@@ -300,6 +307,7 @@ def kernels(dtype):
                               j, u, h_column, outputs_per_step, count > 2, activation, recurrent_activation)
             c_3 = forward_row(z3, c_3, shared, h_next + u3, inputs, c, gates, outputs, b + uint32(3), t, more, ahead,
                               j, u, h_column, outputs_per_step, count > 3, activation, recurrent_activation)
+            z0, z1, z2, z3 = next0, next1, next2, next3
             cuda.syncthreads()
         h_last = h_rows + (uint32(time) & uint32(1)) * buffer + j  # the buffer of the last step's h
         forward_end(shared, h_last, c_0, outputs, h_final, c_final, b, j, outputs_per_step, count > 0)
