@@ -293,6 +293,21 @@ def test_the_keras_layer_runs_of_each_backend_make_one_table_of_the_drop_ins_tim
     assert "## Training" not in markdown  # the fit epochs are the Keras layer's, not the training table's
 
 
+def test_keras_s_rounds_timed_alternately_with_the_drop_in_s_give_the_ratio_and_say_so(tmp_path):
+    """bench/test_keras_layer.py times Keras's rounds between the drop-in's and records their
+    median (seconds) in the drop-in's benchmark, which is then the only one per step."""
+    path = tmp_path / "tensorflow.json"
+    path.write_text(json.dumps({"machine_info": _EPYC, "benchmarks": [
+        _keras_layer("tensorflow", "fastlstm", "train_on_batch", 0.001, keras_median=0.004, keras_min=0.003),
+        _keras_layer("tensorflow", "fastlstm", "predict_on_batch", 0.003, keras_median=0.002, keras_min=0.002)]}))
+    markdown = bench_report.report(path, tmp_path / "out", plots=False)
+    title = "The drop-in Keras layer against Keras's own LSTM, per Keras backend"
+    assert [(r["step"], r["tensorflow drop-in / Keras"], r["tensorflow ms, Keras and drop-in"])
+            for r in _cells(markdown, title)] == [("train_on_batch", "0.25", "4.00, 1.00"),
+                                                 ("predict_on_batch", "1.50", "2.00, 3.00")]
+    assert "each pair timed alternately, round by round, in the same run" in markdown.split(f"## {title}\n\n")[1]
+
+
 def test_a_keras_layer_benchmarks_note_is_shown_under_the_table(tmp_path):
     note = "both layers with use_cudnn=False: why"
     path = tmp_path / "torch.json"
@@ -339,6 +354,10 @@ def test_a_real_keras_layer_run_records_what_the_table_needs(tmp_path):
     assert [(r["step"], r["batch, time, input, units"]) for r in rows] == [
         ("train_on_batch", "1, 1, 1, 50"), ("fit epoch of experiment 5", "1, 1, 1, 50")]
     assert all(re.fullmatch(r"\d+\.\d\d", r["tensorflow drop-in / Keras"]) for r in rows)
+    # Keras's rounds timed between the drop-in's, in the drop-in's benchmark.
+    assert [b["extra_info"]["implementation"] for b in document["benchmarks"]] == ["fastlstm", "fastlstm"]
+    assert all(0 < b["extra_info"]["keras_min"] <= b["extra_info"]["keras_median"] for b in document["benchmarks"])
+    assert "timed alternately, round by round" in markdown.split("## The drop-in")[1]
     assert document["machine_info"]["fastlstm_cpu"]["model"] in markdown.split("## The drop-in")[1].splitlines()[2]
 
 
