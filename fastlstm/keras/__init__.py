@@ -86,7 +86,8 @@ class LSTM(keras.layers.LSTM):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if keras.backend.backend() != "jax":
-            self.supports_jit = False  # tf.numpy_function has no XLA form; torch.compile would break the graph
+            # XLA has no form of fastlstm's TensorFlow operations; torch.compile would break its graph.
+            self.supports_jit = False
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if keras.tree.is_nested(mask):

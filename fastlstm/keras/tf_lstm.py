@@ -10,8 +10,9 @@ The operations are built on first use in a process, once per TensorFlow version:
 (``$CXX``, else ``g++``) compiles ``tf_lstm.cc`` against the installed TensorFlow's headers (about
 10 s, while Numba compiles the targets) into ``$FASTLSTM_CACHE_DIR`` (default
 ``~/.cache/fastlstm``), written under a temporary name and renamed, so that a build cut short
-leaves nothing half-written; processes that start together wait for one build. Without a compiler, or if the build fails, TensorFlow calls fastlstm
-through ``tf.numpy_function`` after one warning that says why.
+leaves nothing half-written; processes that start together wait for one build. Without a
+compiler, or if the build fails, TensorFlow calls fastlstm through ``tf.numpy_function`` after one
+warning that says why.
 
 - ``FastlstmForward(x [batch, time, features], kernel, recurrent_kernel, bias [4 * units], h0, c0)
   -> (outputs, h_final, c_final, h [batch, time + 1, units], c, gates [batch, time, 4 * units],
@@ -22,6 +23,7 @@ through ``tf.numpy_function`` after one warning that says why.
 each with the attributes ``activation`` and ``recurrent_activation`` (activation ids),
 ``go_backwards`` and ``return_sequences``.
 """
+import contextlib
 import ctypes
 import fcntl
 import functools
@@ -29,6 +31,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,8 +68,8 @@ def operations(dtype):
 
 @functools.cache
 def _library():
-    """The loaded operations and their library's ``fastlstm_set_target``, built first if needed
-    (while Numba compiles the float32 targets, which the first call needs anyway)."""
+    """The loaded operations and their library's ``fastlstm_set_target``, built first if needed,
+    while Numba compiles (or loads) the float32 targets that most models call."""
     import tensorflow as tf
 
     path = library_path()
@@ -75,12 +78,11 @@ def _library():
         with open(path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together wait for one build
             if not path.exists():
-                build = _start_build(path)
-                from fastlstm.keras import xla_lstm
+                with _building(path):
+                    from fastlstm.keras import xla_lstm
 
-                for direction in DIRECTIONS:
-                    xla_lstm.compiled(direction, "float32")
-                _finish_build(build, path)
+                    for direction in DIRECTIONS:
+                        xla_lstm.compiled(direction, "float32")
     module = tf.load_op_library(str(path))
     set_target = ctypes.CDLL(str(path)).fastlstm_set_target
     set_target.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
@@ -119,37 +121,38 @@ def _build_key():
     return digest.hexdigest()[:16]
 
 
-def _start_build(path):
-    """Starts the compiler on a temporary file beside ``path``: ``(process, temporary path)``."""
+@contextlib.contextmanager
+def _building(path):
+    """Runs the compiler into a temporary file beside ``path`` while the body of the ``with``
+    runs, then waits for it and moves its library to ``path``; raises BuildError with the
+    compiler's last lines if it fails. On any error or interrupt, in the body or while waiting,
+    the compiler is stopped; the temporary file is removed either way."""
     command = _command("")
     if shutil.which(command[0]) is None:
         raise BuildError(f"no C++ compiler {command[0]!r} was found (set CXX, or install g++) to build its "
                          "TensorFlow operation")
-    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
     os.close(handle)
-    print(f"fastlstm.keras: building its TensorFlow operation into {path} (once; about 10 s)", file=sys.stderr)
+    temporary = Path(name)
     try:
-        process = subprocess.Popen(_command(temporary), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-    except OSError as error:
-        os.unlink(temporary)
-        raise BuildError(f"the C++ compiler {command[0]!r} could not be started ({error})") from error
-    return process, Path(temporary)
-
-
-def _finish_build(build, path):
-    """Waits for the compiler and moves its library to ``path``, or raises BuildError with the
-    compiler's last lines; the temporary file is removed either way, an interrupt included."""
-    process, temporary = build
-    try:
-        output, _ = process.communicate()
+        print(f"fastlstm.keras: building its TensorFlow operation into {path} (once; about 10 s)", file=sys.stderr)
+        try:
+            # A session of its own, so that stopping it stops the compiler's own children too.
+            process = subprocess.Popen(_command(temporary), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        except OSError as error:
+            raise BuildError(f"the C++ compiler {command[0]!r} could not be started ({error})") from error
+        try:
+            yield
+            output, _ = process.communicate()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         if process.returncode != 0:
             tail = "\n".join(output.strip().splitlines()[-5:])
-            raise BuildError(f"building its TensorFlow operation failed ({shlex.join(process.args[:1])} exited "
-                             f"with {process.returncode}):\n{tail}")
+            raise BuildError(f"building its TensorFlow operation failed ({command[0]} exited with "
+                             f"{process.returncode}):\n{tail}")
         os.replace(temporary, path)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
         temporary.unlink(missing_ok=True)

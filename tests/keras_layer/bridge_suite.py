@@ -4,7 +4,10 @@ per backend, each in its own process, as it runs layer_suite.py.
 """
 import functools
 import os
+import subprocess
+import time
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -203,29 +206,58 @@ if BACKEND == "tensorflow":  # TensorFlow's compiled operations (fastlstm/keras/
         monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo "tf_lstm.cc:1: error: no such header" >&2\nexit 1\n'))
         target = tmp_path / "cache" / "tf_lstm.so"
         target.parent.mkdir()
-        with pytest.raises(tf_lstm.BuildError, match=r"fake-c\+\+ exited with 1\):\ntf_lstm.cc:1: error: no such header"):
-            tf_lstm._finish_build(tf_lstm._start_build(target), target)
+        failed = r"fake-c\+\+ exited with 1\):\ntf_lstm.cc:1: error: no such header"
+        with pytest.raises(tf_lstm.BuildError, match=failed):
+            with tf_lstm._building(target):
+                pass
         assert list(target.parent.iterdir()) == []
 
-    def test_an_interrupted_build_stops_the_compiler_and_leaves_no_file(monkeypatch, tmp_path):
-        monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo partial > "$OUT"\nsleep 60\n'))
+    def running(pid):
+        """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
+    @pytest.mark.parametrize("when", ["while Numba compiles", "while waiting for the compiler"])
+    def test_an_interrupted_build_stops_the_compiler_and_its_children_and_leaves_no_file(when, monkeypatch,
+                                                                                         tmp_path):
+        child = tmp_path / "child"  # the compiler's child writes its pid here once it runs
+        monkeypatch.setenv("CXX", fake_compiler(tmp_path, f'echo partial > "$OUT"\nsleep 60 &\necho $! > {child}\n'
+                                                          'wait\n'))
         target = tmp_path / "cache" / "tf_lstm.so"
         target.parent.mkdir()
-        process, temporary = build = tf_lstm._start_build(target)
+        started = []
+        popen = subprocess.Popen
 
         def interrupted(*args, **kwargs):
+            for _ in range(500):
+                if child.exists() and child.read_text().strip():
+                    break
+                time.sleep(0.01)
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(process, "communicate", interrupted)
+        def watched(*args, **kwargs):
+            started.append(popen(*args, **kwargs))
+            if when == "while waiting for the compiler":
+                started[-1].communicate = interrupted
+            return started[-1]
+
+        monkeypatch.setattr(subprocess, "Popen", watched)
         with pytest.raises(KeyboardInterrupt):
-            tf_lstm._finish_build(build, target)
-        assert process.poll() is not None and list(target.parent.iterdir()) == []
+            with tf_lstm._building(target):
+                if when == "while Numba compiles":
+                    interrupted()
+        assert not running(started[0].pid) and not running(int(child.read_text()))
+        assert list(target.parent.iterdir()) == []
 
     def test_a_build_writes_the_library_under_its_name_and_nothing_else(monkeypatch, tmp_path, capsys):
         monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo library > "$OUT"\n'))
         target = tmp_path / "cache" / "tf_lstm.so"
         target.parent.mkdir()
-        tf_lstm._finish_build(tf_lstm._start_build(target), target)
+        with tf_lstm._building(target):
+            pass
         assert list(target.parent.iterdir()) == [target] and target.read_text() == "library\n"
         assert f"building its TensorFlow operation into {target}" in capsys.readouterr().err
 
