@@ -25,7 +25,6 @@ each with the attributes ``activation`` and ``recurrent_activation`` (activation
 """
 import contextlib
 import ctypes
-import fcntl
 import functools
 import hashlib
 import os
@@ -74,19 +73,37 @@ def _library():
 
     path = library_path()
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together wait for one build
-            if not path.exists():
-                with _building(path):
-                    from fastlstm.keras import xla_lstm
-
-                    for direction in DIRECTIONS:
-                        xla_lstm.compiled(direction, "float32")
-    module = tf.load_op_library(str(path))
-    set_target = ctypes.CDLL(str(path)).fastlstm_set_target
+        _build_once(path)
+    try:
+        module = tf.load_op_library(str(path))
+        set_target = ctypes.CDLL(str(path)).fastlstm_set_target
+    except (tf.errors.OpError, OSError, AttributeError) as error:
+        raise BuildError(f"its TensorFlow operation {path} did not load ({error}); remove the file to build it "
+                         "again") from error
     set_target.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     return module, set_target
+
+
+def _build_once(path):
+    """Builds the library into ``path`` unless another process did while this one waited for it."""
+    try:
+        import fcntl
+    except ImportError as error:  # Windows, which has neither flock nor TensorFlow's g++ flags
+        raise BuildError("its TensorFlow operation is built on Linux and macOS only") from error
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "w")
+    except OSError as error:
+        raise BuildError(f"the cache directory {path.parent} is not writable ({error}); set FASTLSTM_CACHE_DIR "
+                         "to one that is") from error
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together wait for one build
+        if not path.exists():
+            with _building(path):
+                from fastlstm.keras import xla_lstm
+
+                for direction in DIRECTIONS:
+                    xla_lstm.compiled(direction, "float32")
 
 
 def library_path():

@@ -5,6 +5,7 @@ per backend, each in its own process, as it runs layer_suite.py.
 import functools
 import os
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -179,11 +180,15 @@ if BACKEND == "tensorflow":  # TensorFlow's compiled operations (fastlstm/keras/
             else:
                 np.testing.assert_array_equal(g, w)
 
+    def fresh_operations(monkeypatch):
+        """tf_lstm's functions as on a process's first use (restored after the test)."""
+        monkeypatch.setattr(tf_lstm, "_library", functools.cache(tf_lstm._library.__wrapped__))
+        monkeypatch.setattr(tf_lstm, "operations", functools.cache(tf_lstm.operations.__wrapped__))
+
     def test_without_a_compiler_tensorflow_calls_the_host_work_after_one_warning(monkeypatch, tmp_path):
         monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
         monkeypatch.setenv("FASTLSTM_CACHE_DIR", str(tmp_path / "cache"))
-        monkeypatch.setattr(tf_lstm, "_library", functools.cache(tf_lstm._library.__wrapped__))
-        monkeypatch.setattr(tf_lstm, "operations", functools.cache(tf_lstm.operations.__wrapped__))
+        fresh_operations(monkeypatch)
         with pytest.warns(UserWarning, match=r"no C\+\+ compiler '.*no-such-compiler' was found.*tf.numpy_function"):
             assert tf_lstm.operations("float32") is None
         with warnings.catch_warnings():
@@ -194,6 +199,27 @@ if BACKEND == "tensorflow":  # TensorFlow's compiled operations (fastlstm/keras/
         model, x, y = model_and_data()
         model.train_on_batch(x, y)
         assert hosted == [1]
+
+    @pytest.mark.parametrize("why", ["cache not writable", "no flock"])
+    def test_where_nothing_can_be_built_the_warning_says_why(why, monkeypatch, tmp_path):
+        fresh_operations(monkeypatch)
+        if why == "cache not writable":
+            (tmp_path / "file").write_text("")
+            monkeypatch.setenv("FASTLSTM_CACHE_DIR", str(tmp_path / "file" / "cache"))
+            expected = r"the cache directory .*/file/cache is not writable .*set FASTLSTM_CACHE_DIR"
+        else:
+            monkeypatch.setenv("FASTLSTM_CACHE_DIR", str(tmp_path / "cache"))
+            monkeypatch.setitem(sys.modules, "fcntl", None)  # as on Windows: importing it fails
+            expected = "its TensorFlow operation is built on Linux and macOS only"
+        with pytest.warns(UserWarning, match=expected + ".*tf.numpy_function"):
+            assert tf_lstm.operations("float32") is None
+
+    def test_a_library_that_does_not_load_is_named_in_the_warning(monkeypatch, tmp_path):
+        fresh_operations(monkeypatch)
+        monkeypatch.setenv("FASTLSTM_CACHE_DIR", str(tmp_path))
+        tf_lstm.library_path().write_text("not a shared library")
+        with pytest.warns(UserWarning, match=r"operation .*\.so did not load .*remove the file to build it again"):
+            assert tf_lstm.operations("float32") is None
 
     def fake_compiler(tmp_path, script):
         """A compiler that runs the shell ``script`` (its output file is "$OUT")."""
