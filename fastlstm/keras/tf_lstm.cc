@@ -8,6 +8,7 @@
 // [batch, units]; outputs [batch, time, units] with return_sequences, else [batch, units].
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -98,11 +99,11 @@ constexpr int FfiDtype() {
   return std::is_same<T, float>::value ? kFloat32 : kFloat64;
 }
 
-template <typename T>
+// kDirection: 0 the forward, 1 the backward.
+template <typename T, int kDirection>
 class FusedLstmOp : public tensorflow::OpKernel {
  public:
-  explicit FusedLstmOp(tensorflow::OpKernelConstruction* context, int direction)
-      : OpKernel(context), direction_(direction) {
+  explicit FusedLstmOp(tensorflow::OpKernelConstruction* context) : OpKernel(context) {
     bool go_backwards, return_sequences;
     OP_REQUIRES_OK(context, context->GetAttr("activation", &options_[0]));
     OP_REQUIRES_OK(context, context->GetAttr("recurrent_activation", &options_[1]));
@@ -113,7 +114,7 @@ class FusedLstmOp : public tensorflow::OpKernel {
   }
 
   void Compute(tensorflow::OpKernelContext* context) override {
-    Target target = targets[direction_][std::is_same<T, double>::value].load();
+    Target target = targets[kDirection][std::is_same<T, double>::value].load();
     OP_REQUIRES(context, target != nullptr,
                 tensorflow::errors::FailedPrecondition(
                     "fastlstm: this process has no compiled target for ", name(),
@@ -139,7 +140,7 @@ class FusedLstmOp : public tensorflow::OpKernel {
  private:
   std::vector<tensorflow::TensorShape> ResultShapes(int64_t batch, int64_t time, int64_t features,
                                                     int64_t units) const {
-    if (direction_ == 1) {
+    if (kDirection == 1) {
       return {{batch, time, features}, {features, 4 * units}, {units, 4 * units}, {4 * units}, {batch, units},
               {batch, units}};
     }
@@ -149,18 +150,7 @@ class FusedLstmOp : public tensorflow::OpKernel {
             {batch, time, 4 * units}, {batch, time, units}};
   }
 
-  int direction_;
   int32_t options_[4];
-};
-
-template <typename T>
-struct ForwardOp : FusedLstmOp<T> {
-  explicit ForwardOp(tensorflow::OpKernelConstruction* context) : FusedLstmOp<T>(context, 0) {}
-};
-
-template <typename T>
-struct BackwardOp : FusedLstmOp<T> {
-  explicit BackwardOp(tensorflow::OpKernelConstruction* context) : FusedLstmOp<T>(context, 1) {}
 };
 
 using tensorflow::shape_inference::DimensionHandle;
@@ -245,11 +235,11 @@ REGISTER_OP("FastlstmBackward")
     .FASTLSTM_OPTIONS
     .SetShapeFn(BackwardShapes);
 
-#define FASTLSTM_KERNELS(T)                                                                              \
-  REGISTER_KERNEL_BUILDER(Name("FastlstmForward").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
-                          ForwardOp<T>);                                                                 \
+#define FASTLSTM_KERNELS(T)                                                                               \
+  REGISTER_KERNEL_BUILDER(Name("FastlstmForward").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),  \
+                          FusedLstmOp<T, 0>);                                                             \
   REGISTER_KERNEL_BUILDER(Name("FastlstmBackward").Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
-                          BackwardOp<T>);
+                          FusedLstmOp<T, 1>);
 FASTLSTM_KERNELS(float)
 FASTLSTM_KERNELS(double)
 
