@@ -133,12 +133,17 @@ if BACKEND == "tensorflow":  # TensorFlow's compiled operations (fastlstm/keras/
 
     from fastlstm.keras import bridges, tf_lstm
 
+    def count_host_forwards(monkeypatch):
+        """A list that gets an entry for each call run as the host work from now on."""
+        hosted = []
+        monkeypatch.setattr(bridges, "host_forward", lambda *a: hosted.append(1) or host_forward(*a))
+        return hosted
+
     def tensorflow_call(inputs, options, compiled, batch_known, monkeypatch):
         """Outputs, final states and every input's gradient of one call on the compiled operations
         (or, not ``compiled``, the host work), traced with the batch unknown unless ``batch_known``,
         as fit traces its step; and how many calls ran as the host work."""
-        hosted = []
-        monkeypatch.setattr(bridges, "host_forward", lambda *a: hosted.append(1) or host_forward(*a))
+        hosted = count_host_forwards(monkeypatch)
         if not compiled:
             monkeypatch.setattr(tf_lstm, "operations", lambda dtype: None)
         rng = np.random.default_rng(2)
@@ -194,8 +199,7 @@ if BACKEND == "tensorflow":  # TensorFlow's compiled operations (fastlstm/keras/
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert tf_lstm.operations("float32") is None  # said once
-        hosted = []
-        monkeypatch.setattr(bridges, "host_forward", lambda *a: hosted.append(1) or host_forward(*a))
+        hosted = count_host_forwards(monkeypatch)
         model, x, y = model_and_data()
         model.train_on_batch(x, y)
         assert hosted == [1]
