@@ -125,9 +125,10 @@ def stateful_alphabet(LSTM):
         keras.layers.Dense(len(alphabet), activation="softmax"),
     ])
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
-    for _ in range(300):
-        model.fit(x, y, epochs=1, batch_size=1, verbose=0, shuffle=False)
-        model.layers[0].reset_states()
+    # The tutorial's loop of 300 one-epoch fits, each followed by a reset, as one fit: the same
+    # steps and weights, without 300 times fit's own set-up (half of this test's time).
+    reset = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: model.layers[0].reset_states())
+    model.fit(x, y, epochs=300, batch_size=1, verbose=0, shuffle=False, callbacks=[reset])
     loss, accuracy = model.evaluate(x, y, batch_size=1, verbose=0)
     generated = {}
     for seed, steps in (("A", 25), ("K", 5)):
