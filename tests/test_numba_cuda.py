@@ -2,14 +2,14 @@
 must be switched on before numba is imported), its launcher's import of device arrays, and its
 compile gate.
 
-Compile gate: every kernel signature the backend can request, compiled by numba.cuda.compile_ptx
-for compute capability 7.0, 8.0 and 9.0 and assembled by ptxas -v. Fails on an error, a spill,
-local memory, more registers than the largest block the plan launches allows, shared memory over
-the 48 KB the backend plans with, or any float64 instruction in a float32 kernel; and, in the
-persistent kernels' sm_90 SASS, on a multiply-add loop over INSTRUCTIONS_PER_FMA instructions or
-over the CUDA C target's shared loads per multiply-add, or a staging loop with fewer loads in
-flight than the CUDA C target. numba-cuda on CUDA 13 refuses compute capability 7.0 (CUDA 13
-dropped Volta), so sm_70 is compiled and assembled by a CUDA 12 Numba stack, as a Volta user
+Compile gate: every kernel signature the backend can request, compiled as numba.cuda.compile_ptx
+does for compute capability 7.0, 8.0 and 9.0 (tests/support/numba_ptx.py) and assembled by ptxas -v.
+Fails on an error, a spill, local memory, more registers than the largest block the plan launches
+allows, shared memory over the 48 KB the backend plans with, or any float64 instruction in a float32
+kernel; and, in the persistent kernels' sm_90 SASS, on a multiply-add loop over INSTRUCTIONS_PER_FMA
+instructions or over the CUDA C target's shared loads per multiply-add, or a staging loop with fewer
+loads in flight than the CUDA C target. numba-cuda on CUDA 13 refuses compute capability 7.0 (CUDA
+13 dropped Volta), so sm_70 is compiled and assembled by a CUDA 12 Numba stack, as a Volta user
 would have, in a virtual environment of its own that the test makes under build/
 (tests/support/numba_ptx.py runs there).
 """
@@ -174,24 +174,27 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
 
 
 GATED = {"sm_70": (7, 0), "sm_80": (8, 0), "sm_90": (9, 0)}
-# CUDA 13, this environment's, no longer targets Volta: sm_70 is compiled and assembled by the
-# CUDA 12 Numba stack of the cuda12 fixture.
-CUDA12_ARCHITECTURES = {"sm_70"}
+# The architectures each Numba stack compiles, each kernel lowered once for all of them. CUDA 13,
+# this environment's, no longer targets Volta: sm_70 is compiled and assembled by the CUDA 12 Numba
+# stack of the cuda12 fixture.
+STACKS = {"cuda12": ["sm_70"], "cuda13": ["sm_80", "sm_90"]}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("arch", sorted(GATED))
-def test_every_kernel_compiles_without_spills_or_float64_in_float32(arch, dtype, tmp_path, request):
-    signatures = _signatures(dtype)
-    if arch in CUDA12_ARCHITECTURES:
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_kernel_compiles_without_spills_or_float64_in_float32(stack, dtype, tmp_path, request):
+    signatures, ccs = _signatures(dtype), [GATED[arch] for arch in STACKS[stack]]
+    if stack == "cuda12":
         python, ptxas = request.getfixturevalue("cuda12")
-        _run([python, "-I", str(TESTS / "support" / "numba_ptx.py"), numba_cuda.__file__, "%d.%d" % GATED[arch],
-              np.dtype(dtype).name, json.dumps(signatures), str(tmp_path)], f"numba-cuda (CUDA 12) failed for {arch}")
+        _run([python, "-I", str(TESTS / "support" / "numba_ptx.py"), numba_cuda.__file__,
+              ",".join("%d.%d" % cc for cc in ccs), np.dtype(dtype).name, json.dumps(signatures), str(tmp_path)],
+             f"numba-cuda (CUDA 12) failed for {STACKS[stack]}")
     else:
         ptxas = "ptxas"
-        write_ptx(numba_cuda, GATED[arch], dtype, signatures, tmp_path)
-    for function in signatures:
-        _assemble_and_check(tmp_path / f"{function}.ptx", arch, ptxas, function, dtype)
+        write_ptx(numba_cuda, ccs, dtype, signatures, tmp_path)
+    for arch in STACKS[stack]:
+        for function in signatures:
+            _assemble_and_check(tmp_path / f"{function}.{arch.replace('_', '')}.ptx", arch, ptxas, function, dtype)
 
 
 def test_the_kernels_keep_the_plans_constants():
