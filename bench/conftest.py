@@ -55,7 +55,8 @@ TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 WEIGHT_GRADIENTS = ("kernel", "recurrent_kernel", "bias")
 
 # The large shapes, a forward pass of at least this many floating-point operations: their float32
-# fastlstm benchmarks also record the machine's matrix-product throughput, measured beside them.
+# fastlstm benchmarks, when timed, also record the machine's matrix-product throughput, measured
+# beside them.
 LARGE_FLOPS = 1e9
 
 def matrix_product_gflops(size=1024, repeats=10):
@@ -170,7 +171,7 @@ def timed(benchmark, reference):
         inputs = make_inputs(*shape, dtype)
         runner = implementation.prepare(inputs)
         beside = implementation.name.startswith("fastlstm") and not implementation.gpu and dtype == np.float32 and \
-            flops("forward", *shape) >= LARGE_FLOPS and not after_others
+            flops("forward", *shape) >= LARGE_FLOPS and not after_others and not benchmark.disabled
         throughput_before = matrix_product_gflops() if beside else None
         batch, time, input_dim, units = shape
         benchmark.group = f"{pass_name} {shape_id(shape)} {dtype.name}"
