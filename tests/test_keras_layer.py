@@ -96,7 +96,7 @@ def test_keras_own_bidirectional_tests_pass_against_the_drop_in(backend):
 @pytest.mark.parametrize("backend", KERAS_BACKENDS)
 def test_parity_suite_passes(backend):
     _, passed = run_pytest(backend, str(SUITE / "layer_suite.py"))
-    assert passed >= 59  # 60 (59 on PyTorch, which cannot build a layer of an integer dtype)
+    assert passed >= 58  # 59 (58 on PyTorch, which cannot build a layer of an integer dtype)
 
 
 @pytest.mark.parametrize("backend", KERAS_BACKENDS)
