@@ -2,16 +2,16 @@
 must be switched on before numba is imported), its launcher's import of device arrays, and its
 compile gate.
 
-Compile gate: every kernel signature the backend can request, compiled as numba.cuda.compile_ptx
-does for compute capability 7.0, 8.0 and 9.0 (tests/support/numba_ptx.py) and assembled by ptxas -v.
-Fails on an error, a spill, local memory, more registers than the largest block the plan launches
-allows, shared memory over the 48 KB the backend plans with, or any float64 instruction in a float32
-kernel; and, in the persistent kernels' sm_90 SASS, on a multiply-add loop over INSTRUCTIONS_PER_FMA
-instructions or over the CUDA C target's shared loads per multiply-add, or a staging loop with fewer
-loads in flight than the CUDA C target. numba-cuda on CUDA 13 refuses compute capability 7.0 (CUDA
-13 dropped Volta), so sm_70 is compiled and assembled by a CUDA 12 Numba stack, as a Volta user
-would have, in a virtual environment of its own that the test makes under build/
-(tests/support/numba_ptx.py runs there).
+Compile gate: every kernel signature the backend can request, lowered by Numba as
+numba.cuda.compile_ptx does, made into PTX for compute capability 7.0, 8.0 and 9.0
+(tests/support/numba_ptx.py) and assembled by ptxas -v. Fails on an error, a spill, local memory,
+more registers than the largest block the plan launches allows, shared memory over the 48 KB the
+backend plans with, or any float64 instruction in a float32 kernel; and, in the persistent kernels'
+sm_90 SASS, on a multiply-add loop over INSTRUCTIONS_PER_FMA instructions or over the CUDA C
+target's shared loads per multiply-add, or a staging loop with fewer loads in flight than the CUDA C
+target. CUDA 13 dropped Volta, so sm_70's PTX is made and assembled by a CUDA 12 Numba stack of the
+same Numba version, as a Volta user would have, in a virtual environment of its own that the test
+makes under build/ (tests/support/numba_ptx.py runs there).
 """
 import fcntl
 import json
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 
+import numba
+import numba_cuda as numba_cuda_package
 import numpy as np
 import pytest
 
@@ -31,16 +33,19 @@ from fastlstm.backends.plan import ARCHITECTURES, C_TYPES, DEFAULT_SHARED_MEMORY
 from fastlstm.kernels import numba_cuda
 
 from support import sass
-from support.numba_ptx import write_ptx
+from support.numba_ptx import lower, write_ptx
 from test_compile_gate import FMA_TARGETS, STAGING_TARGET
 
 TESTS = pathlib.Path(__file__).parent
 REGISTERS_PER_BLOCK = 65536
 INSTRUCTIONS_PER_FMA = 4.0  # in the persistent kernels' multiply-add loops at sm_90, at most
-CUDA12_PACKAGES = ["numpy", "numba", "numba-cuda[cu12]"]
-# Fails unless Numba runs on cuda-bindings 12; prints CUDA 12's ptxas.
-CUDA12_PROBE = ("import cuda.bindings, numba.cuda, nvidia.cuda_nvcc as nvcc; "
+# This environment's Numba, on CUDA 12 in the cuda12 fixture's stack: the IR lowered here is what it lowers.
+NUMBA_VERSIONS = (numba.__version__, numba_cuda_package.__version__)
+CUDA12_PACKAGES = ["numpy", f"numba=={NUMBA_VERSIONS[0]}", f"numba-cuda[cu12]=={NUMBA_VERSIONS[1]}"]
+# Fails unless Numba runs on cuda-bindings 12 in this environment's versions; prints CUDA 12's ptxas.
+CUDA12_PROBE = ("import cuda.bindings, numba, numba_cuda, nvidia.cuda_nvcc as nvcc; "
                 "assert cuda.bindings.__version__.startswith('12.'), cuda.bindings.__version__; "
+                f"assert (numba.__version__, numba_cuda.__version__) == {NUMBA_VERSIONS}; "
                 "print(list(nvcc.__path__)[0] + '/bin/ptxas')")
 
 
@@ -87,8 +92,8 @@ def test_the_launcher_imports_device_arrays_without_synchronising_their_stream(m
 
 
 def _signatures(dtype):
-    """The argument types the backend passes, as Numba signature strings (which
-    tests/support/numba_ptx.py takes to a CUDA 12 Numba): C-contiguous arrays and Python ints."""
+    """The argument types the backend passes, as Numba signature strings: C-contiguous arrays and
+    Python ints."""
     T = np.dtype(dtype).name
     a1, a2, a3, i = f"{T}[::1]", f"{T}[:, ::1]", f"{T}[:, :, ::1]", "int64"
     return {function: ", ".join(types) for function, types in {
@@ -119,9 +124,9 @@ def _run(command, failure):
 @pytest.fixture(scope="session")
 def cuda12(request):
     """(python, ptxas) of a CUDA 12 Numba stack in a virtual environment of its own,
-    build/numba-cuda12: numba-cuda[cu12] brings cuda-bindings 12 and CUDA 12's NVVM, NVRTC and
-    ptxas, as a Volta user would have. Made on first use (about 15 s and 0.8 GB) and reused while it
-    works; the test fails, not skips, where it cannot be made."""
+    build/numba-cuda12: this environment's Numba, whose numba-cuda[cu12] brings cuda-bindings 12 and CUDA 12's
+    NVVM, NVRTC and ptxas, as a Volta user would have. Made on first use (about 15 s and 0.8 GB) and
+    reused while it works; the test fails, not skips, where it cannot be made."""
     venv = request.config.rootpath / "build" / "numba-cuda12"
     python = str(venv / "bin" / "python")
     probe = [python, "-I", "-c", CUDA12_PROBE]
@@ -174,32 +179,33 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
 
 
 GATED = {"sm_70": (7, 0), "sm_80": (8, 0), "sm_90": (9, 0)}
-# The architectures each Numba stack compiles, each kernel lowered once for all of them. CUDA 13,
-# this environment's, no longer targets Volta: sm_70 is compiled and assembled by the CUDA 12 Numba
-# stack of the cuda12 fixture.
-STACKS = {"cuda12": ["sm_70"], "cuda13": ["sm_80", "sm_90"]}
+# CUDA 13, this environment's, no longer targets Volta: sm_70's PTX is made by the NVVM of the
+# cuda12 fixture's stack and assembled by its ptxas.
+CUDA12_ARCHITECTURES = {"sm_70"}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("stack", STACKS)
-def test_every_kernel_compiles_without_spills_or_float64_in_float32(stack, dtype, tmp_path, request):
-    signatures, ccs = _signatures(dtype), [GATED[arch] for arch in STACKS[stack]]
-    if stack == "cuda12":
-        python, ptxas = request.getfixturevalue("cuda12")
-        _run([python, "-I", str(TESTS / "support" / "numba_ptx.py"), numba_cuda.__file__,
-              ",".join("%d.%d" % cc for cc in ccs), np.dtype(dtype).name, json.dumps(signatures), str(tmp_path)],
-             f"numba-cuda (CUDA 12) failed for {STACKS[stack]}")
-    else:
-        ptxas = "ptxas"
-        write_ptx(numba_cuda, ccs, dtype, signatures, tmp_path)
-    for arch in STACKS[stack]:
+def test_every_kernel_compiles_without_spills_or_float64_in_float32(dtype, tmp_path, request):
+    signatures = _signatures(dtype)
+    lower(numba_cuda, dtype, signatures, tmp_path)
+    ptxas = {}
+    for arch, cc in GATED.items():
+        if arch in CUDA12_ARCHITECTURES:
+            python, ptxas[arch] = request.getfixturevalue("cuda12")
+            _run([python, "-I", str(TESTS / "support" / "numba_ptx.py"), "%d.%d" % cc, str(tmp_path)],
+                 f"CUDA 12's NVVM failed for {arch}")
+        else:
+            ptxas[arch] = "ptxas"
+            write_ptx(cc, tmp_path)
+    for arch in GATED:
         for function in signatures:
-            _assemble_and_check(tmp_path / f"{function}.{arch.replace('_', '')}.ptx", arch, ptxas, function, dtype)
+            _assemble_and_check(tmp_path / f"{function}.{arch.replace('_', '')}.ptx", arch, ptxas[arch], function,
+                                dtype)
 
 
 def test_the_kernels_keep_the_plans_constants():
-    """The kernels file cannot import the plan (tests/support/numba_ptx.py loads it alone), so it
-    repeats what it must agree with."""
+    """The kernels file does not import the plan (the kernels stay apart from the backends' glue),
+    so it repeats what it must agree with."""
     assert numba_cuda.PERSISTENT_THREADS == plan.PERSISTENT_THREADS
     assert numba_cuda.ROWS == plan.ROWS_PER_THREAD
     assert numba_cuda.VECTOR_BYTES == plan.VECTOR_BYTES
