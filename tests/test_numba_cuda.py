@@ -14,7 +14,6 @@ same Numba version, as a Volta user would have, in a virtual environment of its 
 makes under build/ (tests/support/numba_ptx.py runs there).
 """
 import fcntl
-import json
 import os
 import pathlib
 import re
@@ -39,7 +38,7 @@ from test_compile_gate import FMA_TARGETS, STAGING_TARGET
 TESTS = pathlib.Path(__file__).parent
 REGISTERS_PER_BLOCK = 65536
 INSTRUCTIONS_PER_FMA = 4.0  # in the persistent kernels' multiply-add loops at sm_90, at most
-# This environment's Numba, on CUDA 12 in the cuda12 fixture's stack: the IR lowered here is what it lowers.
+# The cuda12 fixture's stack runs this environment's Numba, so the IR lowered here is what it would lower.
 NUMBA_VERSIONS = (numba.__version__, numba_cuda_package.__version__)
 CUDA12_PACKAGES = ["numpy", f"numba=={NUMBA_VERSIONS[0]}", f"numba-cuda[cu12]=={NUMBA_VERSIONS[1]}"]
 # Fails unless Numba runs on cuda-bindings 12 in this environment's versions; prints CUDA 12's ptxas.
@@ -124,9 +123,9 @@ def _run(command, failure):
 @pytest.fixture(scope="session")
 def cuda12(request):
     """(python, ptxas) of a CUDA 12 Numba stack in a virtual environment of its own,
-    build/numba-cuda12: this environment's Numba, whose numba-cuda[cu12] brings cuda-bindings 12 and CUDA 12's
-    NVVM, NVRTC and ptxas, as a Volta user would have. Made on first use (about 15 s and 0.8 GB) and
-    reused while it works; the test fails, not skips, where it cannot be made."""
+    build/numba-cuda12: this environment's Numba, whose numba-cuda[cu12] brings cuda-bindings 12 and
+    CUDA 12's NVVM, NVRTC and ptxas, as a Volta user would have. Made on first use (about 15 s and
+    0.8 GB) and reused while it works; the test fails, not skips, where it cannot be made."""
     venv = request.config.rootpath / "build" / "numba-cuda12"
     python = str(venv / "bin" / "python")
     probe = [python, "-I", "-c", CUDA12_PROBE]
