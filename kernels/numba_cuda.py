@@ -20,9 +20,9 @@ from numba import config, cuda, from_dtype, uint32
 from .activation_ids import HARD_SIGMOID, HARD_SIGMOID_KERAS2, RELU, SIGMOID, SOFTSIGN, TANH
 
 # As fastlstm.backends.plan, which this file does not import (the kernels stay apart from the
-# backends' glue): the persistent kernels' most threads a block by itemsize, so that the compiler may use
-# 128 registers a thread in float32 and 255 in float64; the rows a thread computes; the unit of
-# recurrent_kernel's padded rows in shared memory.
+# backends' glue): the persistent kernels' most threads a block by itemsize, so that the compiler
+# may use 128 registers a thread in float32 and 255 in float64; the rows a thread computes; the
+# unit of recurrent_kernel's padded rows in shared memory.
 PERSISTENT_THREADS = {4: 512, 8: 256}
 ROWS = 4
 VECTOR_BYTES = 16

@@ -187,19 +187,16 @@ CUDA12_ARCHITECTURES = {"sm_70"}
 def test_every_kernel_compiles_without_spills_or_float64_in_float32(dtype, tmp_path, request):
     signatures = _signatures(dtype)
     lower(numba_cuda, dtype, signatures, tmp_path)
-    ptxas = {}
     for arch, cc in GATED.items():
         if arch in CUDA12_ARCHITECTURES:
-            python, ptxas[arch] = request.getfixturevalue("cuda12")
+            python, ptxas = request.getfixturevalue("cuda12")
             _run([python, "-I", str(TESTS / "support" / "numba_ptx.py"), "%d.%d" % cc, str(tmp_path)],
                  f"CUDA 12's NVVM failed for {arch}")
         else:
-            ptxas[arch] = "ptxas"
+            ptxas = "ptxas"
             write_ptx(cc, tmp_path)
-    for arch in GATED:
         for function in signatures:
-            _assemble_and_check(tmp_path / f"{function}.{arch.replace('_', '')}.ptx", arch, ptxas[arch], function,
-                                dtype)
+            _assemble_and_check(tmp_path / f"{function}.{arch.replace('_', '')}.ptx", arch, ptxas, function, dtype)
 
 
 def test_the_kernels_keep_the_plans_constants():
