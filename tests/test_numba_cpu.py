@@ -156,11 +156,30 @@ def test_the_product_with_packed_weights_wants_rows_that_are_contiguous():
 def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypatch):
     """NUMBA_NUM_THREADS=1 (as in the --jobs workers) keeps the whole batch on one thread."""
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
-    assert numba_cpu._slices(10) == [slice(0, 10)]
+    assert numba_cpu._slices(1000) == [slice(0, 1000)]
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
     slices = numba_cpu._slices(10)
     assert len(slices) == min(10, usable_cores())
     assert [s.start for s in slices[1:]] == [s.stop for s in slices[:-1]] and slices[-1].stop == 10
+
+
+@pytest.mark.parametrize("cores", [2, 3, 4])
+def test_each_core_takes_a_large_part_then_a_quarter_part_when_the_quarters_are_large_enough(monkeypatch, cores):
+    """So that a thread slowed by another framework's spinning threads leaves its small part to the others."""
+    monkeypatch.setattr(numba_cpu, "usable_cores", lambda: cores)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
+    for batch in range(1, 2000, 7):
+        slices = numba_cpu._slices(batch)
+        sizes = [s.stop - s.start for s in slices]
+        assert slices[0].start == 0 and slices[-1].stop == batch
+        assert all(a.stop == b.start for a, b in zip(slices, slices[1:])), batch
+        tail = batch // (numba_cpu.TAIL_SHARE * cores)
+        if tail >= numba_cpu.MIN_TAIL_SAMPLES:
+            assert len(sizes) == 2 * cores and min(sizes[:cores]) >= max(sizes[cores:]) > 0, (batch, sizes)
+            # each core's large part plus a small one: the same work alone
+            assert max(sizes[:cores]) - min(sizes[:cores]) <= 1 and max(sizes[cores:]) - tail < cores, (batch, sizes)
+        else:
+            assert len(sizes) == min(cores, batch) and max(sizes) - min(sizes) <= 1, (batch, sizes)
 
 
 class _StalledPool:

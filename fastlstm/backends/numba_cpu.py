@@ -2,7 +2,7 @@
 
 When a step's work is small (the alphabet's shapes, where a BLAS call per step would cost more
 than the step), the whole layer runs in one compiled call: the input projection, the recurrence
-and the weight gradients as loops. Otherwise each core takes a slice of the samples and runs the
+and the weight gradients as loops. Otherwise the cores take slices of the samples and run the
 forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step,
 with the weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one
 compiled pointwise step; the backward one likewise, then its dx and share of the weight gradients
@@ -87,12 +87,30 @@ class SingleThreadedBlas:
                 self._limiter.restore_original_limits()
 
 
+# A quarter of the samples go to small parts that the threads take last (_slices), each part at
+# least this many samples: below that, a part's fixed costs per step (its own product and
+# pointwise calls) outweigh the balance it buys (bench/test_kernels.py at 128, 25, 16, 32).
+TAIL_SHARE = 4
+MIN_TAIL_SAMPLES = 24
+
+
 def _slices(batch):
-    """The samples of each core: as many slices of the batch as cores, or samples if fewer. (Two
-    or four slices a core, taken as threads come free, ran no faster beside a busy process and
-    up to a quarter slower alone, at 128 to 1024 samples: each step's product had fewer rows.)"""
-    bounds = np.linspace(0, batch, min(_cores(), batch) + 1).astype(int)
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    """The parts of the batch the threads take, largest first: on each core a part of three
+    quarters of its share, then a part of the last quarter. A thread that another thread slows
+    (a framework's pool spinning on its core after that framework's call) thus ends its large part
+    late, and the others take the small ones (bench/test_side_by_side.py at 256, 25, 64, 128's
+    forward: 14.5 ms rather than 16.7; the same alone). Smaller parts, or more of them, ran
+    slower alone: each step's product has fewer rows. With quarters under MIN_TAIL_SAMPLES, one
+    part a core; as many parts as samples if fewer."""
+    cores = min(_cores(), batch)
+    tail = batch // (TAIL_SHARE * cores)
+    if cores > 1 and tail >= MIN_TAIL_SAMPLES:
+        heads = [(batch - tail * cores) // cores] * cores
+        sizes = heads + [tail] * (cores - 1) + [batch - sum(heads) - tail * (cores - 1)]
+    else:
+        sizes = np.diff(np.linspace(0, batch, cores + 1).astype(int))
+    bounds = np.cumsum([0, *sizes])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _on_every_core(work, parts):
@@ -145,15 +163,15 @@ def _codes(activation, recurrent_activation):
 
 
 def runs_stepwise(batch, time, units):
-    """Whether a layer of this shape runs on the stepwise path (a product per step, a slice of the
-    samples per core) rather than in one compiled call."""
+    """Whether a layer of this shape runs on the stepwise path (a product per step, slices of the
+    samples over the cores) rather than in one compiled call."""
     step = batch * units * 4 * units
     # & rather than and: the drop-in asks with TensorFlow's batch size, a tensor, when fit's step runs.
     return (step >= STEPWISE_WORK) & (step * time >= 16 * STEPWISE_WORK)
 
 
 class Share(NamedTuple):
-    """One core's share of the samples in a stepwise forward pass, what its backward pass reads.
+    """One slice of the samples (see _slices) in a stepwise forward pass, what its backward pass reads.
     Time-major, so that a step's rows lie together in memory: the pointwise steps are slower over
     rows a whole sequence apart, as [batch, time, ...] has them (bench/test_kernels.py's
     forward_backward at 1024, 25, 64, 128)."""
@@ -175,7 +193,7 @@ class Stepwise(NamedTuple):
     recurrent_kernel: np.ndarray
     has_bias: bool
     options: tuple
-    shares: list  # a Share per core
+    shares: list  # a Share per slice
 
 
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
@@ -203,8 +221,8 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
 
 
 def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
-    """The forward recurrence as one product and one compiled step per time step, a slice of the
-    samples per core. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
+    """The forward recurrence as one product and one compiled step per time step, slices of the
+    samples over the cores. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
     one product with the inputs' and the state's rows together runs faster than the input
     projection over all steps and a product per step apart, whose few inputs make a thin product
     (bench/test_kernels.py at 256, 25, 64, 128). The weights are packed once for
@@ -212,7 +230,7 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
     call (bench/test_kernels.py at 64, 100, 128, 512). The product is made in the step's gates,
     which the compiled step activates in place.
     weights: [kernel; recurrent_kernel], [input_dim + units, 4*units]. Fills sequences
-    [batch, time, units] (every step's output) unless None; returns a Share per core."""
+    [batch, time, units] (every step's output) unless None; returns a Share per slice."""
     batch, time, input_dim = x.shape
     units = weights.shape[1] // 4
     packed = cpu_matmul.pack_columns(weights)
@@ -258,7 +276,7 @@ def backward(saved, dy, dhT, dcT):
 
 
 def _backward_stepwise(saved, dy, dh, dc):
-    """The stepwise pass backwards, each core on the samples of its Share: the recurrence, a
+    """The stepwise pass backwards, a Share at a time on each core: the recurrence, a
     compiled pointwise step and one packed product per step, then the slice's dx and share of the
     weight gradients as products over all its steps. dy: [batch, time, units] or None; dh, dc
     [batch, units]: the gradients w.r.t. the final state, turned into those w.r.t. the initial
