@@ -105,8 +105,8 @@ def _slices(batch):
     cores = min(_cores(), batch)
     tail = batch // (TAIL_SHARE * cores)
     if cores > 1 and tail >= MIN_TAIL_SAMPLES:
-        heads = [(batch - tail * cores) // cores] * cores
-        sizes = heads + [tail] * (cores - 1) + [batch - sum(heads) - tail * (cores - 1)]
+        head = (batch - tail * cores) // cores
+        sizes = [head] * cores + [tail] * (cores - 1) + [batch - head * cores - tail * (cores - 1)]
     else:
         sizes = np.diff(np.linspace(0, batch, cores + 1).astype(int))
     bounds = np.cumsum([0, *sizes])
