@@ -6,7 +6,8 @@
 - :func:`stop_children`: ends every worker at once.
 - :func:`blocked`: signals held back in the calling thread, and in the threads and processes it starts.
 - :func:`interruptible`: SIGINT and SIGTERM raise :class:`Interrupted`, so that the main process
-  can stop its workers and end in one line.
+  can stop its workers and end in one line; :func:`raise_if_interrupted` raises it again where it
+  was lost.
 """
 import concurrent.futures
 import contextlib
@@ -99,16 +100,27 @@ class WorkerPool(concurrent.futures.ProcessPoolExecutor):
         return False
 
 
+# The longest a wait for runs sleeps at a time, then looks whether a signal came (see
+# raise_if_interrupted): an untimed wait would sleep through one whose handler's exception was lost,
+# or that the kernel gave to another thread (Dask's client starts threads that do not block it).
+WAKE_SECONDS = 0.1
+
+
 def wait_for(futures, label):
     """The results of ``futures`` in their order, once all are done, with 'label: k/n runs done' on
     a progress line meanwhile; a worker's exception is raised as soon as it comes back, with the
     worker's traceback as its cause."""
     progress = Progress(label, counts="{}/{} runs done")
+    pending = set(futures)
     try:
         progress(0, len(futures))
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            future.result()
-            progress(done, len(futures))
+        while pending:
+            done, pending = concurrent.futures.wait(pending, WAKE_SECONDS, concurrent.futures.FIRST_COMPLETED)
+            raise_if_interrupted()
+            for future in done:
+                future.result()
+            if done:
+                progress(len(futures) - len(pending), len(futures))
     finally:
         progress.close()
     return [future.result() for future in futures]
@@ -137,19 +149,39 @@ class Interrupted(BaseException):
         self.signal_number = signal_number
 
 
+_received = []  # the signal that interrupted the block of interruptible(), once its handler ran
+
+
 def _interrupt(signal_number, frame):
     # Once only: a second signal must not cut short the stopping of the workers.
     for name in (signal.SIGINT, signal.SIGTERM):
         signal.signal(name, signal.SIG_IGN)
+    _received.append(signal_number)
     raise Interrupted(signal_number)
+
+
+def raise_if_interrupted():
+    """Raises Interrupted if a signal came inside interruptible()'s block. Its handler raised it
+    already, but wherever the main thread ran Python at that moment: in a garbage collector's
+    callback or a finalizer (Dask's client installs a callback) Python cannot raise it, and hands
+    it to sys.unraisablehook instead, and the signal is ignored from then on."""
+    if _received:
+        raise Interrupted(_received[0])
 
 
 @contextlib.contextmanager
 def interruptible():
-    """SIGINT and SIGTERM raise Interrupted inside the block; their handlers are restored after it."""
+    """SIGINT and SIGTERM raise Interrupted inside the block; their handlers are restored after it.
+    An Interrupted that Python could not raise (see raise_if_interrupted) is not printed."""
+    _received.clear()
     before = {name: signal.signal(name, _interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
+    unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None if isinstance(unraisable.exc_value, Interrupted) \
+        else unraisable_hook(unraisable)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable_hook
         for name, handler in before.items():
             signal.signal(name, handler)
+        _received.clear()

@@ -1,13 +1,18 @@
 """The installed ``fastlstm`` command."""
+import concurrent.futures
+import gc
 import io
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import numba
 import pytest
@@ -15,7 +20,7 @@ import pytest
 import fastlstm
 from fastlstm import cli, experiments
 from fastlstm.utils import Progress, usable_cores, write_json
-from fastlstm.workers import WorkerPool, wait_for
+from fastlstm.workers import Interrupted, WorkerPool, interruptible, wait_for
 
 
 NEUTRAL = tempfile.gettempdir()  # run from here, so `python -m fastlstm` finds the installed package
@@ -113,6 +118,33 @@ def test_workers_run_one_thread_each_and_leave_this_process_as_it_was():
     assert dict(os.environ) == before
     with WorkerPool(1) as executor:
         assert wait_for([executor.submit(numba.get_num_threads)], "numba") == [1]
+
+
+def test_a_signal_whose_exception_python_could_not_raise_still_ends_the_wait(capsys):
+    """A Ctrl-C whose handler runs inside a garbage collector's callback (as Dask's client installs
+    one): Python drops the handler's exception there, and the signal is ignored from then on, so
+    the command once waited for runs that no longer stopped."""
+    def callback(phase, info):
+        if phase == "start":
+            signal.raise_signal(signal.SIGINT)  # its handler runs here, before raise_signal returns
+
+    never = concurrent.futures.Future()
+    timer = threading.Timer(5.0, never.set_result, [None])  # ends the wait where the signal was lost
+    timer.start()
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(Interrupted), interruptible():
+            gc.collect()
+            gc.callbacks.remove(callback)
+            start = time.monotonic()
+            wait_for([never], "runs")
+    finally:
+        timer.cancel()
+        if callback in gc.callbacks:
+            gc.callbacks.remove(callback)
+    assert time.monotonic() - start < 1
+    assert "Interrupted" not in capsys.readouterr().err  # not printed as an exception Python ignored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_workers_exception_is_raised_with_its_traceback():
