@@ -128,6 +128,7 @@ def test_a_signal_whose_exception_python_could_not_raise_still_ends_the_wait(cap
         if phase == "start":
             signal.raise_signal(signal.SIGINT)  # its handler runs here, before raise_signal returns
 
+    handler = signal.getsignal(signal.SIGINT)  # SIG_IGN in a pytest-xdist worker
     never = concurrent.futures.Future()
     timer = threading.Timer(5.0, never.set_result, [None])  # ends the wait where the signal was lost
     timer.start()
@@ -144,7 +145,7 @@ def test_a_signal_whose_exception_python_could_not_raise_still_ends_the_wait(cap
             gc.callbacks.remove(callback)
     assert time.monotonic() - start < 1
     assert "Interrupted" not in capsys.readouterr().err  # not printed as an exception Python ignored
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_a_workers_exception_is_raised_with_its_traceback():
