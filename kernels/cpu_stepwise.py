@@ -10,27 +10,35 @@ step's rows lie together.
 """
 from numba import njit
 
-from .cpu_arithmetic import FLAGS, add_to
+from .cpu_arithmetic import FLAGS, add_to, copy_to
 from .cpu_lstm import backward_step, forward_step
 from .cpu_matmul import matmul_packed
 
 
 @njit(**FLAGS)
-def forward_slice(inputs, packed_weights, bias, gates, c, act_c, activation, recurrent_activation):
+def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequences, activation,
+                  recurrent_activation):
     """The forward recurrence of n samples over time steps.
 
-    inputs [time + 1, n, input_dim + units]: each step's product rows ``[x_t, h_{t-1}]``, with x
-    and h0 (in ``inputs[0, :, input_dim:]``) on entry; every h_t is written into the next step's
-    rows, h_T into ``inputs[time, :, input_dim:]``. packed_weights: ``[kernel; recurrent_kernel]``
-    as ``cpu_matmul.pack_columns`` packs it; bias [4*units], empty for none; c [time + 1, n,
-    units]: c0 in c[0] on entry, c_t in c[t] on return. Fills gates [time, n, 4*units] (the
-    activated gates) and act_c [time, n, units] (``activation(c_t)``).
+    x [n, time, input_dim], h0, c0 [n, units]: the slice's inputs and initial state, copied in here
+    rather than by NumPy from Python, where the threads of the other slices would wait for the
+    interpreter's lock. inputs [time + 1, n, input_dim + units]: filled with each step's product
+    rows ``[x_t, h_{t-1}]``, h_T in ``inputs[time, :, input_dim:]``. packed_weights: ``[kernel;
+    recurrent_kernel]`` as ``cpu_matmul.pack_columns`` packs it; bias [4*units], empty for none.
+    Fills c [time + 1, n, units] (c0, c_1 .. c_T), gates [time, n, 4*units] (the activated gates),
+    act_c [time, n, units] (``activation(c_t)``) and sequences [n, time, units] (every step's h),
+    unless it is empty.
     """
-    input_dim = inputs.shape[2] - c.shape[2]
+    input_dim = x.shape[2]
+    copy_to(inputs[0, :, input_dim:], h0)
+    copy_to(c[0], c0)
     for t in range(gates.shape[0]):
+        copy_to(inputs[t, :, :input_dim], x[:, t])
         matmul_packed(inputs[t], packed_weights, gates[t])
         forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, activation,
                      recurrent_activation)
+        if sequences.shape[0]:
+            copy_to(sequences[:, t], inputs[t + 1, :, input_dim:])
 
 
 @njit(**FLAGS)

@@ -108,22 +108,22 @@ def _slices(batch):
         head = (batch - tail * cores) // cores
         sizes = [head] * cores + [tail] * (cores - 1) + [batch - head * cores - tail * (cores - 1)]
     else:
-        sizes = np.diff(np.linspace(0, batch, cores + 1).astype(int))
-    bounds = np.cumsum([0, *sizes])
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        sizes = [batch * (k + 1) // cores - batch * k // cores for k in range(cores)]
+    bounds = list(itertools.accumulate(sizes, initial=0))  # plain integers: NumPy's take longer for a few
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _on_every_core(work, parts):
     """Runs ``work(part)`` for every part (a slice of the samples) and returns their results in
-    order. This thread and the pool's take the parts one at a time until none is left, each with a
-    single-threaded BLAS: this thread runs every part no pool thread has started, so it waits only
+    order. This thread and the pool's take the parts one at a time until none is left: this thread runs every part no pool thread has started, so it waits only
     for parts other threads have taken, never for a thread still waking up (its core busy with
     another process or another framework's spinning threads; on a virtual machine a wake-up
     alone costs about 0.1 ms). The slices' recurrences are independent, so they need
-    no synchronisation, and BLAS threads would fight them for the cores. Nothing of this backend
-    runs a multi-threaded BLAS product: OpenBLAS's threads keep spinning after one and slow the
-    next recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
-    pool, single_threaded_blas = _threads()
+    no synchronisation. A caller whose work runs BLAS products runs this inside
+    ``_threads()[1]``, a single-threaded BLAS: BLAS threads would fight the parts for the cores, and
+    OpenBLAS's keep spinning after a product and slow the next recurrence down
+    (bench/test_kernels.py at 256, 25, 64, 128)."""
+    pool, _ = _threads()
     outcomes = [None] * len(parts)
     taken = itertools.count()  # next() on it is atomic: each part is taken once
     finished = threading.Semaphore(0)
@@ -137,12 +137,11 @@ def _on_every_core(work, parts):
             finally:
                 finished.release()
 
-    with single_threaded_blas:
-        for _ in range(min(_cores(), len(parts)) - 1):
-            pool.submit(take_parts)
-        take_parts()
-        for _ in parts:
-            finished.acquire()
+    for _ in range(min(_cores(), len(parts)) - 1):
+        pool.submit(take_parts)
+    take_parts()
+    for _ in parts:
+        finished.acquire()
     for succeeded, value in outcomes:
         if not succeeded:
             raise value
@@ -207,6 +206,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
         weights = np.concatenate([kernel, recurrent_kernel])
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
         x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
+        h0, c0 = np.ascontiguousarray(h0), np.ascontiguousarray(c0)  # one compiled specialisation
         shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes)
         hT = np.concatenate([share.inputs[time, :, input_dim:] for share in shares])
         cT = np.concatenate([share.c[time] for share in shares])
@@ -234,6 +234,7 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
     batch, time, input_dim = x.shape
     units = weights.shape[1] // 4
     packed = cpu_matmul.pack_columns(weights)
+    no_sequences = np.empty((0, time, units), x.dtype)
 
     def recurrence(samples):
         n = samples.stop - samples.start
@@ -241,12 +242,8 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
         gates = MEMORY.empty((time, n, 4 * units), x.dtype)
         c = MEMORY.empty((time + 1, n, units), x.dtype)
         act_c = MEMORY.empty((time, n, units), x.dtype)
-        inputs[:time, :, :input_dim] = x[samples].transpose(1, 0, 2)
-        inputs[0, :, input_dim:] = h0[samples]
-        c[0] = c0[samples]
-        cpu_stepwise.forward_slice(inputs, packed, bias, gates, c, act_c, *codes)
-        if sequences is not None:
-            sequences[samples] = inputs[1:, :, input_dim:].transpose(1, 0, 2)
+        cpu_stepwise.forward_slice(x[samples], h0[samples], c0[samples], inputs, packed, bias, gates, c, act_c,
+                                   no_sequences if sequences is None else sequences[samples], *codes)
         return Share(samples, inputs, gates, c, act_c)
 
     return _on_every_core(recurrence, _slices(batch))
@@ -300,7 +297,8 @@ def _backward_stepwise(saved, dy, dh, dc):
         dx[samples] = dx_steps.transpose(1, 0, 2)
         return dkernel, drecurrent_kernel, dbias
 
-    parts = _on_every_core(recurrence, shares)
+    with _threads()[1]:  # a single-threaded BLAS (see _on_every_core)
+        parts = _on_every_core(recurrence, shares)
     dkernel, drecurrent_kernel = (sum(part[i] for part in parts) for i in (0, 1))
     return dx, dkernel, drecurrent_kernel, sum(part[2] for part in parts) if has_bias else None
 
