@@ -51,8 +51,10 @@ def _compile_forward(dtype, ready):
                      *CODES, False, np.zeros(4 * units, dtype))
     ready.send(True)
     ready.close()
+    state = np.zeros((1, 2, units), dtype)
     forward(np.zeros((1, 1, 1), dtype), np.zeros((1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
-            np.zeros(4 * units, dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype), *CODES)
+            np.zeros(4 * units, dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype), state, state.copy(),
+            np.zeros((1, 1, 4 * units), dtype), np.zeros((1, 1, units), dtype), *CODES)
 
 
 def _call_backward_sequence(dtype):

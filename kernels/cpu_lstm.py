@@ -201,24 +201,11 @@ def add_weight_gradients(x, h, dz, dkernel, drecurrent_kernel, dbias, zero_state
 
 
 @njit(**FLAGS)
-def forward(x, kernel, recurrent_kernel, bias, h0, c0, activation, recurrent_activation):
-    """A whole LSTM layer forward: x [batch, time, features] in processing order, bias empty for
-    none, h0, c0 [batch, units]. Returns h, c [batch, time + 1, units] (h0, c0 at time index 0),
-    gates [batch, time, 4*units] (activated) and act_c [batch, time, units]."""
-    batch, time, _ = x.shape
-    units = recurrent_kernel.shape[0]
-    h = np.empty((batch, time + 1, units), x.dtype)
-    c = np.empty_like(h)
-    gates = np.empty((batch, time, 4 * units), x.dtype)
-    act_c = np.empty((batch, time, units), x.dtype)
-    forward_into(x, kernel, recurrent_kernel, bias, h0, c0, h, c, gates, act_c, activation, recurrent_activation)
-    return h, c, gates, act_c
-
-
-@njit(**FLAGS)
-def forward_into(x, kernel, recurrent_kernel, bias, h0, c0, h, c, gates, act_c, activation, recurrent_activation):
-    """:func:`forward` into the caller's arrays h, c, gates and act_c (of the shapes it returns),
-    for a caller whose memory is not NumPy's (an XLA program's buffers, fastlstm/keras/xla_lstm.py)."""
+def forward(x, kernel, recurrent_kernel, bias, h0, c0, h, c, gates, act_c, activation, recurrent_activation):
+    """A whole LSTM layer forward, into the caller's arrays (a memory pool's, or an XLA program's
+    buffers: fastlstm/keras/xla_lstm.py): x [batch, time, features] in processing order, bias
+    empty for none, h0, c0 [batch, units]. Fills h, c [batch, time + 1, units] (h0, c0 at time
+    index 0), gates [batch, time, 4*units] (activated) and act_c [batch, time, units]."""
     copy_to(h[:, 0], h0)
     copy_to(c[:, 0], c0)
     project(x, kernel, bias, gates)
@@ -229,14 +216,13 @@ def forward_into(x, kernel, recurrent_kernel, bias, h0, c0, h, c, gates, act_c, 
 
 
 @njit(**FLAGS)
-def backward(x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, dy, dh, dc, activation,
+def backward(x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, dy, dh, dc, dz, activation,
              recurrent_activation):
     """A whole LSTM layer backward, from what :func:`forward` made (and x, kernel,
     recurrent_kernel as it had them); dy, dh, dc as :func:`backward_sequence` takes them (dh, dc
-    hold the gradients w.r.t. h0, c0 on return). Returns the gradients w.r.t. x [batch, time,
-    features] (processing order), kernel, recurrent_kernel and bias (empty when has_bias is
-    False)."""
-    dz = np.empty_like(gates)
+    hold the gradients w.r.t. h0, c0 on return); dz [batch, time, 4*units]: scratch, the
+    caller's. Returns the gradients w.r.t. x [batch, time, features] (processing order), kernel,
+    recurrent_kernel and bias (empty when has_bias is False)."""
     backward_sequence(gates, c, act_c, recurrent_kernel, dy, dh, dc, dz, activation, recurrent_activation,
                       bool(True))  # not a literal, as train_epoch's call
     dkernel = np.zeros_like(kernel)

@@ -2,6 +2,7 @@
 reference, the fused training pass against the layer-by-layer one, and its absence without numba.
 The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
 import contextlib
+import mmap
 import pathlib
 import re
 import threading
@@ -233,10 +234,22 @@ def test_a_part_that_fails_raises_its_error_in_the_calling_thread_after_every_pa
     assert sorted(done) == [1, 2]
 
 
-def test_results_and_caches_outlive_later_calls_whose_memory_is_recycled(path):
+def test_the_one_call_paths_large_arrays_come_from_the_memory_pool(monkeypatch):
+    """From POOLED_BYTES on, as the stepwise path's, so that glibc does not hand their memory back
+    to the system between calls; smaller ones are NumPy's own."""
+    monkeypatch.setattr(numba_cpu, "STEPWISE_WORK", 1 << 62)
+    rng = np.random.default_rng(0)
+    large = lstm_forward(**random_inputs(rng, 32, 25, 16, 32, dtype=np.float32), backend="numba_cpu").cache.saved
+    small = lstm_forward(**random_inputs(rng, 2, 3, 4, 5, dtype=np.float32), backend="numba_cpu").cache.saved
+    assert large.gates.nbytes >= numba_cpu.POOLED_BYTES > small.gates.nbytes
+    assert isinstance(large.gates.base, mmap.mmap) and small.gates.flags.owndata
+
+
+def test_results_and_caches_outlive_later_calls_whose_memory_is_recycled(path, monkeypatch):
     """Two layers of one shape, both forward before either backward, and every result kept: no
-    later call writes over an earlier call's outputs, cache or gradients (the stepwise path makes
-    its large arrays in recycled memory)."""
+    later call writes over an earlier call's outputs, cache or gradients (both paths make their
+    large arrays in recycled memory: here every array, POOLED_BYTES 0)."""
+    monkeypatch.setattr(numba_cpu, "POOLED_BYTES", 0)
     shape, options = (6, 4, 3, 5), dict(return_sequences=True)
     inputs = [random_inputs(np.random.default_rng(seed), *shape, dtype=np.float64) for seed in (1, 2)]
     dy = np.random.default_rng(3).standard_normal((6, 4, 5))

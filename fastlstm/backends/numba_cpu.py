@@ -6,8 +6,8 @@ and the weight gradients as loops. Otherwise the cores take slices of the sample
 forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step,
 with the weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one
 compiled pointwise step; the backward one likewise, then its dx and share of the weight gradients
-as BLAS products over all time steps (single-threaded: one per core). The large arrays reuse the
-memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
+as BLAS products over all time steps (single-threaded: one per core). The large arrays of either
+path reuse the memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
 on first use per dtype and cached on disk.
 
 Of the contract's optional functions it implements :func:`all_finite` and :func:`train_epoch`,
@@ -40,6 +40,13 @@ STEPWISE_WORK = 1 << 18
 # The large shapes' arrays reuse the memory of earlier calls' (see fastlstm.backends.memory): a
 # forward and backward pass at batch 1024, 25 steps, 64 inputs, 128 units takes about 180 MB.
 MEMORY = Pool(capacity=256 << 20)
+
+# The one-call path takes its arrays of this size and more from MEMORY too: glibc gave such blocks
+# back to the system between calls, depending on what the process had freed before, and the next
+# call faulted them in again (forward+backward at 32, 25, 16, 32 took 1.1 ms rather than 0.67 on a
+# Zen 4 after a stepwise backward pass had run). Smaller ones come from NumPy, at a fraction of
+# the pool's cost per array.
+POOLED_BYTES = 1 << 16
 
 # What this backend implements of the contract in fastlstm.backends.
 CAPABILITIES = ("forward", "backward", "all_finite", "train_epoch")
@@ -115,14 +122,14 @@ def _slices(batch):
 
 def _on_every_core(work, parts):
     """Runs ``work(part)`` for every part (a slice of the samples) and returns their results in
-    order. This thread and the pool's take the parts one at a time until none is left: this thread runs every part no pool thread has started, so it waits only
-    for parts other threads have taken, never for a thread still waking up (its core busy with
-    another process or another framework's spinning threads; on a virtual machine a wake-up
-    alone costs about 0.1 ms). The slices' recurrences are independent, so they need
-    no synchronisation. A caller whose work runs BLAS products runs this inside
-    ``_threads()[1]``, a single-threaded BLAS: BLAS threads would fight the parts for the cores, and
-    OpenBLAS's keep spinning after a product and slow the next recurrence down
-    (bench/test_kernels.py at 256, 25, 64, 128)."""
+    order. This thread and the pool's take the parts one at a time until none is left: this
+    thread runs every part no pool thread has started, so it waits only for parts other threads
+    have taken, never for a thread still waking up (its core busy with another process or another
+    framework's spinning threads; on a virtual machine a wake-up alone costs about 0.1 ms). The
+    slices' recurrences are independent, so they need no synchronisation. A caller whose work
+    runs BLAS products runs this inside ``_threads()[1]``, a single-threaded BLAS: BLAS threads
+    would fight the parts for the cores, and OpenBLAS's keep spinning after a product and slow the
+    next recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
     pool, _ = _threads()
     outcomes = [None] * len(parts)
     taken = itertools.count()  # next() on it is atomic: each part is taken once
@@ -155,6 +162,12 @@ def probe():
 def all_finite(a):
     """Whether the array a holds no NaN and no inf (for ops' check, in one compiled pass)."""
     return cpu_arithmetic.all_finite(a.reshape(-1))
+
+
+def _allocator(nbytes):
+    """What makes the one-call path's arrays, the largest of nbytes: MEMORY.empty from
+    POOLED_BYTES on, else np.empty."""
+    return MEMORY.empty if nbytes >= POOLED_BYTES else np.empty
 
 
 def _codes(activation, recurrent_activation):
@@ -214,7 +227,10 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
         return (hT.copy() if sequences is None else sequences), hT, cT, saved
     x = sequence.owned_in_processing_order(np, x, options.go_backwards)
     kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
-    h, c, gates, act_c = cpu_lstm.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, *codes)
+    empty = _allocator(batch * time * 4 * units * x.itemsize)  # gates, the largest
+    h, c = empty((batch, time + 1, units), x.dtype), empty((batch, time + 1, units), x.dtype)
+    gates, act_c = empty((batch, time, 4 * units), x.dtype), empty((batch, time, units), x.dtype)
+    cpu_lstm.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, h, c, gates, act_c, *codes)
     outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
     saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
@@ -263,9 +279,10 @@ def backward(saved, dy, dhT, dcT):
         dx, dkernel, drecurrent_kernel, dbias = _backward_stepwise(saved, dy_steps, dh, dc)
     else:
         x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c, options = saved
+        dz = _allocator(gates.nbytes)(gates.shape, x.dtype)
         dx, dkernel, drecurrent_kernel, dbias = cpu_lstm.backward(
             x, kernel, recurrent_kernel, has_bias, h, c, gates, act_c,
-            np.empty((batch, 0, units), x.dtype) if dy_steps is None else dy_steps, dh, dc,
+            np.empty((batch, 0, units), x.dtype) if dy_steps is None else dy_steps, dh, dc, dz,
             *_codes(options.activation, options.recurrent_activation))
         dbias = dbias if has_bias else None
     dx = sequence.in_processing_order(np, dx, saved.options.go_backwards)  # reversing again restores the order

@@ -159,8 +159,8 @@ def _forward(frame, dtype):
     c = _flat(frame, RETS, 4, dtype).reshape((batch, steps + 1, units))
     gates = _flat(frame, RETS, 5, dtype).reshape((batch, steps, 4 * units))
     act_c = _flat(frame, RETS, 6, dtype).reshape((batch, steps, units))
-    cpu_lstm.forward_into(_in_processing_order(x, options[2] != 0), kernel, recurrent_kernel, bias, h0, c0,
-                          h, c, gates, act_c, np.int64(options[0]), np.int64(options[1]))
+    cpu_lstm.forward(_in_processing_order(x, options[2] != 0), kernel, recurrent_kernel, bias, h0, c0,
+                     h, c, gates, act_c, np.int64(options[0]), np.int64(options[1]))
     if options[3]:
         _copy(_flat(frame, RETS, 0, dtype), h[:, 1:])
     else:
@@ -192,7 +192,7 @@ def _backward(frame, dtype):
         dh += d_outputs.reshape((batch, units))  # the output is h_T
     dx, dkernel, drecurrent_kernel, dbias = cpu_lstm.backward(
         _in_processing_order(x, go_backwards), kernel, recurrent_kernel, bool(True), h, c, gates, act_c, dy, dh, dc,
-        np.int64(options[0]), np.int64(options[1]))
+        np.empty_like(gates), np.int64(options[0]), np.int64(options[1]))
     _copy(_flat(frame, RETS, 0, dtype), _in_processing_order(dx, go_backwards))  # reversing restores the order
     _copy(_flat(frame, RETS, 1, dtype), dkernel)
     _copy(_flat(frame, RETS, 2, dtype), drecurrent_kernel)
