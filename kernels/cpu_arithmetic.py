@@ -116,8 +116,8 @@ def _exp_split(x, T):
     """(2**k, expm1(r)) with exp(x) = 2**k * (1 + expm1(r)), for x <= 0 of float type T. Plain
     arithmetic, so that loops over it vectorise (libm's exp is one call per element)."""
     x = T(-1e4) if x < T(-1e4) else x  # past underflow in both dtypes; NaN passes
-    k = np.floor(x * T(LOG2_E) + T(0.5))
-    r = (x - k * T(LN2_HI)) - k * T(LN2_LO)
+    k = np.rint(x * T(LOG2_E))
+    r = _fma(k, T(-LN2_LO), _fma(k, T(-LN2_HI), x))  # k * LN2_HI is exact, so r's first part is too
     coefficients = _taylor(T)
     p = T(coefficients[0])
     for coefficient in coefficients[1:]:
@@ -129,14 +129,14 @@ def _exp_split(x, T):
 def exp(x, T):
     """exp(x) for x <= 0."""
     scale, expm1_r = _exp_split(x, T)
-    return scale * (expm1_r + T(1))
+    return _fma(scale, expm1_r, scale)
 
 
 @njit
 def tanh(z, T):
     """tanh(z) of float type T, from expm1(-2|z|)."""
     scale, expm1_r = _exp_split(T(-2) * abs(z), T)
-    e = scale * expm1_r + (scale - T(1))  # expm1(-2|z|), exact near 0
+    e = _fma(scale, expm1_r, scale - T(1))  # expm1(-2|z|), exact near 0
     return math.copysign(-e / (T(2) + e), z)
 
 
