@@ -41,7 +41,8 @@ class LSTMCache(NamedTuple):
 
 class LSTMResult(NamedTuple):
     """``outputs``: ``[batch, time, units]`` with ``return_sequences``, else ``[batch, units]``
-    (the last step); ``h``, ``c``: the final state, ``[batch, units]`` each."""
+    (the last step); ``h``, ``c``: the final state, ``[batch, units]`` each; ``cache``: for
+    :func:`lstm_backward`, None from ``lstm_forward(keep_cache=False)``."""
 
     outputs: Any
     h: Any
@@ -73,6 +74,7 @@ def lstm_forward(
     return_sequences=False,
     go_backwards=False,
     check_finite=True,
+    keep_cache=True,
     backend="auto",
 ):
     """Run an LSTM layer over ``x`` ``[batch, time, input_dim]``.
@@ -91,11 +93,15 @@ def lstm_forward(
             as Keras returns them.
         check_finite: refuse NaN or inf in any input with a ValueError (default). Pass False to
             skip the check (and its cost) and let NaN propagate.
+        keep_cache: keep what :func:`lstm_backward` needs (default). False, for inference: the
+            result's ``cache`` is None, and a backend that can saves the work of keeping it
+            (numba_cpu writes only the outputs and the final state).
         backend: 'auto' (the best backend that works here) or a name from
             ``fastlstm.available_backends()``.
 
     Returns:
-        LSTMResult ``(outputs, h, c, cache)``; pass ``cache`` to :func:`lstm_backward`.
+        LSTMResult ``(outputs, h, c, cache)``; pass ``cache`` to :func:`lstm_backward` (None
+        with ``keep_cache=False``).
 
     Arrays: NumPy arrays, or anything on the CPU with ``__dlpack__`` or ``__array__`` (PyTorch
     tensors, JAX arrays, ..., read without a copy where they allow it), or nested lists of numbers;
@@ -154,8 +160,12 @@ def lstm_forward(
         h0 = zeros if h0 is None else h0
         c0 = zeros if c0 is None else c0
 
+    if not keep_cache:
+        infer = _hook(impl, "infer", None)
+        if infer is not None:
+            return LSTMResult(*infer(x, kernel, recurrent_kernel, bias, h0, c0, options), None)
     outputs, h, c, saved = impl.forward(x, kernel, recurrent_kernel, bias, h0, c0, options)
-    cache = LSTMCache(impl, options, tuple(outputs.shape), state_shape, x.dtype, saved)
+    cache = LSTMCache(impl, options, tuple(outputs.shape), state_shape, x.dtype, saved) if keep_cache else None
     return LSTMResult(outputs, h, c, cache)
 
 
@@ -169,6 +179,9 @@ def lstm_backward(cache, dy=None, dhT=None, dcT=None):
     Returns:
         LSTMGradients ``(x, kernel, recurrent_kernel, bias, h0, c0)``.
     """
+    if cache is None:
+        raise TypeError("cache must be the LSTMCache of an lstm_forward result, got None (the cache of "
+                        "lstm_forward(keep_cache=False), which keeps nothing to differentiate)")
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache of an lstm_forward result, got {type(cache).__name__}")
     prepare = _preparer(cache.backend)

@@ -22,23 +22,33 @@ def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequ
 
     x [n, time, input_dim], h0, c0 [n, units]: the slice's inputs and initial state, copied in here
     rather than by NumPy from Python, where the threads of the other slices would wait for the
-    interpreter's lock. inputs [time + 1, n, input_dim + units]: filled with each step's product
-    rows ``[x_t, h_{t-1}]``, h_T in ``inputs[time, :, input_dim:]``. packed_weights: ``[kernel;
-    recurrent_kernel]`` as ``cpu_matmul.pack_columns`` packs it; bias [4*units], empty for none.
-    Fills c [time + 1, n, units] (c0, c_1 .. c_T), gates [time, n, 4*units] (the activated gates),
-    act_c [time, n, units] (``activation(c_t)``) and sequences [n, time, units] (every step's h),
-    unless it is empty.
+    interpreter's lock. packed_weights: ``[kernel; recurrent_kernel]`` as
+    ``cpu_matmul.pack_columns`` packs it; bias [4*units], empty for none. Fills sequences
+    [n, time, units] (every step's h), unless it is empty, and:
+
+    - inputs [time + 1, n, input_dim + units]: each step's product rows ``[x_t, h_{t-1}]``, h_T
+      in ``inputs[time, :, input_dim:]``;
+    - gates [time, n, 4*units]: the activated gates;
+    - c [time + 1, n, units]: c0, c_1 .. c_T; act_c [time, n, units]: ``activation(c_t)``.
+
+    Or, for a pass that keeps nothing for the backward pass, those four are rings of 2, 1, 2
+    and 1 rows along time, which step t uses at t modulo their length: a step's rows then stay in
+    the core's cache (bench/test_kernels.py's forward at 512, 25, 16, 32). h_T is then in
+    ``inputs[time % 2, :, input_dim:]`` and c_T in ``c[time % 2]``.
     """
     input_dim = x.shape[2]
     copy_to(inputs[0, :, input_dim:], h0)
     copy_to(c[0], c0)
-    for t in range(gates.shape[0]):
-        copy_to(inputs[t, :, :input_dim], x[:, t])
-        matmul_packed(inputs[t], packed_weights, gates[t])
-        forward_step(gates[t], bias, c[t], c[t + 1], act_c[t], inputs[t + 1], input_dim, activation,
-                     recurrent_activation)
+    for t in range(x.shape[1]):
+        rows = inputs[t % inputs.shape[0]]
+        next_rows = inputs[(t + 1) % inputs.shape[0]]
+        step_gates = gates[t % gates.shape[0]]
+        copy_to(rows[:, :input_dim], x[:, t])
+        matmul_packed(rows, packed_weights, step_gates)
+        forward_step(step_gates, bias, c[t % c.shape[0]], c[(t + 1) % c.shape[0]], act_c[t % act_c.shape[0]],
+                     next_rows, input_dim, activation, recurrent_activation)
         if sequences.shape[0]:
-            copy_to(sequences[:, t], inputs[t + 1, :, input_dim:])
+            copy_to(sequences[:, t], next_rows[:, input_dim:])
 
 
 @njit(**FLAGS)

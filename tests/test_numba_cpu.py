@@ -20,7 +20,7 @@ from numba import njit  # noqa: E402
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
 from fastlstm.activations import ACTIVATIONS  # noqa: E402
 from fastlstm.backends import LSTMOptions, get_backend, numba_cpu  # noqa: E402
-from fastlstm.kernels import cpu_arithmetic, cpu_matmul  # noqa: E402
+from fastlstm.kernels import cpu_arithmetic, cpu_matmul, cpu_stepwise  # noqa: E402
 from fastlstm.kernels.activation_ids import ACTIVATION_IDS, ACTIVATION_NAMES  # noqa: E402
 from fastlstm.nn import LSTM, Dense, RepeatVector, Sequential, TimeDistributed, set_random_seed  # noqa: E402
 from fastlstm.ops import AdamState, DenseWeights, LSTMWeights, lstm_train_epoch  # noqa: E402
@@ -112,6 +112,46 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
             assert relative_error(ours, reference) <= tolerance
 
 
+@pytest.mark.parametrize("options", OPTIONS[:4], ids=lambda o: "-".join(str(v) for v in o.values()))
+@pytest.mark.parametrize("shape", [(14, 3, 4, 33), (1, 1, 1, 8), (6, 1, 2, 5), (9, 8, 3, 5), (64, 1, 2, 17)])
+def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, options, shape, monkeypatch):
+    """lstm_forward(keep_cache=False) takes the backend's infer, which runs each slice of the
+    stepwise path in rings of one step's gates and two steps' states (cpu_stepwise.forward_slice),
+    and takes that path on one core where the one-call path would run, from PACKED_MIN_SAMPLES
+    samples and PACKED_MIN_SAMPLE_STEPS sample-steps; on every path it gives exactly the outputs
+    and final state that forward does. Its cache is None, which lstm_backward refuses naming
+    keep_cache."""
+    steps_kept = []
+    forward_slice = cpu_stepwise.forward_slice
+
+    def recording(x, h0, c0, inputs, packed, bias, gates, *rest):
+        steps_kept.append(gates.shape[0])
+        return forward_slice(x, h0, c0, inputs, packed, bias, gates, *rest)
+
+    monkeypatch.setattr(cpu_stepwise, "forward_slice", recording)
+    inputs = random_inputs(np.random.default_rng(list(shape)), *shape, dtype=np.float64, bias=True,
+                           state=shape[0] != 6)
+    kept = lstm_forward(**inputs, **options, backend="numba_cpu")
+    forward_slices = list(steps_kept)
+    steps_kept.clear()
+    inferred = lstm_forward(**inputs, **options, keep_cache=False, backend="numba_cpu")
+    batch, time = shape[:2]
+    if path == "stepwise":
+        assert forward_slices == [time] * min(3, batch) and steps_kept == [1] * min(3, batch)
+    else:
+        packed = batch >= numba_cpu.PACKED_MIN_SAMPLES and batch * time >= numba_cpu.PACKED_MIN_SAMPLE_STEPS
+        assert forward_slices == [] and steps_kept == ([1] if packed else [])
+    assert inferred.cache is None and kept.cache is not None
+    for ours, reference in zip(inferred[:3], kept[:3]):
+        if steps_kept and path == "sequence":  # the packed product sums in another order
+            np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_array_equal(ours, reference)
+    with pytest.raises(TypeError, match="keep_cache=False"):
+        lstm_backward(inferred.cache, np.ones_like(inferred.outputs))
+
+
+
 @njit
 def _sums_of_fused_multiply_adds(a, w):
     """a @ w with each element one fused multiply-add after another in the order of k, from 0."""
@@ -157,20 +197,18 @@ def test_the_product_with_packed_weights_wants_rows_that_are_contiguous():
 def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypatch):
     """NUMBA_NUM_THREADS=1 (as in the --jobs workers) keeps the whole batch on one thread."""
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
-    assert numba_cpu._slices(1000) == [slice(0, 1000)]
+    assert numba_cpu._slices(1000, numba_cpu._cores()) == [slice(0, 1000)]
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
-    slices = numba_cpu._slices(10)
+    slices = numba_cpu._slices(10, numba_cpu._cores())
     assert len(slices) == min(10, usable_cores())
     assert [s.start for s in slices[1:]] == [s.stop for s in slices[:-1]] and slices[-1].stop == 10
 
 
 @pytest.mark.parametrize("cores", [2, 3, 4])
-def test_each_core_takes_a_large_part_then_a_quarter_part_when_the_quarters_are_large_enough(monkeypatch, cores):
+def test_each_core_takes_a_large_part_then_a_quarter_part_when_the_quarters_are_large_enough(cores):
     """So that a thread slowed by another framework's spinning threads leaves its small part to the others."""
-    monkeypatch.setattr(numba_cpu, "usable_cores", lambda: cores)
-    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
     for batch in range(1, 2000, 7):
-        slices = numba_cpu._slices(batch)
+        slices = numba_cpu._slices(batch, cores)
         sizes = [s.stop - s.start for s in slices]
         assert slices[0].start == 0 and slices[-1].stop == batch
         assert all(a.stop == b.start for a, b in zip(slices, slices[1:])), batch

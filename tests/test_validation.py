@@ -168,3 +168,16 @@ def test_backward_refuses_something_that_is_not_a_cache(inputs):
     result = lstm_forward(**inputs)
     with pytest.raises(TypeError, match="cache must be the LSTMCache"):
         lstm_backward(result)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_forward_that_keeps_no_cache_gives_none_which_backward_refuses(inputs, backend):
+    """keep_cache=False: the same results, and no cache, on every backend (those without an
+    infer of their own run forward and drop what it saved)."""
+    kept = lstm_forward(**inputs, return_sequences=True, backend=backend)
+    inferred = lstm_forward(**inputs, return_sequences=True, keep_cache=False, backend=backend)
+    assert inferred.cache is None
+    for ours, reference in zip(inferred[:3], kept[:3]):
+        np.testing.assert_array_equal(ours, reference)
+    with pytest.raises(TypeError, match=r"got None \(the cache of lstm_forward\(keep_cache=False\)"):
+        lstm_backward(inferred.cache)

@@ -1,8 +1,8 @@
 """The backend registry, and the contract every backend implements.
 
 A backend is a module that declares, in ``CAPABILITIES``, which functions of the contract it
-defines: always ``forward`` and ``backward``, and any of the optional ``prepare``, ``all_finite``
-and ``train_epoch``. The registry checks the declaration when it loads the module. Where a
+defines: always ``forward`` and ``backward``, and any of the optional ``infer``, ``prepare``,
+``all_finite`` and ``train_epoch``. The registry checks the declaration when it loads the module. Where a
 backend lacks an optional function, :mod:`fastlstm.ops` does the general thing itself, and its
 ``lstm_train_epoch`` raises NotImplementedError for its caller to take the general path, as
 Keras's ``backend.lstm`` does. Every backend also has ``probe``:
@@ -14,6 +14,9 @@ Keras's ``backend.lstm`` does. Every backend also has ``probe``:
   ``options`` an :class:`LSTMOptions`; ``saved`` is whatever its backward needs, and its own:
   nothing in it may alias the caller's arrays (copy what the forward did not copy already), since
   the caller may change them before the backward, which must still give the forward's gradients.
+- ``infer(x, kernel, recurrent_kernel, bias, h0, c0, options) -> (outputs, hT, cT)`` (optional):
+  ``forward`` keeping nothing for a backward pass (``lstm_forward(keep_cache=False)``); without
+  it, ops calls ``forward`` and drops ``saved``.
 - ``backward(saved, dy, dhT, dcT) -> (dx, dkernel, drecurrent_kernel, dbias, dh0, dc0)``:
   any of ``dy, dhT, dcT`` may be ``None`` (zero); ``dbias`` is ``None`` when ``bias`` was.
 - ``prepare(a) -> array`` (optional): an argument as the array type the backend works on (a GPU
@@ -97,7 +100,7 @@ class BackendStatus(NamedTuple):
 
 # The contract's functions (see above): those every backend defines, and those it may.
 REQUIRED = frozenset({"forward", "backward"})
-OPTIONAL = frozenset({"prepare", "all_finite", "train_epoch"})
+OPTIONAL = frozenset({"infer", "prepare", "all_finite", "train_epoch"})
 
 # Every backend, and the order in which 'auto' prefers them (fastest first). The GPU backends are
 # left out of 'auto' until benchmarks on a GPU show the shapes where they win; ask for them by name.

@@ -6,11 +6,13 @@ and the weight gradients as loops. Otherwise the cores take slices of the sample
 forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step,
 with the weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one
 compiled pointwise step; the backward one likewise, then its dx and share of the weight gradients
-as BLAS products over all time steps (single-threaded: one per core). The large arrays of either
-path reuse the memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
+as BLAS products over all time steps (single-threaded: one per core). :func:`infer`, which keeps
+nothing for a backward pass, runs the stepwise path in a few steps' memory, and on one core for
+most small shapes too. The large arrays of either path reuse the memory of earlier calls'
+(:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
 on first use per dtype and cached on disk.
 
-Of the contract's optional functions it implements :func:`all_finite` and :func:`train_epoch`,
+Of the contract's optional functions it implements :func:`infer`, :func:`all_finite` and :func:`train_epoch`,
 the fused training pass of an LSTM + Dense(softmax) model, which :class:`fastlstm.nn.Sequential`
 takes through :func:`fastlstm.ops.lstm_train_epoch` where it applies.
 """
@@ -36,6 +38,12 @@ from fastlstm.utils import usable_cores
 # sequence, a product per step and the samples on every core beat the one compiled call, below it
 # starting the threads costs more than they save (bench/test_kernels.py's batch sweep at 32 units).
 STEPWISE_WORK = 1 << 18
+# Below that, infer (which keeps nothing for a backward pass) still takes the stepwise path, on
+# one core, from this many samples and sample-steps: its packed product over all the samples
+# beats the one call's products of one sample at a time (32, 25, 16, 32: 0.20 ms against 0.30;
+# 512, 1, 16, 32: 0.14 against 0.19), but not the weights' packing where there are few rows.
+PACKED_MIN_SAMPLES = 8
+PACKED_MIN_SAMPLE_STEPS = 64
 
 # The large shapes' arrays reuse the memory of earlier calls' (see fastlstm.backends.memory): a
 # forward and backward pass at batch 1024, 25 steps, 64 inputs, 128 units takes about 180 MB.
@@ -49,7 +57,7 @@ MEMORY = Pool(capacity=256 << 20)
 POOLED_BYTES = 1 << 16
 
 # What this backend implements of the contract in fastlstm.backends.
-CAPABILITIES = ("forward", "backward", "all_finite", "train_epoch")
+CAPABILITIES = ("forward", "infer", "backward", "all_finite", "train_epoch")
 
 
 def _cores():
@@ -101,7 +109,7 @@ TAIL_SHARE = 4
 MIN_TAIL_SAMPLES = 24
 
 
-def _slices(batch):
+def _slices(batch, cores):
     """The parts of the batch the threads take, largest first: on each core a part of three
     quarters of its share, then a part of the last quarter. A thread that another thread slows
     (a framework's pool spinning on its core after that framework's call) thus ends its large part
@@ -109,7 +117,7 @@ def _slices(batch):
     forward: 14.5 ms rather than 16.7; the same alone). Smaller parts, or more of them, ran
     slower alone: each step's product has fewer rows. With quarters under MIN_TAIL_SAMPLES, one
     part a core; as many parts as samples if fewer."""
-    cores = min(_cores(), batch)
+    cores = min(cores, batch)
     tail = batch // (TAIL_SHARE * cores)
     if cores > 1 and tail >= MIN_TAIL_SAMPLES:
         head = (batch - tail * cores) // cores
@@ -211,32 +219,50 @@ class Stepwise(NamedTuple):
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     """The backend contract's forward. What it saves is its own: x is copied into the shares'
     inputs (stepwise) or into a new array in processing order (one call), the weights copied."""
+    return _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, True)
+
+
+def infer(x, kernel, recurrent_kernel, bias, h0, c0, options):
+    """The backend contract's infer: the forward pass keeping nothing for a backward pass, so
+    copying no input, and on the stepwise path overwriting each step's gates and states."""
+    return _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, False)[:3]
+
+
+def _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, keep):
+    """forward with keep, else infer's results and None for what forward saves."""
     codes = _codes(options.activation, options.recurrent_activation)
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
-    if runs_stepwise(batch, time, units):
+    threaded = runs_stepwise(batch, time, units)
+    if threaded or not keep and batch >= PACKED_MIN_SAMPLES and batch * time >= PACKED_MIN_SAMPLE_STEPS:
         weights = np.concatenate([kernel, recurrent_kernel])
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
         x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
         h0, c0 = np.ascontiguousarray(h0), np.ascontiguousarray(c0)  # one compiled specialisation
-        shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes)
-        hT = np.concatenate([share.inputs[time, :, input_dim:] for share in shares])
-        cT = np.concatenate([share.c[time] for share in shares])
-        saved = Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None, options, shares)
+        shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes, keep,
+                                   _cores() if threaded else 1)
+        hT = np.concatenate([share.inputs[time % len(share.inputs), :, input_dim:] for share in shares])
+        cT = np.concatenate([share.c[time % len(share.c)] for share in shares])
+        saved = None if not keep else Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None,
+                                               options, shares)
         return (hT.copy() if sequences is None else sequences), hT, cT, saved
-    x = sequence.owned_in_processing_order(np, x, options.go_backwards)
-    kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
+    if keep:
+        x = sequence.owned_in_processing_order(np, x, options.go_backwards)
+        kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
+    else:
+        x = sequence.in_processing_order(np, x, options.go_backwards)
+        kernel, recurrent_kernel = np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel)
     empty = _allocator(batch * time * 4 * units * x.itemsize)  # gates, the largest
     h, c = empty((batch, time + 1, units), x.dtype), empty((batch, time + 1, units), x.dtype)
     gates, act_c = empty((batch, time, 4 * units), x.dtype), empty((batch, time, units), x.dtype)
     cpu_lstm.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, h, c, gates, act_c, *codes)
     outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
-    saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
+    saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options) if keep else None
     return outputs, h[:, time].copy(), c[:, time].copy(), saved
 
 
-def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
+def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes, keep, cores):
     """The forward recurrence as one product and one compiled step per time step, slices of the
     samples over the cores. Each step's product is ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]``:
     one product with the inputs' and the state's rows together runs faster than the input
@@ -246,7 +272,9 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
     call (bench/test_kernels.py at 64, 100, 128, 512). The product is made in the step's gates,
     which the compiled step activates in place.
     weights: [kernel; recurrent_kernel], [input_dim + units, 4*units]. Fills sequences
-    [batch, time, units] (every step's output) unless None; returns a Share per slice."""
+    [batch, time, units] (every step's output) unless None; returns a Share per slice, whose
+    arrays hold every step with keep, else the rings of cpu_stepwise.forward_slice (the last
+    step's state alone); the slices are spread over as many cores as ``cores``."""
     batch, time, input_dim = x.shape
     units = weights.shape[1] // 4
     packed = cpu_matmul.pack_columns(weights)
@@ -254,15 +282,16 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes):
 
     def recurrence(samples):
         n = samples.stop - samples.start
-        inputs = MEMORY.empty((time + 1, n, input_dim + units), x.dtype)
-        gates = MEMORY.empty((time, n, 4 * units), x.dtype)
-        c = MEMORY.empty((time + 1, n, units), x.dtype)
-        act_c = MEMORY.empty((time, n, units), x.dtype)
+        steps = time if keep else 1
+        inputs = MEMORY.empty((steps + 1, n, input_dim + units), x.dtype)
+        gates = MEMORY.empty((steps, n, 4 * units), x.dtype)
+        c = MEMORY.empty((steps + 1, n, units), x.dtype)
+        act_c = MEMORY.empty((steps, n, units), x.dtype)
         cpu_stepwise.forward_slice(x[samples], h0[samples], c0[samples], inputs, packed, bias, gates, c, act_c,
                                    no_sequences if sequences is None else sequences[samples], *codes)
         return Share(samples, inputs, gates, c, act_c)
 
-    return _on_every_core(recurrence, _slices(batch))
+    return _on_every_core(recurrence, _slices(batch, cores))
 
 
 def backward(saved, dy, dhT, dcT):
