@@ -103,8 +103,8 @@ def _fastlstm(status):
         x, kernel, recurrent_kernel, bias, dy = map(to_device, inputs)
         options = dict(return_sequences=True, backend=backend)
 
-        def forward():
-            outputs = lstm_forward(x, kernel, recurrent_kernel, bias, **options).outputs
+        def forward():  # inference, as the others' forward: nothing kept for a backward pass
+            outputs = lstm_forward(x, kernel, recurrent_kernel, bias, keep_cache=False, **options).outputs
             synchronize()
             return outputs
 
