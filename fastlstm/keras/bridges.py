@@ -8,8 +8,8 @@ backend's tensors.
   ``tf.numpy_function``; so the step stays one graph inside ``fit``'s ``tf.function`` (not under
   XLA, which has no form of either). The compiled forward returns its activations as tensors for
   the gradient; a training call on the host keeps them there for the gradient's callback, which
-  finds them by a key the forward returns (:mod:`.fused_call`); a call outside training runs the
-  forward again if differentiated.
+  finds them by a key the forward returns (:mod:`.fused_call`); a call outside training keeps no
+  cache (``lstm_forward(keep_cache=False)``) and runs the forward again if differentiated.
 - JAX: ``jax.custom_vjp`` around ``jax.ffi.ffi_call``, under ``jax.jit`` too, so the call is an
   operation of the compiled XLA program, on XLA's own buffers (``jax.pure_callback`` copied every
   array and cost about 0.3 ms more a call). A call without a mask that numba_cpu runs in one call
@@ -17,7 +17,8 @@ backend's tensors.
   runs the host work as a Python target (:mod:`.xla_ffi`), whose forward rule keeps its
   activations as TensorFlow's training call does. Where JAX computes on another device than the
   CPU, the host work is a ``jax.pure_callback`` instead.
-- PyTorch: a ``torch.autograd.Function`` holding the call in its context. CPU tensors go to the
+- PyTorch: a ``torch.autograd.Function`` holding the call in its context; with gradients off
+  (``torch.no_grad()``, as in predict) the call alone, keeping no cache. CPU tensors go to the
   CPU backends; CUDA tensors reach the ``cupy`` (or ``numba_cuda``) backend through DLPack,
   without a copy.
 
@@ -242,31 +243,45 @@ def _ffi_target(direction, options, keep=False):
 
 
 def _torch(options, training, x, kernel, recurrent_kernel, bias, h0, c0, mask):
+    import torch
+
     mask = None if mask is None else keras.ops.convert_to_numpy(mask).astype(bool)  # on the host
-    return _torch_function().apply(options, mask, x, kernel, recurrent_kernel, bias, h0, c0)
+    inputs = (x, kernel, recurrent_kernel, bias, h0, c0)
+    if torch.is_grad_enabled():
+        return _torch_function().apply(options, mask, *inputs)
+    # No gradient can be asked for (predict runs under torch.no_grad()): the call keeps no cache.
+    return _torch_results(FusedCall(options, *map(_torch_array, inputs), mask, keep_cache=False))
+
+
+def _torch_array(tensor):
+    """The tensor's data without a copy: NumPy on the CPU, CuPy on a CUDA device."""
+    if tensor.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(tensor.detach())
+    return tensor.detach().numpy()
+
+
+def _torch_results(call):
+    """A FusedCall's (outputs, h, c) as PyTorch tensors, without a copy."""
+    import torch
+
+    return tuple(torch.as_tensor(a) for a in (call.outputs, call.h, call.c))
 
 
 @functools.cache
 def _torch_function():
     import torch
 
-    def array(tensor):
-        """The tensor's data without a copy: NumPy on the CPU, CuPy on a CUDA device."""
-        if tensor.is_cuda:
-            import cupy
-
-            return cupy.from_dlpack(tensor.detach())
-        return tensor.detach().numpy()
-
     class Fused(torch.autograd.Function):
         @staticmethod
         def forward(ctx, options, mask, *inputs):
-            ctx.call = FusedCall(options, *map(array, inputs), mask)
-            return tuple(torch.as_tensor(a) for a in (ctx.call.outputs, ctx.call.h, ctx.call.c))
+            ctx.call = FusedCall(options, *map(_torch_array, inputs), mask)
+            return _torch_results(ctx.call)
 
         @staticmethod
         def backward(ctx, *upstream):
-            grads = ctx.call.backward(*map(array, upstream))
+            grads = ctx.call.backward(*map(_torch_array, upstream))
             return (None, None, *(torch.as_tensor(g) for g in grads))
 
     return Fused

@@ -46,10 +46,13 @@ class FusedCall:
     steps as one ``lstm_forward`` call, the state carried from one stretch into the next: padding
     on either side is one call per distinct length. Without a mask (or with one that hides
     nothing) the call is one ``lstm_forward`` whose results are returned as they are.
+    ``keep_cache=False``: a call that is never differentiated, which keeps nothing for
+    :meth:`backward` (``lstm_forward(keep_cache=False)``).
     """
 
-    def __init__(self, options, x, kernel, recurrent_kernel, bias, h0, c0, mask=None):
+    def __init__(self, options, x, kernel, recurrent_kernel, bias, h0, c0, mask=None, keep_cache=True):
         self.options, self.x, self.kernel, self.recurrent_kernel, self.bias = options, x, kernel, recurrent_kernel, bias
+        self.keep_cache = keep_cache
         self.groups = None if mask is None or mask.all() else _groups(mask, options.go_backwards)
         if self.groups is None:
             result = self._forward(x, h0, c0)
@@ -81,7 +84,8 @@ class FusedCall:
         return lstm_forward(x, self.kernel, self.recurrent_kernel, self.bias, h0, c0,
                             activation=options.activation, recurrent_activation=options.recurrent_activation,
                             return_sequences=options.return_sequences, go_backwards=options.go_backwards,
-                            check_finite=False, backend=options.backend)  # NaN propagates, as in Keras
+                            check_finite=False, keep_cache=self.keep_cache,  # NaN propagates, as in Keras
+                            backend=options.backend)
 
     def _last_output_is_h(self, runs, time):
         """Whether the last output of these samples is their final ``h`` (else it is zero)."""
@@ -154,8 +158,8 @@ _kept_lock = threading.Lock()
 def host_forward(options, keep, *inputs):
     """The fused call on the inputs ``x, kernel, recurrent_kernel, bias, h0, c0 (, mask)``:
     ``(outputs, h, c, key)``. With ``keep``, the call is kept under ``key`` (an int32 scalar, 0
-    when not kept) for :func:`host_backward`."""
-    call = FusedCall(options, *map(_host_array, inputs))
+    when not kept) for :func:`host_backward`; without, it keeps no cache either."""
+    call = FusedCall(options, *map(_host_array, inputs), keep_cache=keep)
     key = 0
     if keep:
         with _kept_lock:

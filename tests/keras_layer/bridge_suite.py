@@ -17,7 +17,7 @@ import pytest
 import fastlstm.keras.bridges
 import fastlstm.keras.fused_call
 from fastlstm.keras import LSTM
-from fastlstm.keras.fused_call import KEPT_CALLS, Options, host_backward, host_forward
+from fastlstm.keras.fused_call import KEPT_CALLS, FusedCall, Options, host_backward, host_forward
 from fused_counting import count_fused_calls
 
 BACKEND = keras.backend.backend()
@@ -62,6 +62,29 @@ def test_a_training_step_runs_the_forward_once(call, fused_calls):
     # small call without a mask runs on compiled targets, traced once and then with no Python at all.
     assert len(fused_calls) == (0 if BACKEND in ("jax", "tensorflow") and call == "small" else 3)
     assert len(fastlstm.keras.fused_call._kept) == 0  # and each backward took its own
+
+
+@pytest.mark.parametrize("call", ["masked", "stepwise"])
+def test_predict_keeps_no_cache_and_a_training_step_keeps_one(call, monkeypatch):
+    """Where no gradient can be asked for (predict: JAX's undifferentiated call, TensorFlow's
+    call outside training, PyTorch's under no_grad) the call runs lstm_forward(keep_cache=False);
+    a training step keeps its cache for the backward."""
+    batch, time, units, masked = CALLS[call]
+    model, x, y = model_and_data(batch, time, units=units, masked=masked)
+    model.train_on_batch(x, y)  # builds the step (on PyTorch, through a call without gradients)
+    kept = []
+    make = FusedCall.__init__
+
+    def recording(self, *args, keep_cache=True, **kwargs):
+        kept.append(keep_cache)
+        make(self, *args, keep_cache=keep_cache, **kwargs)
+
+    monkeypatch.setattr(FusedCall, "__init__", recording)
+    np.asarray(model.predict_on_batch(x))
+    assert kept and not any(kept)
+    kept.clear()
+    model.train_on_batch(x, y)
+    assert kept and all(kept)
 
 
 @pytest.mark.parametrize("step", ["predict_on_batch", "train_on_batch"])
