@@ -4,6 +4,7 @@ test_nn_keras_parity.py."""
 import numpy as np
 import pytest
 
+import fastlstm.nn.layers
 import fastlstm.nn.model
 from fastlstm import lstm_forward
 from fastlstm.nn import LSTM, Adam, Dense, RepeatVector, Sequential, TimeDistributed, set_random_seed
@@ -378,6 +379,26 @@ def test_sequence_models_train_on_every_cpu_backend_as_numpy_does_a_layer_at_a_t
         np.testing.assert_allclose(losses, expected, rtol=1e-5)
         for ours, theirs in zip(model.get_weights(), reference.get_weights()):
             assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+
+
+def test_predict_and_evaluate_keep_no_cache_and_training_a_layer_at_a_time_does(monkeypatch):
+    """Only a training forward keeps what the backward reads (lstm_forward(keep_cache=False)
+    otherwise); the encoder-decoder trains a layer at a time, so both LSTMs' forwards are seen."""
+    kept = []
+
+    def recording(*args, keep_cache=True, **kwargs):
+        kept.append(keep_cache)
+        return lstm_forward(*args, keep_cache=keep_cache, **kwargs)
+
+    monkeypatch.setattr(fastlstm.nn.layers, "lstm_forward", recording)
+    x, y = alphabet_sequences()
+    model = sequence_model("b")
+    model.predict(x, batch_size=8)
+    model.evaluate(x, y, batch_size=8)
+    assert kept and not any(kept)
+    kept.clear()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert kept and all(kept)
 
 
 def test_time_distributed_model_learns_most_of_the_next_three_letters():

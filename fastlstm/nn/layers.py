@@ -198,11 +198,11 @@ class LSTM(Layer):
             activation=self.activation, recurrent_activation=self.recurrent_activation,
             return_sequences=self.return_sequences, go_backwards=self.go_backwards,
             check_finite=False,  # the model checks its inputs once per call, not once per batch
-            backend=self.backend,
+            keep_cache=training, backend=self.backend,
         )
         if self.stateful:
             self.states = (result.h, result.c)
-        return result.outputs, result.cache if training else None
+        return result.outputs, result.cache
 
     def backward(self, tape, dy, accumulate=False):
         """Fills ``grads`` (adds to them with ``accumulate``) from ``dy``, the gradient w.r.t. the
