@@ -90,12 +90,13 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
-@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (5, 3, 4, 33), (1, 1, 1, 8), (14, 3, 4, 33)])
+@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (5, 3, 4, 33), (1, 1, 1, 8), (14, 3, 4, 33), (130, 1, 3, 5)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
     """Outputs, states and every gradient against the NumPy backend, both paths, units that are
     and are not a multiple of the vector width, with bias and state or without; stepwise, slices
-    of fewer samples than a tile of matmul_packed's and of more (14 in 5, 5 and 4). Tolerance,
+    of fewer samples than a tile of matmul_packed's and of more (14 in 5, 5 and 4); and batch 130,
+    which the one-call path's shapes run stepwise on one core (PACKED_MIN_SAMPLES_WITH_CACHE). Tolerance,
     relative to max(1, |reference|): 1e-5 in float32, 1e-12 in float64."""
     rng = np.random.default_rng(list(shape))
     inputs = random_inputs(rng, *shape, dtype=dtype, bias=shape[0] != 3, state=shape[0] != 5)
@@ -113,14 +114,15 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
 
 
 @pytest.mark.parametrize("options", OPTIONS[:4], ids=lambda o: "-".join(str(v) for v in o.values()))
-@pytest.mark.parametrize("shape", [(14, 3, 4, 33), (1, 1, 1, 8), (6, 1, 2, 5), (9, 8, 3, 5), (64, 1, 2, 17)])
+@pytest.mark.parametrize("shape", [(14, 3, 4, 33), (1, 1, 1, 8), (6, 1, 2, 5), (9, 8, 3, 5), (64, 1, 2, 17),
+                                   (130, 1, 2, 3)])
 def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, options, shape, monkeypatch):
     """lstm_forward(keep_cache=False) takes the backend's infer, which runs each slice of the
     stepwise path in rings of one step's gates and two steps' states (cpu_stepwise.forward_slice),
-    and takes that path on one core where the one-call path would run, from PACKED_MIN_SAMPLES
-    samples and PACKED_MIN_SAMPLE_STEPS sample-steps; on every path it gives exactly the outputs
-    and final state that forward does. Its cache is None, which lstm_backward refuses naming
-    keep_cache."""
+    and takes that path on one core below the threads' shapes from PACKED_MIN_SAMPLES samples
+    and PACKED_MIN_SAMPLE_STEPS sample-steps (forward from PACKED_MIN_SAMPLES_WITH_CACHE); on
+    every path it gives the outputs and final state that forward does, exactly where both take
+    the same path. Its cache is None, which lstm_backward refuses naming keep_cache."""
     steps_kept = []
     forward_slice = cpu_stepwise.forward_slice
 
@@ -139,11 +141,13 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
     if path == "stepwise":
         assert forward_slices == [time] * min(3, batch) and steps_kept == [1] * min(3, batch)
     else:
-        packed = batch >= numba_cpu.PACKED_MIN_SAMPLES and batch * time >= numba_cpu.PACKED_MIN_SAMPLE_STEPS
-        assert forward_slices == [] and steps_kept == ([1] if packed else [])
+        enough_steps = batch * time >= numba_cpu.PACKED_MIN_SAMPLE_STEPS
+        with_cache = enough_steps and batch >= numba_cpu.PACKED_MIN_SAMPLES_WITH_CACHE
+        assert forward_slices == ([time] if with_cache else [])
+        assert steps_kept == ([1] if enough_steps and batch >= numba_cpu.PACKED_MIN_SAMPLES else [])
     assert inferred.cache is None and kept.cache is not None
     for ours, reference in zip(inferred[:3], kept[:3]):
-        if steps_kept and path == "sequence":  # the packed product sums in another order
+        if len(steps_kept) != len(forward_slices):  # the packed product sums in another order
             np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-12)
         else:
             np.testing.assert_array_equal(ours, reference)

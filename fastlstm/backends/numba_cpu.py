@@ -7,8 +7,8 @@ forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`
 with the weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one
 compiled pointwise step; the backward one likewise, then its dx and share of the weight gradients
 as BLAS products over all time steps (single-threaded: one per core). :func:`infer`, which keeps
-nothing for a backward pass, runs the stepwise path in a few steps' memory, and on one core for
-most small shapes too. The large arrays of either path reuse the memory of earlier calls'
+nothing for a backward pass, runs the stepwise path in a few steps' memory. Between the two,
+from a few samples, the stepwise path runs on one core (PACKED_MIN_SAMPLES). The large arrays of either path reuse the memory of earlier calls'
 (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
 on first use per dtype and cached on disk.
 
@@ -38,11 +38,15 @@ from fastlstm.utils import usable_cores
 # sequence, a product per step and the samples on every core beat the one compiled call, below it
 # starting the threads costs more than they save (bench/test_kernels.py's batch sweep at 32 units).
 STEPWISE_WORK = 1 << 18
-# Below that, infer (which keeps nothing for a backward pass) still takes the stepwise path, on
-# one core, from this many samples and sample-steps: its packed product over all the samples
-# beats the one call's products of one sample at a time (32, 25, 16, 32: 0.20 ms against 0.30;
-# 512, 1, 16, 32: 0.14 against 0.19), but not the weights' packing where there are few rows.
+# Below that, the stepwise path still runs, on one core, from this many samples and
+# sample-steps: its packed product over all the samples beats the one call's products of one
+# sample at a time, but not the weights' packing where there are few rows. For infer (which keeps
+# nothing for a backward pass) from 8 samples (32, 25, 16, 32: 0.20 ms against 0.30; 512, 1, 16,
+# 32: 0.14 against 0.19); where the backward pass follows, from 128, as its own fixed costs (BLAS
+# products and their thread limit) outweigh the gain below (forward+backward at 64, 1, 16, 32:
+# 0.23 ms against 0.16; at 512, 1, 16, 32: 0.62 against 0.84).
 PACKED_MIN_SAMPLES = 8
+PACKED_MIN_SAMPLES_WITH_CACHE = 128
 PACKED_MIN_SAMPLE_STEPS = 64
 
 # The large shapes' arrays reuse the memory of earlier calls' (see fastlstm.backends.memory): a
@@ -235,7 +239,8 @@ def _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, keep):
     units = recurrent_kernel.shape[0]
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
     threaded = runs_stepwise(batch, time, units)
-    if threaded or not keep and batch >= PACKED_MIN_SAMPLES and batch * time >= PACKED_MIN_SAMPLE_STEPS:
+    packed = batch >= (PACKED_MIN_SAMPLES_WITH_CACHE if keep else PACKED_MIN_SAMPLES)
+    if threaded or packed and batch * time >= PACKED_MIN_SAMPLE_STEPS:
         weights = np.concatenate([kernel, recurrent_kernel])
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
         x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
