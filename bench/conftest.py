@@ -7,7 +7,8 @@
 
 Each kernel benchmark starts once the other implementations' threads have come to rest
 (bench/idle.py): each implementation as if alone. bench/test_side_by_side.py times them the
-other way, each right after the others.
+other way, each right after the others; bench/test_in_turn.py alone again, but fastlstm and the
+baselines round by round.
 """
 import functools
 import itertools
@@ -102,6 +103,8 @@ def shape_id(shape):
 def pytest_configure(config):
     config.addinivalue_line("markers", "side_by_side: times the CPU implementations one right after another, "
                                        "float32, at the grid's shapes of more than one time step")
+    config.addinivalue_line("markers", "in_turn: times fastlstm's CPU backends and the baselines round by round, "
+                                       "each call once the others' threads rest")
 
 
 def side_by_side(implementations):
@@ -110,17 +113,26 @@ def side_by_side(implementations):
     return [impl for impl in implementations if not impl.gpu and impl.name != "fastlstm-numpy"]
 
 
+def in_turn(implementations):
+    """The implementations bench/test_in_turn.py times, each with the CPU baselines in turn:
+    fastlstm's CPU backends but the reference."""
+    return [impl for impl in side_by_side(implementations) if not impl.baseline]
+
+
 def pytest_generate_tests(metafunc):
     if {"implementation", "shape", "dtype"} <= set(metafunc.fixturenames):
         shapes = GRIDS[metafunc.config.getoption("--bench-grid")]
         device = metafunc.config.getoption("--bench-device")
         chosen = [impl for impl in _implementations() if DEVICES[device](impl)]
         dtypes = (np.float32, np.float64)
-        if metafunc.definition.get_closest_marker("side_by_side"):
+        situation = next((m for m in ("side_by_side", "in_turn") if metafunc.definition.get_closest_marker(m)), None)
+        if situation == "side_by_side":
             chosen, dtypes, shapes = side_by_side(chosen), (np.float32,), [s for s in shapes if s[1] > 1]
-            if metafunc.config.getoption("benchmark_disable"):
-                # Untimed, one shape runs this path; test_kernels.py checks every shape's results.
-                shapes = shapes[:1]
+        elif situation == "in_turn":
+            chosen = in_turn(chosen)
+        if situation and metafunc.config.getoption("benchmark_disable"):
+            # Untimed, one float32 shape runs these paths; test_kernels.py checks every shape's results.
+            dtypes, shapes = (np.float32,), shapes[:1]
         # Shape by shape, every implementation one after another: this machine's speed drifts by
         # tens of percent over minutes, so the implementations a ratio compares run seconds apart.
         cases = [(impl, shape, np.dtype(dtype)) for dtype in dtypes
@@ -159,29 +171,34 @@ def reference():
     return get
 
 
-# Rounds of a side-by-side benchmark: each runs every other implementation first, so it is long.
+# Rounds of a side-by-side or in-turn benchmark: each runs every other implementation first, so it is long.
 SIDE_BY_SIDE_ROUNDS = 9
+IN_TURN_ROUNDS = 15
 
 
 @pytest.fixture
 def timed(benchmark, reference):
-    """timed(pass_name, implementation, shape, dtype, after_others=False): times one pass, records
-    what it ran, and checks its result against the reference. Alone (the default): once the other
-    implementations' threads rest; after_others: each call right after every other
-    implementation of side_by_side() made the same pass, their threads still spinning."""
+    """timed(pass_name, implementation, shape, dtype, situation="alone"): times one pass, records
+    what it ran, and checks its result against the reference. "alone": once the other
+    implementations' threads rest; "side by side": each call right after every other
+    implementation of side_by_side() made the same pass, their threads still spinning; "in turn":
+    each round every CPU baseline's call, then this one's, each once the others' threads rest, the
+    baselines' median times in ``extra_info["in_turn_with"]`` (ms): the machine's speed drifts
+    within seconds, and a ratio of calls made in turn shows less of it than one of benchmarks
+    that ran a minute apart."""
 
-    def run(pass_name, implementation, shape, dtype, after_others=False):
+    def run(pass_name, implementation, shape, dtype, situation="alone"):
         inputs = make_inputs(*shape, dtype)
         runner = implementation.prepare(inputs)
         beside = implementation.name.startswith("fastlstm") and not implementation.gpu and dtype == np.float32 and \
-            flops("forward", *shape) >= LARGE_FLOPS and not after_others and not benchmark.disabled
+            flops("forward", *shape) >= LARGE_FLOPS and situation == "alone" and not benchmark.disabled
         throughput_before = matrix_product_gflops() if beside else None
         batch, time, input_dim, units = shape
         benchmark.group = f"{pass_name} {shape_id(shape)} {dtype.name}"
         benchmark.extra_info.update(
             implementation=implementation.name, baseline=implementation.baseline, device=implementation.device,
             pass_name=pass_name, batch=batch, time=time, input_dim=input_dim, units=units, dtype=dtype.name,
-            situation="side by side" if after_others else "alone",
+            situation=situation,
             path=runner.path, versions={**versions(), **implementation.versions},
         )
         if implementation.gpu:
@@ -189,7 +206,7 @@ def timed(benchmark, reference):
             getattr(runner, pass_name)()  # compilation and the device's first use, outside the timing
         if runner.launches:
             benchmark.extra_info["launches"] = runner.launches[pass_name]
-        if after_others:
+        if situation == "side by side":
             others = [getattr(other.prepare(inputs), pass_name) for other in side_by_side(_implementations())
                       if other.name != implementation.name and dtype in other.dtypes]
 
@@ -199,6 +216,23 @@ def timed(benchmark, reference):
 
             result = benchmark.pedantic(getattr(runner, pass_name), setup=others_first, rounds=SIDE_BY_SIDE_ROUNDS,
                                         warmup_rounds=1)
+        elif situation == "in turn":
+            baselines = {other.name: getattr(other.prepare(inputs), pass_name) for other in _implementations()
+                         if other.baseline and not other.gpu and dtype in other.dtypes}
+            times = {name: [] for name in baselines}
+
+            def baselines_first():
+                for name, call in baselines.items():
+                    wait_for_other_threads()
+                    start = clock.perf_counter()
+                    call()
+                    times[name].append(clock.perf_counter() - start)
+                wait_for_other_threads()
+
+            result = benchmark.pedantic(getattr(runner, pass_name), setup=baselines_first, rounds=IN_TURN_ROUNDS,
+                                        warmup_rounds=1)
+            benchmark.extra_info["in_turn_with"] = {name: 1e3 * float(np.median(t[-IN_TURN_ROUNDS:]))
+                                                    for name, t in times.items()}
         else:
             wait_for_other_threads()
             result = benchmark(getattr(runner, pass_name))

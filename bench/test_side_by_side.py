@@ -9,8 +9,8 @@ pytestmark = pytest.mark.side_by_side
 
 
 def test_forward(timed, implementation, shape, dtype):
-    timed("forward", implementation, shape, dtype, after_others=True)
+    timed("forward", implementation, shape, dtype, "side by side")
 
 
 def test_forward_backward(timed, implementation, shape, dtype):
-    timed("forward_backward", implementation, shape, dtype, after_others=True)
+    timed("forward_backward", implementation, shape, dtype, "side by side")

@@ -3,7 +3,8 @@ ratios and PNG plots. Several files make one report: bench/test_keras_layer.py's
 Keras backend, in one table.
 
 Kernel benchmarks: per shape, pass and dtype, each implementation's median time and, for fastlstm,
-its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run;
+its speed-up over the fastest baseline (Keras, raw TensorFlow, PyTorch) measured in the same run,
+in a table per situation (alone, side by side, in turn: bench/conftest.py);
 at the large shapes, fastlstm's share of the machine's matrix-product throughput measured beside it.
 The benchmarks on a GPU (those whose extra_info names a ``gpu``) have a table of their own, which
 names the GPU: fastlstm on the GPU against the GPU baselines (cuDNN through PyTorch and Keras),
@@ -77,9 +78,22 @@ def _row(path, number, bench):
     return {**info, "median": 1e3 * median, **({"fullname": fullname} if isinstance(fullname, str) else {})}
 
 
+def _in_turn_rows(path, number, row):
+    """``row`` and, for a benchmark timed in turn with the baselines (bench/test_in_turn.py), a row
+    of each baseline's median in the same rounds, as if it were a benchmark of its own."""
+    with_baselines = _checked(path, f"benchmark {number}'s 'in_turn_with'", row.pop("in_turn_with", {}), dict)
+    for name, median in with_baselines.items():
+        if not isinstance(median, (int, float)) or isinstance(median, bool):
+            raise _not_benchmarks(path, f"benchmark {number}'s 'in_turn_with' gives {name!r} no median in ms")
+    benchmark = {key: value for key, value in row.items() if key != "fullname"}  # pytest's name is the row's alone
+    return [row, *({**benchmark, "implementation": name, "baseline": True, "median": median}
+                   for name, median in with_baselines.items())]
+
+
 def _rows(path, document):
     benchmarks = _checked(path, "'benchmarks'", document.get("benchmarks", []), list)
-    rows = [row for row in (_row(path, number, bench) for number, bench in enumerate(benchmarks)) if row]
+    rows = [in_turn for number, bench in enumerate(benchmarks) if (row := _row(path, number, bench))
+            for in_turn in _in_turn_rows(path, number, row)]
     if not rows:
         raise ValueError(f"{path} holds no fastlstm benchmarks: write it with "
                          "`pytest bench/ --benchmark-only --benchmark-json=PATH`")
@@ -133,8 +147,8 @@ def _machine(path, document):
 
 
 def _situation(row):
-    """How a benchmark was timed: "alone" or "side by side" (bench/conftest.py); files written
-    before bench/ recorded it hold the benchmarks of bench/test_kernels.py, timed one by one."""
+    """How a benchmark was timed: "alone", "side by side" or "in turn" (bench/conftest.py); files
+    written before bench/ recorded it hold the benchmarks of bench/test_kernels.py, timed one by one."""
     return row.get("situation", "alone")
 
 
@@ -303,8 +317,8 @@ def keras_layer_table(rows, cpu):
 def plot(rows, out_dir):
     """PNGs of median time against batch size per implementation, one panel per sequence length,
     for each pass, dtype and (input, units) measured at several batch sizes, the benchmarks on a
-    GPU in figures of their own (named ...-gpu.png); those timed side by side are left out, their
-    table tells them. Returns their paths."""
+    GPU in figures of their own (named ...-gpu.png); those timed side by side or in turn are left
+    out, their tables tell them. Returns their paths."""
     try:
         import matplotlib
     except ImportError as e:
@@ -371,6 +385,9 @@ def report(paths, out_dir, plots=True):
                          ("Kernels side by side in one process (each call right after every other "
                           "implementation's, their threads still spinning)",
                           kernel_table([r for r in on_cpu if _situation(r) == "side by side"])),
+                         ("Kernels in turn (fastlstm and the baselines round by round in one process, each "
+                          "call once the others' threads rest; medians of the same rounds)",
+                          kernel_table([r for r in on_cpu if _situation(r) == "in turn"])),
                          ("Kernels on the GPU: fastlstm against the fastest GPU baseline (cuDNN)", kernel_table(on_gpu)),
                          ("Share of the matrix-product throughput (float32 products of 1024 x 1024 on every "
                           "core, the mean of the best of 10 just before and just after each pass)",

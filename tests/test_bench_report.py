@@ -372,3 +372,39 @@ def test_files_from_different_machines_name_each_its_own(tmp_path):
         f"Benchmarks of {tensorflow} (AMD EPYC 7B13 (family 25, model 1), avx2; Python 3.11.9), {jax} (Intel Xeon, "
         "avx2; Python 3.11.9); medians, ratios measured in the same run.")
     assert "on AMD EPYC 7B13 (family 25, model 1), avx2 and Intel Xeon, avx2; Keras" in markdown
+
+
+def test_a_benchmark_in_turn_gives_its_baselines_medians_a_table_of_their_own(tmp_path):
+    """bench/test_in_turn.py's benchmark times fastlstm and records the baselines' medians of the
+    same rounds: each becomes a baseline's row, compared within the in-turn table alone."""
+    in_turn = _bench("fastlstm-numba_cpu", False, 0.002, 1, situation="in turn")
+    in_turn["extra_info"]["in_turn_with"] = {"torch": 3.0, "keras": 5.0}
+    in_turn["fullname"] = "bench/test_in_turn.py::test_forward[...]"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmarks": [_bench("fastlstm-numba_cpu", False, 0.001, 1),
+                                               _bench("torch", True, 0.004, 1), in_turn]}))
+    sections = bench_report.report(path, tmp_path, plots=False).split("## ")
+    alone, = (s for s in sections if s.startswith("Kernels, each implementation alone"))
+    turn, = (s for s in sections if s.startswith("Kernels in turn"))
+    assert [c.strip() for c in alone.splitlines()[4].split("|")[4:7]] == ["1.000", "4.000", "4.00x"]
+    assert [c.strip() for c in turn.splitlines()[4].split("|")[4:8]] == ["2.000", "5.000", "3.000", "1.50x"]
+    in_turn["extra_info"]["in_turn_with"] = {"torch": "fast"}
+    path.write_text(json.dumps({"benchmarks": [in_turn]}))
+    with pytest.raises(ValueError, match=r"r.json: .*benchmark 0's 'in_turn_with' gives 'torch' no median in ms"):
+        bench_report.load(path)
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("numba", "torch", "tensorflow", "keras")),
+                    reason="times numba_cpu in turn with PyTorch, TensorFlow and Keras")
+def test_a_real_in_turn_run_records_each_baselines_median_of_the_same_rounds(tmp_path):
+    path = _run_bench(tmp_path / "turn.json", "test_in_turn.py", "b1-t25-d16 and float32")
+    benchmarks = json.loads(path.read_text())["benchmarks"]
+    assert {(b["extra_info"]["implementation"], b["extra_info"]["pass_name"]) for b in benchmarks} == \
+        {("fastlstm-numba_cpu", "forward"), ("fastlstm-numba_cpu", "forward_backward")}
+    for b in benchmarks:
+        assert b["extra_info"]["situation"] == "in turn" and b["stats"]["rounds"] == 15
+        assert set(b["extra_info"]["in_turn_with"]) == {"keras", "tensorflow", "torch"}
+        assert all(0 < median < 1e3 for median in b["extra_info"]["in_turn_with"].values())
+    rows = [line for line in bench_report.report(path, tmp_path, plots=False).splitlines()
+            if line.startswith("| float32")]
+    assert len(rows) == 2 and all(line.split("|")[-2].strip().endswith("x") for line in rows)
