@@ -33,7 +33,7 @@ def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequ
 
     Or, for a pass that keeps nothing for the backward pass, those four are rings of 2, 1, 2
     and 1 rows along time, which step t uses at t modulo their length: a step's rows then stay in
-    the core's cache (bench/test_kernels.py's forward at 512, 25, 16, 32). h_T is then in
+    the core's cache (bench/test_kernels.py's forward at 256, 25, 64, 128). h_T is then in
     ``inputs[time % 2, :, input_dim:]`` and c_T in ``c[time % 2]``.
     """
     input_dim = x.shape[2]
