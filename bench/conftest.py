@@ -174,6 +174,18 @@ def reference():
 # Rounds of a side-by-side or in-turn benchmark: each runs every other implementation first, so it is long.
 SIDE_BY_SIDE_ROUNDS = 9
 IN_TURN_ROUNDS = 15
+# In turn, each implementation's calls run this long (at least one call), untimed, before its
+# timed one: a core that rested runs its first milliseconds slow on a virtual machine (a Zen 4's
+# forward at 128, 25, 16, 32 took 1.7 ms right after 5 ms of rest, 0.7 back to back).
+WARM_SECONDS = 0.005
+
+
+def warm_up(call):
+    """Calls ``call`` for WARM_SECONDS, at least once."""
+    start = clock.perf_counter()
+    call()
+    while clock.perf_counter() - start < WARM_SECONDS:
+        call()
 
 
 @pytest.fixture
@@ -182,10 +194,10 @@ def timed(benchmark, reference):
     what it ran, and checks its result against the reference. "alone": once the other
     implementations' threads rest; "side by side": each call right after every other
     implementation of side_by_side() made the same pass, their threads still spinning; "in turn":
-    each round every CPU baseline's call, then this one's, each once the others' threads rest, the
-    baselines' median times in ``extra_info["in_turn_with"]`` (ms): the machine's speed drifts
-    within seconds, and a ratio of calls made in turn shows less of it than one of benchmarks
-    that ran a minute apart."""
+    each round every CPU baseline's call, then this one's, each once the others' threads rest and
+    after warm_up(), the baselines' median times in ``extra_info["in_turn_with"]`` (ms): the
+    machine's speed drifts within seconds, and a ratio of calls made in turn shows less of it than
+    one of benchmarks that ran a minute apart."""
 
     def run(pass_name, implementation, shape, dtype, situation="alone"):
         inputs = make_inputs(*shape, dtype)
@@ -224,10 +236,12 @@ def timed(benchmark, reference):
             def baselines_first():
                 for name, call in baselines.items():
                     wait_for_other_threads()
+                    warm_up(call)
                     start = clock.perf_counter()
                     call()
                     times[name].append(clock.perf_counter() - start)
                 wait_for_other_threads()
+                warm_up(getattr(runner, pass_name))
 
             result = benchmark.pedantic(getattr(runner, pass_name), setup=baselines_first, rounds=IN_TURN_ROUNDS,
                                         warmup_rounds=1)
