@@ -1,20 +1,21 @@
 """The numba_cpu backend: the LSTM recurrence as fused loops compiled by Numba, on the CPU.
 
-When a step's work is small (the alphabet's shapes, where a BLAS call per step would cost more
-than the step), the whole layer runs in one compiled call: the input projection, the recurrence
-and the weight gradients as loops. Otherwise the cores take slices of the samples and run the
-forward recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step,
-with the weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one
-compiled pointwise step; the backward one likewise, then its dx and share of the weight gradients
-as BLAS products over all time steps (single-threaded: one per core). :func:`infer`, which keeps
-nothing for a backward pass, runs the stepwise path in a few steps' memory. Between the two,
-from a few samples, the stepwise path runs on one core (PACKED_MIN_SAMPLES). The large arrays of either path reuse the memory of earlier calls'
-(:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
+When a step's work is small (the alphabet's shapes, where a BLAS call per step would cost more than
+the step), the whole layer runs in one compiled call: the input projection, the recurrence and the
+weight gradients as loops. Otherwise the cores take slices of the samples and run the forward
+recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step, with the
+weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one compiled
+pointwise step; the backward one likewise, then its dx and share of the weight gradients as BLAS
+products over all time steps (single-threaded: one per core). :func:`infer`, which keeps nothing
+for a backward pass, runs the stepwise path in a few steps' memory. Between the two, from a few
+samples, the stepwise path runs on one core (PACKED_MIN_SAMPLES). The large arrays of either path
+reuse the memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
 on first use per dtype and cached on disk.
 
-Of the contract's optional functions it implements :func:`infer`, :func:`all_finite` and :func:`train_epoch`,
-the fused training pass of an LSTM + Dense(softmax) model, which :class:`fastlstm.nn.Sequential`
-takes through :func:`fastlstm.ops.lstm_train_epoch` where it applies.
+Of the contract's optional functions it implements :func:`infer`, :func:`all_finite` and
+:func:`train_epoch`, the fused training pass of an LSTM + Dense(softmax) model, which
+:class:`fastlstm.nn.Sequential` takes through :func:`fastlstm.ops.lstm_train_epoch` where it
+applies.
 """
 import concurrent.futures
 import functools
