@@ -229,8 +229,8 @@ def timed(benchmark, reference):
             result = benchmark.pedantic(getattr(runner, pass_name), setup=others_first, rounds=SIDE_BY_SIDE_ROUNDS,
                                         warmup_rounds=1)
         elif situation == "in turn":
-            baselines = {other.name: getattr(other.prepare(inputs), pass_name) for other in _implementations()
-                         if other.baseline and not other.gpu and dtype in other.dtypes}
+            baselines = {other.name: getattr(other.prepare(inputs), pass_name)
+                         for other in side_by_side(_implementations()) if other.baseline and dtype in other.dtypes}
             times = {name: [] for name in baselines}
 
             def baselines_first():

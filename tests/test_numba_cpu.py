@@ -155,7 +155,6 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
         lstm_backward(inferred.cache, np.ones_like(inferred.outputs))
 
 
-
 @njit
 def _sums_of_fused_multiply_adds(a, w):
     """a @ w with each element one fused multiply-add after another in the order of k, from 0."""

@@ -194,6 +194,17 @@ def runs_stepwise(batch, time, units):
     return (step >= STEPWISE_WORK) & (step * time >= 16 * STEPWISE_WORK)
 
 
+def _stepwise_cores(batch, time, units, keep):
+    """On how many cores the stepwise path runs a forward pass of this shape (keep: one whose
+    backward follows): every core from STEPWISE_WORK, one from PACKED_MIN_SAMPLES (or
+    PACKED_MIN_SAMPLES_WITH_CACHE) samples and PACKED_MIN_SAMPLE_STEPS sample-steps, else none
+    (0: the one-call path)."""
+    if runs_stepwise(batch, time, units):
+        return _cores()
+    packed = batch >= (PACKED_MIN_SAMPLES_WITH_CACHE if keep else PACKED_MIN_SAMPLES)
+    return int(packed and batch * time >= PACKED_MIN_SAMPLE_STEPS)
+
+
 class Share(NamedTuple):
     """One slice of the samples (see _slices) in a stepwise forward pass, what its backward pass reads.
     Time-major, so that a step's rows lie together in memory: the pointwise steps are slower over
@@ -238,19 +249,17 @@ def _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, keep):
     batch, time, input_dim = x.shape
     units = recurrent_kernel.shape[0]
     bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
-    threaded = runs_stepwise(batch, time, units)
-    packed = batch >= (PACKED_MIN_SAMPLES_WITH_CACHE if keep else PACKED_MIN_SAMPLES)
-    if threaded or packed and batch * time >= PACKED_MIN_SAMPLE_STEPS:
+    cores = _stepwise_cores(batch, time, units, keep)
+    if cores:
         weights = np.concatenate([kernel, recurrent_kernel])
         sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
         x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
         h0, c0 = np.ascontiguousarray(h0), np.ascontiguousarray(c0)  # one compiled specialisation
-        shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes, keep,
-                                   _cores() if threaded else 1)
+        shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes, keep, cores)
         hT = np.concatenate([share.inputs[time % len(share.inputs), :, input_dim:] for share in shares])
         cT = np.concatenate([share.c[time % len(share.c)] for share in shares])
-        saved = None if not keep else Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None,
-                                               options, shares)
+        saved = Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None, options,
+                         shares) if keep else None
         return (hT.copy() if sequences is None else sequences), hT, cT, saved
     if keep:
         x = sequence.owned_in_processing_order(np, x, options.go_backwards)
@@ -284,10 +293,10 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes, keep, cores):
     units = weights.shape[1] // 4
     packed = cpu_matmul.pack_columns(weights)
     no_sequences = np.empty((0, time, units), x.dtype)
+    steps = time if keep else 1  # the steps the slices' arrays hold
 
     def recurrence(samples):
         n = samples.stop - samples.start
-        steps = time if keep else 1
         inputs = MEMORY.empty((steps + 1, n, input_dim + units), x.dtype)
         gates = MEMORY.empty((steps, n, 4 * units), x.dtype)
         c = MEMORY.empty((steps + 1, n, units), x.dtype)
