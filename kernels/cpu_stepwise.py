@@ -11,7 +11,7 @@ step's rows lie together.
 from numba import njit
 
 from .cpu_arithmetic import FLAGS, add_to, copy_to
-from .cpu_lstm import backward_step, forward_step
+from .cpu_lstm import backward_step, forward_step, infer_step
 from .cpu_matmul import matmul_packed
 
 
@@ -31,9 +31,10 @@ def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequ
     - gates [time, n, 4*units]: the activated gates;
     - c [time + 1, n, units]: c0, c_1 .. c_T; act_c [time, n, units]: ``activation(c_t)``.
 
-    Or, for a pass that keeps nothing for the backward pass, those four are rings of 2, 1, 2
-    and 1 rows along time, which step t uses at t modulo their length: a step's rows then stay in
-    the core's cache (bench/test_kernels.py's forward at 256, 25, 64, 128). h_T is then in
+    Or, for a pass that keeps nothing for the backward pass, act_c is [0, n, units] and the
+    others are rings of 2, 1 and 2 rows along time, which step t uses at t modulo their length:
+    a step's rows then stay in the core's cache (bench/test_kernels.py's forward at 256, 25, 64,
+    128), and the gates are not kept (``cpu_lstm.infer_step``). h_T is then in
     ``inputs[time % 2, :, input_dim:]`` and c_T in ``c[time % 2]``.
     """
     input_dim = x.shape[2]
@@ -45,8 +46,12 @@ def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequ
         step_gates = gates[t % gates.shape[0]]
         copy_to(rows[:, :input_dim], x[:, t])
         matmul_packed(rows, packed_weights, step_gates)
-        forward_step(step_gates, bias, c[t % c.shape[0]], c[(t + 1) % c.shape[0]], act_c[t % act_c.shape[0]],
-                     next_rows, input_dim, activation, recurrent_activation)
+        c_prev, c_next = c[t % c.shape[0]], c[(t + 1) % c.shape[0]]
+        if act_c.shape[0]:
+            forward_step(step_gates, bias, c_prev, c_next, act_c[t % act_c.shape[0]], next_rows, input_dim, activation,
+                         recurrent_activation)
+        else:
+            infer_step(step_gates, bias, c_prev, c_next, next_rows, input_dim, activation, recurrent_activation)
         if sequences.shape[0]:
             copy_to(sequences[:, t], next_rows[:, input_dim:])
 

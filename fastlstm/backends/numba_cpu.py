@@ -217,7 +217,7 @@ class Share(NamedTuple):
     inputs: np.ndarray
     gates: np.ndarray  # [time, n, 4*units]: activated i, f, g, o
     c: np.ndarray  # [time + 1, n, units]: c0, c_1 .. c_T
-    act_c: np.ndarray  # [time, n, units]: activation(c_t)
+    act_c: np.ndarray  # [time, n, units]: activation(c_t); [0, n, units] for infer, which keeps none
 
 
 class Stepwise(NamedTuple):
@@ -293,14 +293,14 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes, keep, cores):
     units = weights.shape[1] // 4
     packed = cpu_matmul.pack_columns(weights)
     no_sequences = np.empty((0, time, units), x.dtype)
-    steps = time if keep else 1  # the steps the slices' arrays hold
+    steps = time if keep else 1  # the steps the slices' gates hold (and, one more, their inputs and c)
 
     def recurrence(samples):
         n = samples.stop - samples.start
         inputs = MEMORY.empty((steps + 1, n, input_dim + units), x.dtype)
         gates = MEMORY.empty((steps, n, 4 * units), x.dtype)
         c = MEMORY.empty((steps + 1, n, units), x.dtype)
-        act_c = MEMORY.empty((steps, n, units), x.dtype)
+        act_c = MEMORY.empty((time if keep else 0, n, units), x.dtype)
         cpu_stepwise.forward_slice(x[samples], h0[samples], c0[samples], inputs, packed, bias, gates, c, act_c,
                                    no_sequences if sequences is None else sequences[samples], *codes)
         return Share(samples, inputs, gates, c, act_c)
