@@ -1,6 +1,7 @@
-"""The packed product's machine code for CPUs this machine need not have: matmul_packed compiled
-(never run) for AVX-512 and AVX2 targets, each in a process of its own with NUMBA_CPU_NAME and
-NUMBA_CPU_FEATURES set and a fresh Numba cache, and its product loop read from the assembly."""
+"""The stepwise path's machine code for CPUs this machine need not have: the packed product
+(matmul_packed) and the pointwise steps (forward_step, infer_step) compiled (never run) for AVX-512
+and AVX2 targets, each in a process of its own with NUMBA_CPU_NAME and NUMBA_CPU_FEATURES set and
+a fresh Numba cache, and their loops read from the assembly."""
 import json
 import os
 import re
@@ -16,24 +17,32 @@ pytest.importorskip("numba")  # the 'test' extra installs it; CI runs these
 # host's, which turn AVX-512 off on a machine without it.
 TARGETS = {"skylake-avx512": (8, 2, 512), "znver4": (8, 2, 512), "haswell": (6, 2, 256)}  # float32 rows, vectors, bits
 FLOAT64_ROWS = 4  # on every target
+# The vectors LLVM chooses for loops it vectorises itself: 256 bits on Skylake-X as well, whose
+# clock drops under 512-bit work (LLVM's prefer-vector-width for it), 512 on Zen 4.
+LOOP_REGISTERS = {"skylake-avx512": "ymm", "znver4": "zmm", "haswell": "ymm"}
 
 _COMPILE = """
 import json
 from numba import types
-from fastlstm.kernels import cpu_matmul
+from fastlstm.kernels import cpu_lstm, cpu_matmul
 assembly = {}
 for dtype in (types.float32, types.float64):
-    signature = (types.Array(dtype, 2, "A"), types.Array(dtype, 3, "C"), types.Array(dtype, 2, "A"))
-    cpu_matmul.matmul_packed.compile(signature)
-    assembly[str(dtype)] = cpu_matmul.matmul_packed.inspect_asm(signature)
+    rows, vector, index = types.Array(dtype, 2, "C"), types.Array(dtype, 1, "C"), types.int64
+    signatures = {"matmul_packed": (types.Array(dtype, 2, "A"), types.Array(dtype, 3, "C"), types.Array(dtype, 2, "A")),
+                  "forward_step": (rows, vector, rows, rows, rows, rows, index, index, index),
+                  "infer_step": (rows, vector, rows, rows, rows, index, index, index)}
+    for function, signature in signatures.items():
+        kernel = getattr(cpu_matmul if function == "matmul_packed" else cpu_lstm, function)
+        kernel.compile(signature)
+        assembly[f"{function} {dtype}"] = kernel.inspect_asm(signature)
 print(json.dumps({"target": cpu_matmul.describe_target(), "tile": cpu_matmul.TILE, "assembly": assembly}))
 """
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """For each target: describe_target(), TILE and the assembly of matmul_packed per dtype, the
-    targets compiled in parallel processes."""
+    """For each target: describe_target(), TILE and the assembly of each kernel per dtype (keys
+    "matmul_packed float32" and so on), the targets compiled in parallel processes."""
     processes = {name: subprocess.Popen(
         [sys.executable, "-c", _COMPILE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=tempfile.gettempdir(),
@@ -91,7 +100,7 @@ def test_the_product_loop_keeps_a_tile_of_accumulators_in_vector_registers(compi
     every other iteration, not a spill of the tile.)"""
     rows, vectors, vector_bits = TARGETS[name]
     rows = rows if dtype == "float32" else FLOAT64_ROWS
-    assembly = compiled[name]["assembly"][dtype]
+    assembly = compiled[name]["assembly"][f"matmul_packed {dtype}"]
     register = {512: "zmm", 256: "ymm"}[vector_bits]
     suffix = {"float32": "ps", "float64": "pd"}[dtype]
     loops = [body for body in innermost_loops(assembly) if any("vfmadd" in line for line in body)]
@@ -103,3 +112,18 @@ def test_the_product_loop_keeps_a_tile_of_accumulators_in_vector_registers(compi
         assert not any("(%rsp)" in line and re.search(r"%[xyz]mm", line) for line in body)
     if vector_bits < 512:
         assert "zmm" not in assembly
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", TARGETS)
+@pytest.mark.parametrize("kernel, activations", [("forward_step", 4), ("infer_step", 5)])
+def test_the_pointwise_steps_activate_a_vector_of_units_at_a_time(compiled, name, dtype, kernel, activations):
+    """With Keras's default activations, forward_step activates a unit's four gates in one loop,
+    and infer_step also activation(c), each activation with one division: some block of the code
+    holds that many divisions of whole vectors (LOOP_REGISTERS). (Where LLVM leaves such a loop
+    scalar, as it did for arrays of any layout, it divides with vdivss or vdivsd.)"""
+    register = LOOP_REGISTERS[name]
+    division = {"float32": "vdivps", "float64": "vdivpd"}[dtype]
+    blocks = re.split(r"\n\s*\.\w+:", compiled[name]["assembly"][f"{kernel} {dtype}"])
+    divisions = [re.findall(rf"{division}\s[^\n]*%{register}\d+\s*$", block, re.M) for block in blocks]
+    assert max(map(len, divisions)) >= activations
