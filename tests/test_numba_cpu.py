@@ -90,14 +90,16 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
-@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (5, 3, 4, 33), (1, 1, 1, 8), (14, 3, 4, 33), (130, 1, 3, 5)])
+@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (5, 3, 4, 33), (1, 1, 1, 8), (14, 3, 4, 33), (130, 1, 3, 5),
+                                   (16, 32, 2, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
     """Outputs, states and every gradient against the NumPy backend, both paths, units that are
     and are not a multiple of the vector width, with bias and state or without; stepwise, slices
-    of fewer samples than a tile of matmul_packed's and of more (14 in 5, 5 and 4); and batch 130,
-    which the one-call path's shapes run stepwise on one core (PACKED_MIN_SAMPLES_WITH_CACHE). Tolerance,
-    relative to max(1, |reference|): 1e-5 in float32, 1e-12 in float64."""
+    of fewer samples than a tile of matmul_packed's and of more (14 in 5, 5 and 4); and 130
+    samples of one step and 16 of 32, which the one-call path's shapes run stepwise on one core
+    (PACKED_WITH_CACHE). Tolerance, relative to max(1, |reference|): 1e-5 in float32, 1e-12 in
+    float64."""
     rng = np.random.default_rng(list(shape))
     inputs = random_inputs(rng, *shape, dtype=dtype, bias=shape[0] != 3, state=shape[0] != 5)
     results = {}
@@ -115,14 +117,15 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
 
 @pytest.mark.parametrize("options", OPTIONS[:4], ids=lambda o: "-".join(str(v) for v in o.values()))
 @pytest.mark.parametrize("shape", [(14, 3, 4, 33), (1, 1, 1, 8), (6, 1, 2, 5), (9, 8, 3, 5), (64, 1, 2, 17),
-                                   (130, 1, 2, 3)])
+                                   (130, 1, 2, 3), (16, 31, 2, 3), (16, 32, 2, 3)])
 def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, options, shape, monkeypatch):
     """lstm_forward(keep_cache=False) takes the backend's infer, which runs each slice of the
     stepwise path in rings of one step's gates and two steps' states (cpu_stepwise.forward_slice),
-    and takes that path on one core below the threads' shapes from PACKED_MIN_SAMPLES samples
-    and PACKED_MIN_SAMPLE_STEPS sample-steps (forward from PACKED_MIN_SAMPLES_WITH_CACHE); on
-    every path it gives the outputs and final state that forward does, exactly where both take
-    the same path. Its cache is None, which lstm_backward refuses naming keep_cache."""
+    and takes that path on one core below the threads' shapes from a (samples, sample-steps)
+    pair of PACKED_INFER on (forward from one of PACKED_WITH_CACHE: 128 samples, or 16 over 512
+    sample-steps); on every path it gives the outputs and final state that forward does, exactly
+    where both take the same path. Its cache is None, which lstm_backward refuses naming
+    keep_cache."""
     steps_kept = []
     forward_slice = cpu_stepwise.forward_slice
 
@@ -141,10 +144,9 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
     if path == "stepwise":
         assert forward_slices == [time] * min(3, batch) and steps_kept == [1] * min(3, batch)
     else:
-        enough_steps = batch * time >= numba_cpu.PACKED_MIN_SAMPLE_STEPS
-        with_cache = enough_steps and batch >= numba_cpu.PACKED_MIN_SAMPLES_WITH_CACHE
+        with_cache = batch >= 128 or batch >= 16 and batch * time >= 512
         assert forward_slices == ([time] if with_cache else [])
-        assert steps_kept == ([1] if enough_steps and batch >= numba_cpu.PACKED_MIN_SAMPLES else [])
+        assert steps_kept == ([1] if batch >= 8 and batch * time >= 64 else [])
     assert inferred.cache is None and kept.cache is not None
     for ours, reference in zip(inferred[:3], kept[:3]):
         if len(steps_kept) != len(forward_slices):  # the packed product sums in another order
@@ -280,7 +282,7 @@ def test_the_one_call_paths_large_arrays_come_from_the_memory_pool(monkeypatch):
     to the system between calls; smaller ones are NumPy's own."""
     monkeypatch.setattr(numba_cpu, "STEPWISE_WORK", 1 << 62)
     rng = np.random.default_rng(0)
-    large = lstm_forward(**random_inputs(rng, 32, 25, 16, 32, dtype=np.float32), backend="numba_cpu").cache.saved
+    large = lstm_forward(**random_inputs(rng, 12, 50, 16, 32, dtype=np.float32), backend="numba_cpu").cache.saved
     small = lstm_forward(**random_inputs(rng, 2, 3, 4, 5, dtype=np.float32), backend="numba_cpu").cache.saved
     assert large.gates.nbytes >= numba_cpu.POOLED_BYTES > small.gates.nbytes
     assert isinstance(large.gates.base, mmap.mmap) and small.gates.flags.owndata

@@ -8,8 +8,8 @@ weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and
 pointwise step; the backward one likewise, then its dx and share of the weight gradients as BLAS
 products over all time steps (single-threaded: one per core). :func:`infer`, which keeps nothing
 for a backward pass, runs the stepwise path in a few steps' memory. Between the two, from a few
-samples, the stepwise path runs on one core (PACKED_MIN_SAMPLES). The large arrays of either path
-reuse the memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
+samples, the stepwise path runs on one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of
+either path reuse the memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
 on first use per dtype and cached on disk.
 
 Of the contract's optional functions it implements :func:`infer`, :func:`all_finite` and
@@ -39,16 +39,17 @@ from fastlstm.utils import usable_cores
 # sequence, a product per step and the samples on every core beat the one compiled call, below it
 # starting the threads costs more than they save (bench/test_kernels.py's batch sweep at 32 units).
 STEPWISE_WORK = 1 << 18
-# Below that, the stepwise path still runs, on one core, from this many samples and
-# sample-steps: its packed product over all the samples beats the one call's products of one
-# sample at a time, but not the weights' packing where there are few rows. For infer (which keeps
-# nothing for a backward pass) from 8 samples (32, 25, 16, 32: 0.20 ms against 0.30; 512, 1, 16,
-# 32: 0.14 against 0.19); where the backward pass follows, from 128, as its own fixed costs (BLAS
-# products and their thread limit) outweigh the gain below (forward+backward at 64, 1, 16, 32:
-# 0.23 ms against 0.16; at 512, 1, 16, 32: 0.62 against 0.84).
-PACKED_MIN_SAMPLES = 8
-PACKED_MIN_SAMPLES_WITH_CACHE = 128
-PACKED_MIN_SAMPLE_STEPS = 64
+# Below that, the stepwise path still runs, on one core, from a (samples, sample-steps) pair of
+# these on: its packed product over all the samples beats the one call's products of one sample
+# at a time, but not the weights' packing where there are few rows. For infer (which keeps nothing
+# for a backward pass) from 8 samples and 64 sample-steps (32, 25, 16, 32: 0.20 ms against 0.30;
+# 512, 1, 16, 32: 0.14 against 0.19). Where the backward pass follows, its own fixed costs (BLAS
+# products over all steps and their thread limit) need more work to pay off: from 128 samples,
+# or 16 samples over 512 sample-steps (forward+backward at 64, 1, 16, 32: 0.23 ms against 0.16;
+# 512, 1, 16, 32: 0.62 against 0.84; 32, 5, 16, 32: 0.21 against 0.18; 32, 25, 16, 32: 0.85
+# against 1.07; 16, 100, 16, 32: 1.4 against 1.8; medians, Zen 4).
+PACKED_INFER = ((8, 64),)
+PACKED_WITH_CACHE = ((128, 64), (16, 512))
 
 # The large shapes' arrays reuse the memory of earlier calls' (see fastlstm.backends.memory): a
 # forward and backward pass at batch 1024, 25 steps, 64 inputs, 128 units takes about 180 MB.
@@ -196,13 +197,12 @@ def runs_stepwise(batch, time, units):
 
 def _stepwise_cores(batch, time, units, keep):
     """On how many cores the stepwise path runs a forward pass of this shape (keep: one whose
-    backward follows): every core from STEPWISE_WORK, one from PACKED_MIN_SAMPLES (or
-    PACKED_MIN_SAMPLES_WITH_CACHE) samples and PACKED_MIN_SAMPLE_STEPS sample-steps, else none
-    (0: the one-call path)."""
+    backward follows): every core from STEPWISE_WORK, one from a pair of PACKED_INFER (or
+    PACKED_WITH_CACHE) on, else none (0: the one-call path)."""
     if runs_stepwise(batch, time, units):
         return _cores()
-    packed = batch >= (PACKED_MIN_SAMPLES_WITH_CACHE if keep else PACKED_MIN_SAMPLES)
-    return int(packed and batch * time >= PACKED_MIN_SAMPLE_STEPS)
+    return int(any(batch >= samples and batch * time >= sample_steps
+                   for samples, sample_steps in (PACKED_WITH_CACHE if keep else PACKED_INFER)))
 
 
 class Share(NamedTuple):
