@@ -48,8 +48,8 @@ def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequ
         matmul_packed(rows, packed_weights, step_gates)
         c_prev, c_next = c[t % c.shape[0]], c[(t + 1) % c.shape[0]]
         if act_c.shape[0]:
-            forward_step(step_gates, bias, c_prev, c_next, act_c[t % act_c.shape[0]], next_rows, input_dim, activation,
-                         recurrent_activation)
+            forward_step(step_gates, bias, c_prev, c_next, act_c[t % act_c.shape[0]], next_rows, input_dim,
+                         activation, recurrent_activation)
         else:
             infer_step(step_gates, bias, c_prev, c_next, next_rows, input_dim, activation, recurrent_activation)
         if sequences.shape[0]:

@@ -9,8 +9,8 @@ pointwise step; the backward one likewise, then its dx and share of the weight g
 products over all time steps (single-threaded: one per core). :func:`infer`, which keeps nothing
 for a backward pass, runs the stepwise path in a few steps' memory. Between the two, from a few
 samples, the stepwise path runs on one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of
-either path reuse the memory of earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled
-on first use per dtype and cached on disk.
+either path reuse the memory of earlier calls' (:data:`MEMORY`). Kernels:
+``fastlstm.kernels.cpu_*``, compiled on first use per dtype and cached on disk.
 
 Of the contract's optional functions it implements :func:`infer`, :func:`all_finite` and
 :func:`train_epoch`, the fused training pass of an LSTM + Dense(softmax) model, which
