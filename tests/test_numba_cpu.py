@@ -123,9 +123,9 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
     stepwise path in rings of one step's gates and two steps' states (cpu_stepwise.forward_slice),
     and takes that path on one core below the threads' shapes from a (samples, sample-steps)
     pair of PACKED_INFER on (forward from one of PACKED_WITH_CACHE: 128 samples, or 16 over 512
-    sample-steps); on every path it gives the outputs and final state that forward does, exactly
-    where both take the same path. Its cache is None, which lstm_backward refuses naming
-    keep_cache."""
+    sample-steps); on every path, with a bias or without (9 samples), it gives the outputs and
+    final state that forward does, exactly where both take the same path. Its cache is None,
+    which lstm_backward refuses naming keep_cache."""
     steps_kept = []
     forward_slice = cpu_stepwise.forward_slice
 
@@ -134,7 +134,7 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
         return forward_slice(x, h0, c0, inputs, packed, bias, gates, *rest)
 
     monkeypatch.setattr(cpu_stepwise, "forward_slice", recording)
-    inputs = random_inputs(np.random.default_rng(list(shape)), *shape, dtype=np.float64, bias=True,
+    inputs = random_inputs(np.random.default_rng(list(shape)), *shape, dtype=np.float64, bias=shape[0] != 9,
                            state=shape[0] != 6)
     kept = lstm_forward(**inputs, **options, backend="numba_cpu")
     forward_slices = list(steps_kept)
