@@ -61,8 +61,8 @@ def _compile_forward(dtype, ready):
     inputs = np.zeros((2, 1, 1 + units), dtype)  # the rings of one step's rows [x_t, h_{t-1}], two steps
     forward_slice(np.zeros((1, 1, 1), dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype), inputs,
                   pack_columns(np.zeros((1 + units, 4 * units), dtype)), np.zeros(4 * units, dtype),
-                  np.zeros((1, 1, 4 * units), dtype), np.zeros((2, 1, units), dtype), np.zeros((1, 1, units), dtype),
-                  np.zeros((1, 1, units), dtype), *CODES)
+                  np.zeros((1, 1, 4 * units), dtype), np.zeros((2, 1, units), dtype), np.zeros((0, 1, units), dtype),
+                  np.zeros((1, 1, units), dtype), *CODES)  # act_c of no step: inference's, as the backend calls it
 
 
 def _call_backward_sequence(dtype):

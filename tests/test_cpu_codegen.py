@@ -28,13 +28,13 @@ from fastlstm.kernels import cpu_lstm, cpu_matmul
 assembly = {}
 for dtype in (types.float32, types.float64):
     rows, vector, index = types.Array(dtype, 2, "C"), types.Array(dtype, 1, "C"), types.int64
-    signatures = {"matmul_packed": (types.Array(dtype, 2, "A"), types.Array(dtype, 3, "C"), types.Array(dtype, 2, "A")),
-                  "forward_step": (rows, vector, rows, rows, rows, rows, index, index, index),
-                  "infer_step": (rows, vector, rows, rows, rows, index, index, index)}
-    for function, signature in signatures.items():
-        kernel = getattr(cpu_matmul if function == "matmul_packed" else cpu_lstm, function)
+    signatures = {cpu_matmul.matmul_packed: (types.Array(dtype, 2, "A"), types.Array(dtype, 3, "C"),
+                                             types.Array(dtype, 2, "A")),
+                  cpu_lstm.forward_step: (rows, vector, rows, rows, rows, rows, index, index, index),
+                  cpu_lstm.infer_step: (rows, vector, rows, rows, rows, index, index, index)}
+    for kernel, signature in signatures.items():
         kernel.compile(signature)
-        assembly[f"{function} {dtype}"] = kernel.inspect_asm(signature)
+        assembly[f"{kernel.py_func.__name__} {dtype}"] = kernel.inspect_asm(signature)
 print(json.dumps({"target": cpu_matmul.describe_target(), "tile": cpu_matmul.TILE, "assembly": assembly}))
 """
 
