@@ -2,7 +2,9 @@
 reference, the fused training pass against the layer-by-layer one, and its absence without numba.
 The reference, property and Keras parity tests run on it as well (see CPU_BACKENDS)."""
 import contextlib
+import functools
 import mmap
+import os
 import pathlib
 import re
 import threading
@@ -233,8 +235,8 @@ class _StalledPool:
     def __init__(self):
         self.waiting = []
 
-    def submit(self, work):
-        self.waiting.append(work)
+    def submit(self, work, *args):
+        self.waiting.append(functools.partial(work, *args))
 
     def release(self):
         for work in self.waiting:
@@ -259,6 +261,43 @@ def test_the_calling_thread_takes_every_part_no_other_thread_has_taken(monkeypat
     assert len(pool.waiting) == 3  # a thread asked for each core but the calling one's
     pool.release()
     assert len(ran) == 5
+
+
+def test_a_woken_pool_thread_leaves_the_calling_threads_cpu_and_the_caller_stays(monkeypatch):
+    """Each pool thread, woken, first moves off the CPU the caller ran on when it gave out the
+    parts; the calling thread itself never moves."""
+    pool = _StalledPool()
+    monkeypatch.setattr(numba_cpu, "_threads", lambda: (pool, contextlib.nullcontext()))
+    monkeypatch.setattr(numba_cpu, "_cores", lambda: 3)
+    monkeypatch.setattr(numba_cpu, "_cpu", lambda: 5)
+    left = []
+    monkeypatch.setattr(numba_cpu, "_leave", left.append)
+    numba_cpu._on_every_core(lambda part: part, [1, 2, 3])
+    assert left == []
+    pool.release()
+    assert left == [5, 5]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="moving a thread between CPUs needs Linux and two CPUs to move between")
+def test_a_thread_on_the_cpu_to_leave_moves_to_another_and_may_run_on_every_cpu_again():
+    allowed = sorted(os.sched_getaffinity(0))
+    seen = {}
+
+    def on_the_first_cpu_then_leave_it():
+        os.sched_setaffinity(0, {allowed[0]})  # this thread alone: runs there from now
+        os.sched_setaffinity(0, set(allowed))
+        seen["before"] = numba_cpu._cpu()
+        numba_cpu._leave(allowed[0])
+        seen["after"], seen["allowed"] = numba_cpu._cpu(), os.sched_getaffinity(0)
+        numba_cpu._leave(allowed[-1] + 1)  # a CPU it is not on: stays
+        seen["stayed"] = numba_cpu._cpu()
+
+    thread = threading.Thread(target=on_the_first_cpu_then_leave_it)
+    thread.start()
+    thread.join()
+    assert seen["before"] == allowed[0] and seen["after"] != allowed[0] and seen["after"] in allowed
+    assert seen["allowed"] == set(allowed) and seen["stayed"] == seen["after"]
 
 
 def test_a_part_that_fails_raises_its_error_in_the_calling_thread_after_every_part_ran():

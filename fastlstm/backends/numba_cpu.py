@@ -18,6 +18,7 @@ Of the contract's optional functions it implements :func:`infer`, :func:`all_fin
 applies.
 """
 import concurrent.futures
+import ctypes
 import functools
 import itertools
 import os
@@ -134,22 +135,56 @@ def _slices(batch, cores):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+try:  # which CPU the calling thread runs on; None where threads cannot be moved (not Linux)
+    _sched_getcpu = ctypes.CDLL(None).sched_getcpu if hasattr(os, "sched_setaffinity") else None
+except (OSError, AttributeError):  # a C library without it
+    _sched_getcpu = None
+
+
+def _cpu():
+    """The CPU the calling thread runs on, or None where that is not known."""
+    return None if _sched_getcpu is None else _sched_getcpu()
+
+
+def _leave(cpu):
+    """Moves the calling thread to another CPU it may run on, if it runs on ``cpu``. Linux wakes a
+    pool thread on the CPU of the thread that woke it, where the two then take turns while
+    another core idles until the scheduler balances them milliseconds later: half the speed for
+    the whole call (bench/test_side_by_side.py and bench/test_in_turn.py at 128, 25, 16, 32 and
+    512, 25, 16, 32). Limiting the thread's CPUs moves it at once; the limit is lifted right
+    after."""
+    if cpu is None or _cpu() != cpu:
+        return
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        return
+    try:
+        os.sched_setaffinity(0, allowed - {cpu})
+        os.sched_setaffinity(0, allowed)
+    except OSError:  # the process's CPUs changed meanwhile: the thread stays, which is only slower
+        pass
+
+
 def _on_every_core(work, parts):
     """Runs ``work(part)`` for every part (a slice of the samples) and returns their results in
     order. This thread and the pool's take the parts one at a time until none is left: this
     thread runs every part no pool thread has started, so it waits only for parts other threads
     have taken, never for a thread still waking up (its core busy with another process or another
-    framework's spinning threads; on a virtual machine a wake-up alone costs about 0.1 ms). The
-    slices' recurrences are independent, so they need no synchronisation. A caller whose work
-    runs BLAS products runs this inside ``_threads()[1]``, a single-threaded BLAS: BLAS threads
-    would fight the parts for the cores, and OpenBLAS's keep spinning after a product and slow the
-    next recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
+    framework's spinning threads; on a virtual machine a wake-up alone costs about 0.1 ms), and a
+    pool thread woken on this thread's CPU first moves off it (_leave). The slices' recurrences are
+    independent, so they need no synchronisation. A caller whose work runs BLAS products runs this
+    inside ``_threads()[1]``, a single-threaded BLAS: BLAS threads would fight the parts for the
+    cores, and OpenBLAS's keep spinning after a product and slow the next recurrence down
+    (bench/test_kernels.py at 256, 25, 64, 128)."""
     pool, _ = _threads()
     outcomes = [None] * len(parts)
     taken = itertools.count()  # next() on it is atomic: each part is taken once
     finished = threading.Semaphore(0)
+    caller_cpu = _cpu()
 
-    def take_parts():
+    def take_parts(woken=False):
+        if woken:
+            _leave(caller_cpu)
         while (i := next(taken)) < len(parts):
             try:
                 outcomes[i] = (True, work(parts[i]))
@@ -159,7 +194,7 @@ def _on_every_core(work, parts):
                 finished.release()
 
     for _ in range(min(_cores(), len(parts)) - 1):
-        pool.submit(take_parts)
+        pool.submit(take_parts, True)
     take_parts()
     for _ in parts:
         finished.acquire()
