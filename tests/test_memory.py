@@ -1,5 +1,6 @@
 """fastlstm.backends.memory.Pool: memory comes back only when no array uses it."""
 import numpy as np
+import pytest
 
 from fastlstm.backends.memory import Pool
 
@@ -46,6 +47,7 @@ def test_blocks_nobody_uses_make_room_and_what_cannot_fit_gets_its_own_memory():
     assert not any(np.shares_memory(x, y) for i, x in enumerate(arrays) for y in arrays[i + 1:])
 
 
-def test_an_empty_array_needs_no_block():
+def test_an_empty_array_needs_no_block_nor_a_search_for_one():
     pool = Pool(capacity=1000)
+    pool._new_block = lambda nbytes: pytest.fail(f"a block of {nbytes} bytes was asked for")
     assert pool.empty((0, 3), np.float32).shape == (0, 3) and pool.held() == 0

@@ -56,6 +56,8 @@ class Pool:
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes == 0:  # no memory to recycle (numba_cpu's inference keeps an act_c of no step)
+            return np.empty(shape, dtype)
         with self._lock:
             entry = next((e for e in self._blocks if len(e[0]) == nbytes and e[1]() is None), None)
             if entry is None:
@@ -74,7 +76,7 @@ class Pool:
         free = [e for e in self._blocks if e[1]() is None]
         while free and self.held() + nbytes > self.capacity:
             self._blocks.remove(free.pop(0))
-        if nbytes == 0 or self.held() + nbytes > self.capacity:
+        if self.held() + nbytes > self.capacity:
             return None
         block = mmap.mmap(-1, nbytes, **PRIVATE)
         if hasattr(mmap, "MADV_HUGEPAGE"):
