@@ -6,17 +6,19 @@
 namespace fastlstm {
 
 // Step t forward: z = zx + bias + hr at the step, where hr = h_{t-1} @ recurrent_kernel [batch,
-// 4*units] is the caller's GEMM of h0 or of inputs' h part; bias may be null (zero). Writes the
-// activated gates[:, t], c[:, t + 1], h_t into inputs at step t + 1 and into outputs
-// (outputs_per_step) or only the last; at the first step also c0 and h0 into c and inputs, at the
-// last h_final and c_final; and with a bias the ones of inputs.
+// 4*units] is the caller's GEMM of h0 or of h_step; bias may be null (zero). Writes the activated
+// gates[:, t], c[:, t + 1], h_t into inputs at step t + 1, into h_step [batch, units] (the next
+// step's GEMM operand: contiguous, where inputs' h part is a strided slice that cuBLAS could not
+// take without a copy) and into outputs (outputs_per_step) or only the last; at the first step
+// also c0 and h0 into c and inputs, at the last h_final and c_final; and with a bias the ones of
+// inputs.
 template <typename T>
 __global__ void stepwise_forward(const T* __restrict__ zx, const T* __restrict__ hr, const T* __restrict__ bias,
                                  const T* __restrict__ h0, const T* __restrict__ c0, T* __restrict__ inputs,
                                  T* __restrict__ c, T* __restrict__ gates, T* __restrict__ outputs,
-                                 T* __restrict__ h_final, T* __restrict__ c_final, int batch, int time, int input_dim,
-                                 int units, int t, int go_backwards, int outputs_per_step, int activation,
-                                 int recurrent_activation) {
+                                 T* __restrict__ h_final, T* __restrict__ c_final, T* __restrict__ h_step, int batch,
+                                 int time, int input_dim, int units, int t, int go_backwards, int outputs_per_step,
+                                 int activation, int recurrent_activation) {
     const int index = blockIdx.x * blockDim.x + threadIdx.x;
     if (index >= batch * units) return;
     const int b = index / units, j = index % units;
@@ -38,6 +40,7 @@ __global__ void stepwise_forward(const T* __restrict__ zx, const T* __restrict__
     c[state + units] = c_t;
     if (t + 1 < time) {
         inputs[(row * time + caller_step(t + 1, time, go_backwards)) * width + input_dim + j] = h_t;
+        h_step[index] = h_t;
     } else {
         h_final[index] = h_t;
         c_final[index] = c_t;
@@ -54,12 +57,15 @@ __global__ void stepwise_forward(const T* __restrict__ zx, const T* __restrict__
 // Step t backward: dh [batch, units] is the gradient reaching h_t from step t + 1 (the caller's
 // GEMM dz at step t + 1 @ recurrent_kernel^T), dc the one reaching c_t, carried in place to step
 // t - 1; at the last step dh_final and dc_final (null: zero) take their place. dy as in
-// persistent_backward (null: zero). Writes dz at step t, in the caller's order.
+// persistent_backward (null: zero). Writes dz at step t, in the caller's order, and into dz_step
+// [batch, 4*units], the operand of the caller's GEMM dz_t @ recurrent_kernel^T (contiguous, as
+// h_step forward).
 template <typename T>
 __global__ void stepwise_backward(const T* __restrict__ c, const T* __restrict__ gates, const T* __restrict__ dy,
                                   int dy_per_step, const T* __restrict__ dh_final, const T* __restrict__ dc_final,
-                                  const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ dz, int batch, int time,
-                                  int units, int t, int go_backwards, int activation, int recurrent_activation) {
+                                  const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ dz,
+                                  T* __restrict__ dz_step, int batch, int time, int units, int t, int go_backwards,
+                                  int activation, int recurrent_activation) {
     const int index = blockIdx.x * blockDim.x + threadIdx.x;
     if (index >= batch * units) return;
     const int b = index / units, j = index % units;
@@ -73,11 +79,16 @@ __global__ void stepwise_backward(const T* __restrict__ c, const T* __restrict__
     const size_t state = ((size_t)b * (time + 1) + t) * units + j;
     const T act_c = activate(activation, c[state + units]);
     const T dc_t = dc_next + dh_t * o * activation_grad(activation, act_c);
+    const T dz_gates[4] = {dc_t * g * activation_grad(recurrent_activation, i),
+                           dc_t * c[state] * activation_grad(recurrent_activation, f),
+                           dc_t * i * activation_grad(activation, g),
+                           dh_t * act_c * activation_grad(recurrent_activation, o)};
     T* dz_t = dz + ((size_t)b * time + caller_step(t, time, go_backwards)) * 4 * units + j;
-    dz_t[0] = dc_t * g * activation_grad(recurrent_activation, i);
-    dz_t[units] = dc_t * c[state] * activation_grad(recurrent_activation, f);
-    dz_t[2 * units] = dc_t * i * activation_grad(activation, g);
-    dz_t[3 * units] = dh_t * act_c * activation_grad(recurrent_activation, o);
+    T* dz_row = dz_step + (size_t)b * 4 * units + j;
+    for (int gate = 0; gate < 4; ++gate) {
+        dz_t[gate * units] = dz_gates[gate];
+        dz_row[gate * units] = dz_gates[gate];
+    }
     dc[index] = dc_t * f;
 }
 

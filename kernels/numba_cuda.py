@@ -411,7 +411,7 @@ def kernels(dtype):
             dh0[b + uint32(3), j], dc0[b + uint32(3), j] = dh_3, dc_3
 
     @cuda.jit
-    def stepwise_forward(zx, hr, bias, h0, c0, inputs, c, gates, outputs, h_final, c_final, batch, time,
+    def stepwise_forward(zx, hr, bias, h0, c0, inputs, c, gates, outputs, h_final, c_final, h_step, batch, time,
                          input_dim, units, t, go_backwards, outputs_per_step, activation, recurrent_activation):
         index = cuda.grid(1)
         if index >= batch * units:
@@ -433,6 +433,7 @@ def kernels(dtype):
         c[b, t + 1, j] = c_t
         if t + 1 < time:
             inputs[b, caller_step(uint32(t + 1), time, go_backwards), input_dim + j] = h_t
+            h_step[b, j] = h_t
         else:
             h_final[b, j], c_final[b, j] = h_t, c_t
         if outputs_per_step != 0:
@@ -442,8 +443,8 @@ def kernels(dtype):
         gates[b, t, j], gates[b, t, units + j], gates[b, t, 2 * units + j], gates[b, t, 3 * units + j] = i, f, g, o
 
     @cuda.jit
-    def stepwise_backward(c, gates, dy, dy_per_step, dh_final, dc_final, dh, dc, dz, batch, time, units, t,
-                          go_backwards, activation, recurrent_activation):
+    def stepwise_backward(c, gates, dy, dy_per_step, dh_final, dc_final, dh, dc, dz, dz_step, batch, time, units,
+                          t, go_backwards, activation, recurrent_activation):
         index = cuda.grid(1)
         if index >= batch * units:
             return
@@ -463,10 +464,14 @@ def kernels(dtype):
         act_c = activate(activation, c[b, t + 1, j])
         dc_t = dc_next + dh_t * o * activation_grad(activation, act_c)
         t_in = caller_step(uint32(t), time, go_backwards)
-        dz[b, t_in, j] = dc_t * g * activation_grad(recurrent_activation, i)
-        dz[b, t_in, units + j] = dc_t * c[b, t, j] * activation_grad(recurrent_activation, f)
-        dz[b, t_in, 2 * units + j] = dc_t * i * activation_grad(activation, g)
-        dz[b, t_in, 3 * units + j] = dh_t * act_c * activation_grad(recurrent_activation, o)
+        dz_i = dc_t * g * activation_grad(recurrent_activation, i)
+        dz_f = dc_t * c[b, t, j] * activation_grad(recurrent_activation, f)
+        dz_g = dc_t * i * activation_grad(activation, g)
+        dz_o = dh_t * act_c * activation_grad(recurrent_activation, o)
+        dz[b, t_in, j], dz[b, t_in, units + j], dz[b, t_in, 2 * units + j], dz[b, t_in, 3 * units + j] = \
+            dz_i, dz_f, dz_g, dz_o
+        dz_step[b, j], dz_step[b, units + j], dz_step[b, 2 * units + j], dz_step[b, 3 * units + j] = \
+            dz_i, dz_f, dz_g, dz_o
         dc[b, j] = dc_t * f
 
     return {

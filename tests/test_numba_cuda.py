@@ -98,8 +98,8 @@ def _signatures(dtype):
     return {function: ", ".join(types) for function, types in {
         "persistent_forward": (a3, a1, a2, a2, a2, a2, a3, a3, a3, a3, a2, a2, i, i, i, i, i, i, i, i, i),
         "persistent_backward": (a2, a3, a3, a3, i, a2, a2, a3, a2, a2, i, i, i, i, i, i, i),
-        "stepwise_forward": (a3, a2, a1, a2, a2, a3, a3, a3, a3, a2, a2, i, i, i, i, i, i, i, i, i),
-        "stepwise_backward": (a3, a3, a3, i, a2, a2, a2, a2, a3, i, i, i, i, i, i, i),
+        "stepwise_forward": (a3, a2, a1, a2, a2, a3, a3, a3, a3, a2, a2, a2, i, i, i, i, i, i, i, i, i),
+        "stepwise_backward": (a3, a3, a3, i, a2, a2, a2, a2, a3, a2, i, i, i, i, i, i, i),
     }.items()}
 
 

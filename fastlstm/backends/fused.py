@@ -69,10 +69,13 @@ class FusedLSTM:
         else:
             saved_recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
             hr = xp.empty((batch, 4 * units), x.dtype)
+            # Each step's kernel writes its h into h_step too, whole rows for the next step's product:
+            # inputs' h part, a strided slice, CuPy would copy first.
+            h_step = xp.empty((batch, units), x.dtype)
             for t in range(time):
-                h_prev = h0 if t == 0 else inputs[:, _caller_step(t, time, options), input_dim:input_dim + units]
-                xp.matmul(h_prev, saved_recurrent_kernel, out=hr)
-                self.launcher(plan.forward, zx, hr, bias, h0, c0, *filled, batch, time, input_dim, units, t, *flags)
+                xp.matmul(h0 if t == 0 else h_step, saved_recurrent_kernel, out=hr)
+                self.launcher(plan.forward, zx, hr, bias, h0, c0, *filled, h_step, batch, time, input_dim, units, t,
+                              *flags)
         saved = Saved(inputs, kernel.copy(), saved_recurrent_kernel, has_bias, c, gates, options, plan)
         return outputs, h_final, c_final, saved
 
@@ -93,17 +96,13 @@ class FusedLSTM:
                           batch, time, units, plan.rows, *flags)
         else:
             recurrent_kernel_t = recurrent_kernel.T
+            dz_step = xp.empty((batch, 4 * units), dtype)  # step t's dz, whole rows for the product, as h_step
             for t in reversed(range(time)):
                 # dh0 and dc0 carry the gradients reaching the state from step t + 1 to step t.
-                self.launcher(plan.backward, c, gates, *given, dh0, dc0, dz, batch, time, units, t, *flags)
-                xp.matmul(dz[:, _caller_step(t, time, options)], recurrent_kernel_t, out=dh0)
+                self.launcher(plan.backward, c, gates, *given, dh0, dc0, dz, dz_step, batch, time, units, t, *flags)
+                xp.matmul(dz_step, recurrent_kernel_t, out=dh0)
         # inputs and dz share the caller's time order, which dx then has too.
         return (*sequence.weight_gradients(xp, inputs, kernel, dz, has_bias, False), dh0, dc0)
-
-
-def _caller_step(t, time, options):
-    """The caller's time index of processing step ``t`` (lstm_common.cuh's caller_step)."""
-    return time - 1 - t if options.go_backwards else t
 
 
 def _optional(xp, a, ndim, dtype):

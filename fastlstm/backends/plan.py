@@ -145,12 +145,10 @@ def launch_count(plan, batch, time, input_dim, units):
         # The forward kernel copies recurrent_kernel for the cache as it stages it.
         forward_recurrence = backward_recurrence = 1
     else:
-        # recurrent_kernel copied for the cache, then per step a product and the pointwise kernel.
-        # CuPy copies a product's operand whose rows are strided for cuBLAS: h_{t-1} in inputs of
-        # several rows (h0, at the first step, is contiguous), and dz at one step of several rows
-        # and steps.
-        forward_recurrence = 1 + time * (_product(batch, 4 * units) + 1) + (time - 1) * int(batch > 1)
-        backward_recurrence = time * (_product(batch, units, strided=batch > 1 and time > 1) + 1)
+        # recurrent_kernel copied for the cache, then per step a product and the pointwise kernel,
+        # which writes the next product's operand (h, or dz backward) in whole rows of its own.
+        forward_recurrence = 1 + time * (_product(batch, 4 * units) + 1)
+        backward_recurrence = time * (_product(batch, units) + 1)
     # x copied into the saved inputs, x @ kernel, kernel copied for the cache; the kernels write the
     # initial state, the outputs and the final state themselves.
     forward = 1 + _product(batch * time, 4 * units) + 1 + forward_recurrence
@@ -160,7 +158,7 @@ def launch_count(plan, batch, time, input_dim, units):
     return LaunchCount(forward, backward)
 
 
-def _product(rows, columns, strided=False):
-    """The device operations of CuPy's matmul of a [rows, k] by a [k, columns] matrix: one cuBLAS
-    call, but an elementwise product and its sum where both are 1; plus a copy of a strided operand."""
-    return (2 if rows == columns == 1 else 1) + int(strided)
+def _product(rows, columns):
+    """The device operations of CuPy's matmul of a [rows, k] by a [k, columns] matrix of C- or
+    F-contiguous operands: one cuBLAS call, but an elementwise product and its sum where both are 1."""
+    return 2 if rows == columns == 1 else 1
