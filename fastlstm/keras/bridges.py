@@ -262,14 +262,20 @@ def _torch_array(tensor):
         import cupy
 
         return cupy.from_dlpack(tensor.detach())
-    return tensor.detach().numpy()
+    return tensor.numpy(force=True)  # force: detached, as a tensor that requires grad must be; no copy on the CPU
+
+
+def _torch_tensor(a):
+    """A NumPy or CuPy array as a PyTorch tensor, without a copy. from_numpy where it can: a
+    microsecond less than as_tensor an array, nine arrays a training step (batch 1, 1, 1, 50)."""
+    import torch
+
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.as_tensor(a)
 
 
 def _torch_results(call):
     """A FusedCall's (outputs, h, c) as PyTorch tensors, without a copy."""
-    import torch
-
-    return tuple(torch.as_tensor(a) for a in (call.outputs, call.h, call.c))
+    return tuple(map(_torch_tensor, (call.outputs, call.h, call.c)))
 
 
 @functools.cache
@@ -285,7 +291,7 @@ def _torch_function():
         @staticmethod
         def backward(ctx, *upstream):
             grads = ctx.call.backward(*map(_torch_array, upstream))
-            return (None, None, *(torch.as_tensor(g) for g in grads))
+            return (None, None, *map(_torch_tensor, grads))
 
     return Fused
 
