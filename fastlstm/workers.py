@@ -94,9 +94,12 @@ class WorkerPool(concurrent.futures.ProcessPoolExecutor):
             return super().submit(function, *args, **kwargs)
 
     def __exit__(self, kind, exception, traceback):
-        self.shutdown(wait=exception is None, cancel_futures=True)
         if exception is not None:
+            # The workers first: a pool shut down without waiting keeps its manager thread running
+            # on a reset state, which could then hang the interpreter's exit on finding its
+            # workers killed (CPython gh-132969); with them gone it ends at once.
             stop_children()
+        self.shutdown(wait=True, cancel_futures=True)
         return False
 
 

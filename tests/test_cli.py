@@ -4,6 +4,7 @@ import gc
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -146,6 +147,28 @@ def test_a_signal_whose_exception_python_could_not_raise_still_ends_the_wait(cap
     assert time.monotonic() - start < 1
     assert "Interrupted" not in capsys.readouterr().err  # not printed as an exception Python ignored
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_block_left_by_an_exception_ends_the_workers_and_then_the_pools_own_thread():
+    """Left by an exception (an interrupt, say), the pool ends the running calls' workers, then its
+    manager thread, before the exception goes on: nothing of it is left for the interpreter's exit
+    to wait on."""
+    threads_before = set(threading.enumerate())
+    with pytest.raises(Interrupted):
+        with WorkerPool(2) as executor:
+            futures = [executor.submit(time.sleep, 60) for _ in range(2)]
+            _wait_until_running(futures)
+            raise Interrupted(signal.SIGTERM)
+    assert all(isinstance(f.exception(timeout=10), concurrent.futures.process.BrokenProcessPool) for f in futures)
+    assert multiprocessing.active_children() == []
+    assert set(threading.enumerate()) <= threads_before
+
+
+def _wait_until_running(futures, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not all(f.running() for f in futures):
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
 
 
 def test_a_workers_exception_is_raised_with_its_traceback():
