@@ -180,7 +180,8 @@ def _on_every_core(work, parts):
     outcomes = [None] * len(parts)
     taken = itertools.count()  # next() on it is atomic: each part is taken once
     finished = threading.Semaphore(0)
-    caller_cpu = _cpu()
+    helpers = min(_cores(), len(parts)) - 1  # pool threads to wake
+    caller_cpu = _cpu() if helpers else None  # for them to leave (no look at the CPU on one core)
 
     def take_parts(woken=False):
         if woken:
@@ -193,7 +194,7 @@ def _on_every_core(work, parts):
             finally:
                 finished.release()
 
-    for _ in range(min(_cores(), len(parts)) - 1):
+    for _ in range(helpers):
         pool.submit(take_parts, True)
     take_parts()
     for _ in parts:
