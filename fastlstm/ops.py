@@ -114,7 +114,9 @@ def lstm_forward(
     impl = get_backend(backend)
     prepare = _preparer(impl)
     x, kernel, recurrent_kernel = prepare(x, "x"), prepare(kernel, "kernel"), prepare(recurrent_kernel, "recurrent_kernel")
-    bias, h0, c0 = [None if a is None else prepare(a, name) for a, name in ((bias, "bias"), (h0, "h0"), (c0, "c0"))]
+    bias = None if bias is None else prepare(bias, "bias")  # apart, not in a loop: a batch-1 call is all overhead
+    h0 = None if h0 is None else prepare(h0, "h0")
+    c0 = None if c0 is None else prepare(c0, "c0")
     if x.ndim != 3:
         raise ValueError(f"x must be [batch, time, input_dim] (3-D), got shape {x.shape}")
     batch, time, input_dim = x.shape
@@ -143,18 +145,14 @@ def lstm_forward(
         h0 = _checked(h0, "h0", x.dtype, shape=state_shape)
     if c0 is not None:
         c0 = _checked(c0, "c0", x.dtype, shape=state_shape)
-    options = LSTMOptions(
-        activation_name(activation, "activation"),
-        activation_name(recurrent_activation, "recurrent_activation"),
-        bool(return_sequences),
-        bool(go_backwards),
-    )
+    options = _options(activation, recurrent_activation, return_sequences, go_backwards)
     if check_finite:
         all_finite = _hook(impl, "all_finite", _all_finite)  # a backend may check faster
-        for name, a in (("x", x), ("kernel", kernel), ("recurrent_kernel", recurrent_kernel),
-                        ("bias", bias), ("h0", h0), ("c0", c0)):
-            if a is not None and not all_finite(a):
-                _refuse_non_finite(a, name)
+        if not (all_finite(x) and all_finite(kernel) and all_finite(recurrent_kernel)  # no loop: see above
+                and (bias is None or all_finite(bias)) and (h0 is None or all_finite(h0))
+                and (c0 is None or all_finite(c0))):
+            _refuse_non_finite(all_finite, x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, bias=bias,
+                               h0=h0, c0=c0)
     if h0 is None or c0 is None:
         zeros = _zeros_like(x, state_shape)  # one array for both: backends only read states
         h0 = zeros if h0 is None else h0
@@ -239,10 +237,25 @@ def lstm_train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, ada
     if not (np.ndim(y) == 2 or np.ndim(y) == 3 and np.shape(y)[1] == np.shape(x)[1]):
         raise ValueError(f"y must be [samples, classes] or [samples, time, classes] for x of shape "
                          f"{np.shape(x)}, got shape {np.shape(y)}")
-    options = LSTMOptions(activation_name(activation, "activation"),
-                          activation_name(recurrent_activation, "recurrent_activation"),
-                          np.ndim(y) == 3, bool(go_backwards))
+    options = _options(activation, recurrent_activation, np.ndim(y) == 3, go_backwards)
     return train_epoch(x, y, batch_size, lstm, dense, lstm_grads, dense_grads, adam, state, options)
+
+
+_OPTIONS = {}  # (activation, recurrent_activation, return_sequences, go_backwards): LSTMOptions
+
+
+def _options(activation, recurrent_activation, return_sequences, go_backwards):
+    """The call's LSTMOptions, the activations' names checked, made once for each set of arguments
+    (a few hundred sets at most: only known names and None are kept, the rest refused), as a
+    batch-1 call is all overhead."""
+    key = (activation, recurrent_activation, bool(return_sequences), bool(go_backwards))
+    try:
+        return _OPTIONS[key]
+    except (KeyError, TypeError):  # not made yet, or an unhashable activation, which activation_name refuses
+        options = _OPTIONS[key] = LSTMOptions(activation_name(activation, "activation"),
+                                              activation_name(recurrent_activation, "recurrent_activation"),
+                                              *key[2:])
+        return options
 
 
 def _as_array(a, name):
@@ -315,7 +328,10 @@ def _all_finite(a):
     return bool(np.isfinite(a).all())
 
 
-def _refuse_non_finite(a, name):
+def _refuse_non_finite(all_finite, **arrays):
+    """Raises the ValueError for the first of ``arrays`` (None for an absent one) that is not
+    ``all_finite``."""
+    name, a = next((name, a) for name, a in arrays.items() if a is not None and not all_finite(a))
     n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
     raise ValueError(
         f"{name} contains {n_nan} NaN and {n_inf} inf values; an LSTM cannot continue from "

@@ -2,11 +2,11 @@
 first run on a fresh install: :func:`compile_in_two_processes`.
 
 The fused training pass (``cpu_training.train_epoch``) calls ``cpu_lstm.forward_sequence`` and
-``cpu_lstm.backward_sequence``; the layer's forward (``cpu_lstm.forward``) calls
-``forward_sequence`` too. A child process compiles ``forward_sequence``, then ``forward``, then
-``cpu_stepwise.forward_slice`` (the backend's inference for a few samples or more, which evaluate
-and predict take); meanwhile this process compiles ``backward_sequence`` and, once the child has
-saved ``forward_sequence`` in Numba's disk cache, ``train_epoch``, which loads it from there. Numba's
+``cpu_lstm.backward_sequence``. A child process compiles ``forward_sequence``, then the backend's
+inference, which evaluate and predict take: ``cpu_lstm.infer`` (for fewer samples) and
+``cpu_stepwise.forward_slice`` (for a few samples or more); meanwhile this process compiles
+``backward_sequence`` and, once the child has saved ``forward_sequence`` in Numba's disk cache,
+``train_epoch``, which loads it from there. Numba's
 cache of a function is not safe against two processes writing it at once, so no function is
 compiled by both. Each kernel is called once on arrays of one element or none, with the argument
 types of the backend's calls, so that Numba compiles (or loads) the specialisation they use.
@@ -17,7 +17,7 @@ import threading
 import numpy as np
 
 from .activation_ids import SIGMOID, TANH
-from .cpu_lstm import backward_sequence, forward, forward_sequence
+from .cpu_lstm import backward_sequence, forward_sequence, infer
 from .cpu_matmul import pack_columns
 from .cpu_stepwise import forward_slice
 from .cpu_training import train_epoch
@@ -26,7 +26,7 @@ CODES = (TANH, SIGMOID)  # ints: any codes compile the same specialisation
 
 
 def compile_in_two_processes(dtype):
-    """Compiles, or loads from the disk cache, train_epoch, forward and their callees for dtype
+    """Compiles, or loads from the disk cache, train_epoch, the inference kernels and their callees for dtype
     (float32 or float64), the child process and this one in parallel. Should the child fail,
     this process compiles what it needs itself."""
     # A fork starts at once, but only a process of one thread forks safely (another thread may
@@ -47,17 +47,16 @@ def compile_in_two_processes(dtype):
 
 
 def _compile_forward(dtype, ready):
-    """The child's part: forward_sequence, then (once it is saved) forward, then forward_slice."""
+    """The child's part: forward_sequence, then (once it is saved) infer and forward_slice."""
     units = 1
     forward_sequence(np.zeros((1, 1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
                      np.zeros((1, 2, units), dtype), np.zeros((1, 2, units), dtype), np.zeros((1, 1, units), dtype),
                      *CODES, False, np.zeros(4 * units, dtype))
     ready.send(True)
     ready.close()
-    state = np.zeros((1, 2, units), dtype)
-    forward(np.zeros((1, 1, 1), dtype), np.zeros((1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
-            np.zeros(4 * units, dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype), state, state.copy(),
-            np.zeros((1, 1, 4 * units), dtype), np.zeros((1, 1, units), dtype), *CODES)
+    state = np.zeros((1, units), dtype)
+    infer(np.zeros((1, 1, 1), dtype), np.zeros((1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
+          np.zeros(4 * units, dtype), state, state, np.zeros((1, 1, units), dtype), state.copy(), state.copy(), *CODES)
     inputs = np.zeros((2, 1, 1 + units), dtype)  # the rings of one step's rows [x_t, h_{t-1}], two steps
     forward_slice(np.zeros((1, 1, 1), dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype), inputs,
                   pack_columns(np.zeros((1 + units, 4 * units), dtype)), np.zeros(4 * units, dtype),

@@ -7,7 +7,7 @@ Layout, as the NumPy backend's: ``zx, gates, dz [batch, time, 4*units]`` (gates 
 - :func:`forward`, :func:`backward`: a whole layer in one call, the input projection, the
   recurrence (:func:`forward_sequence`, :func:`backward_sequence`) and the weight gradients as
   loops; for the small shapes, where a BLAS call per step, or any call at all, costs more than
-  its work.
+  its work. :func:`infer` is forward for a pass that keeps nothing for the backward pass.
 - :func:`forward_step`, :func:`infer_step`, :func:`backward_step`: one step's pointwise work for a
   slice of the batch, around one product per step made by the caller; for the large shapes (the
   caller runs a slice of the samples on each core, its arrays time-major: ``[time, n, ...]``).
@@ -198,16 +198,22 @@ def backward_step(gates, c_prev, act_c, dh, dc, dz, activation, recurrent_activa
 
 
 @njit(inline="always")
+def _project_step(x_t, kernel, bias, z):
+    """z = x_t @ kernel + bias for one sample's step: x_t [features], z [4*units]; bias may be
+    empty (none)."""
+    z[:] = 0
+    add_product(x_t, kernel, z)
+    if bias.size:
+        add_to(z, bias)
+
+
+@njit(inline="always")
 def project(x, kernel, bias, zx):
     """zx[b, t] = x[b, t] @ kernel + bias for x [batch, time, features] (processing order) and
     zx [batch, time, 4*units]; bias may be empty (none)."""
     for b in range(x.shape[0]):
         for t in range(x.shape[1]):
-            z = zx[b, t]
-            z[:] = 0
-            add_product(x[b, t], kernel, z)
-            if bias.size:
-                add_to(z, bias)
+            _project_step(x[b, t], kernel, bias, zx[b, t])
 
 
 @njit(inline="always")
@@ -242,6 +248,35 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, h, c, gates, act_c, activ
     # cpu_training.train_epoch's call.
     forward_sequence(gates, recurrent_kernel, h, c, act_c, activation, recurrent_activation, bool(False),
                      np.empty(gates.shape[2], x.dtype))
+
+
+@njit(**FLAGS)
+def infer(x, kernel, recurrent_kernel, bias, h0, c0, sequences, h, c, activation, recurrent_activation):
+    """:func:`forward` keeping nothing for a backward pass, into the caller's arrays: x, bias, h0
+    and c0 as forward takes them. Fills h, c [batch, units] with the final state and sequences
+    [batch, time, units] with every step's output, unless it has no steps ([batch, 0, units]).
+    Each step's pre-activations are summed as forward_sequence sums them and its state is
+    _cell_infer's, so h and c are forward's, bit for bit; no array of every step's gates and
+    states is made (a batch-1 call's arrays and copies cost more than its work:
+    bench/test_kernels.py at 1, 1, 1, 50)."""
+    units = h.shape[1]
+    z, recurrent_part = np.empty(4 * units, x.dtype), np.empty(4 * units, x.dtype)
+    c_prev = np.empty(units, x.dtype)  # apart from c, so that the cell's loops vectorise
+    copy_to(h, h0)
+    copy_to(c, c0)
+    for b in range(x.shape[0]):
+        h_b, c_b = h[b], c[b]
+        for t in range(x.shape[1]):
+            _project_step(x[b, t], kernel, bias, z)
+            recurrent_part[:] = 0
+            add_product(h_b, recurrent_kernel, recurrent_part)
+            add_to(z, recurrent_part)
+            for u in range(units):  # loops rather than slice assignments, as copy_to says
+                c_prev[u] = c_b[u]
+            _cell_infer(z, c_prev, c_b, h_b, activation, recurrent_activation)
+            if sequences.shape[1]:
+                for u in range(units):
+                    sequences[b, t, u] = h_b[u]
 
 
 @njit(**FLAGS)

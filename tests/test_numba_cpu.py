@@ -22,7 +22,7 @@ from numba import njit  # noqa: E402
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
 from fastlstm.activations import ACTIVATIONS  # noqa: E402
 from fastlstm.backends import LSTMOptions, get_backend, numba_cpu  # noqa: E402
-from fastlstm.kernels import cpu_arithmetic, cpu_matmul, cpu_stepwise  # noqa: E402
+from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_stepwise  # noqa: E402
 from fastlstm.kernels.activation_ids import ACTIVATION_IDS, ACTIVATION_NAMES  # noqa: E402
 from fastlstm.nn import LSTM, Dense, RepeatVector, Sequential, TimeDistributed, set_random_seed  # noqa: E402
 from fastlstm.ops import AdamState, DenseWeights, LSTMWeights, lstm_train_epoch  # noqa: E402
@@ -125,10 +125,12 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
     stepwise path in rings of one step's gates and two steps' states (cpu_stepwise.forward_slice),
     and takes that path on one core below the threads' shapes from a (samples, sample-steps)
     pair of PACKED_INFER on (forward from one of PACKED_WITH_CACHE: 128 samples, or 16 over 512
-    sample-steps); on every path, with a bias or without (9 samples), it gives the outputs and
-    final state that forward does, exactly where both take the same path. Its cache is None,
-    which lstm_backward refuses naming keep_cache."""
-    steps_kept = []
+    sample-steps); below those, it runs in one call that writes only the outputs and the final
+    state (cpu_lstm.infer), never cpu_lstm.forward's arrays of every step. On every path, with a
+    bias or without (9 samples), it gives the outputs and final state that forward does, exactly
+    where both take the same path. Its cache is None, which lstm_backward refuses naming
+    keep_cache."""
+    steps_kept, one_calls = [], []
     forward_slice = cpu_stepwise.forward_slice
 
     def recording(x, h0, c0, inputs, packed, bias, gates, *rest):
@@ -136,11 +138,22 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
         return forward_slice(x, h0, c0, inputs, packed, bias, gates, *rest)
 
     monkeypatch.setattr(cpu_stepwise, "forward_slice", recording)
+    def recorded(name):
+        compiled = getattr(cpu_lstm, name)
+
+        def call(*args):
+            one_calls.append(name)
+            return compiled(*args)
+        return call
+
+    for name in ("forward", "infer"):
+        monkeypatch.setattr(cpu_lstm, name, recorded(name))
     inputs = random_inputs(np.random.default_rng(list(shape)), *shape, dtype=np.float64, bias=shape[0] != 9,
                            state=shape[0] != 6)
     kept = lstm_forward(**inputs, **options, backend="numba_cpu")
-    forward_slices = list(steps_kept)
+    forward_slices, forward_calls = list(steps_kept), list(one_calls)
     steps_kept.clear()
+    one_calls.clear()
     inferred = lstm_forward(**inputs, **options, keep_cache=False, backend="numba_cpu")
     batch, time = shape[:2]
     if path == "stepwise":
@@ -149,6 +162,8 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
         with_cache = batch >= 128 or batch >= 16 and batch * time >= 512
         assert forward_slices == ([time] if with_cache else [])
         assert steps_kept == ([1] if batch >= 8 and batch * time >= 64 else [])
+    assert forward_calls == ([] if forward_slices else ["forward"])
+    assert one_calls == ([] if steps_kept else ["infer"])
     assert inferred.cache is None and kept.cache is not None
     for ours, reference in zip(inferred[:3], kept[:3]):
         if len(steps_kept) != len(forward_slices):  # the packed product sums in another order

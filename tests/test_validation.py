@@ -110,6 +110,7 @@ def test_cpu_arrays_of_other_libraries_are_taken_as_they_are(inputs, convert, ba
     "option, value, words",
     [
         ("activation", "gelu", ["activation", "'gelu'", "tanh"]),
+        ("activation", ["tanh"], ["activation", "['tanh']"]),  # unhashable: no look-up in the options made
         ("recurrent_activation", "hard_sigmoid_v2", ["recurrent_activation", "hard_sigmoid_keras2"]),
         ("backend", "cuda", ["backend", "'cuda'", "numpy"]),
     ],

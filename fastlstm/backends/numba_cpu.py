@@ -237,8 +237,11 @@ def _stepwise_cores(batch, time, units, keep):
     PACKED_WITH_CACHE) on, else none (0: the one-call path)."""
     if runs_stepwise(batch, time, units):
         return _cores()
-    return int(any(batch >= samples and batch * time >= sample_steps
-                   for samples, sample_steps in (PACKED_WITH_CACHE if keep else PACKED_INFER)))
+    # A loop: any() over a generator costs more than the rest of this at batch 1.
+    for samples, sample_steps in PACKED_WITH_CACHE if keep else PACKED_INFER:
+        if batch >= samples and batch * time >= sample_steps:
+            return 1
+    return 0
 
 
 class Share(NamedTuple):
@@ -270,46 +273,62 @@ class Stepwise(NamedTuple):
 def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     """The backend contract's forward. What it saves is its own: x is copied into the shares'
     inputs (stepwise) or into a new array in processing order (one call), the weights copied."""
-    return _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, True)
+    batch, time, _ = x.shape
+    cores = _stepwise_cores(batch, time, recurrent_kernel.shape[0], True)
+    if cores:
+        return _stepwise(x, kernel, recurrent_kernel, bias, h0, c0, options, True, cores)
+    codes = _codes(options.activation, options.recurrent_activation)
+    units = recurrent_kernel.shape[0]
+    x = sequence.owned_in_processing_order(np, x, options.go_backwards)
+    kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
+    empty = _allocator(batch * time * 4 * units * x.itemsize)  # gates, the largest
+    h, c = empty((batch, time + 1, units), x.dtype), empty((batch, time + 1, units), x.dtype)
+    gates, act_c = empty((batch, time, 4 * units), x.dtype), empty((batch, time, units), x.dtype)
+    cpu_lstm.forward(x, kernel, recurrent_kernel, _bias_or_empty(bias, x.dtype), h0, c0, h, c, gates, act_c, *codes)
+    outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
+    saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options)
+    return outputs, h[:, time].copy(), c[:, time].copy(), saved
 
 
 def infer(x, kernel, recurrent_kernel, bias, h0, c0, options):
     """The backend contract's infer: the forward pass keeping nothing for a backward pass, so
-    copying no input, and on the stepwise path overwriting each step's gates and states."""
-    return _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, False)[:3]
-
-
-def _forward(x, kernel, recurrent_kernel, bias, h0, c0, options, keep):
-    """forward with keep, else infer's results and None for what forward saves."""
-    codes = _codes(options.activation, options.recurrent_activation)
-    batch, time, input_dim = x.shape
+    copying no input, on the stepwise path overwriting each step's gates and states, and in
+    one call (cpu_lstm.infer) writing only the outputs and the final state."""
+    batch, time, _ = x.shape
     units = recurrent_kernel.shape[0]
-    bias_or_empty = np.empty(0, x.dtype) if bias is None else bias
-    cores = _stepwise_cores(batch, time, units, keep)
+    cores = _stepwise_cores(batch, time, units, False)
     if cores:
-        weights = np.concatenate([kernel, recurrent_kernel])
-        sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
-        x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
-        h0, c0 = np.ascontiguousarray(h0), np.ascontiguousarray(c0)  # one compiled specialisation
-        shares = _forward_stepwise(x_in_order, weights, bias_or_empty, h0, c0, sequences, codes, keep, cores)
-        hT = np.concatenate([share.inputs[time % len(share.inputs), :, input_dim:] for share in shares])
-        cT = np.concatenate([share.c[time % len(share.c)] for share in shares])
-        saved = Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None, options,
-                         shares) if keep else None
-        return (hT.copy() if sequences is None else sequences), hT, cT, saved
-    if keep:
-        x = sequence.owned_in_processing_order(np, x, options.go_backwards)
-        kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
-    else:
-        x = sequence.in_processing_order(np, x, options.go_backwards)
-        kernel, recurrent_kernel = np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel)
-    empty = _allocator(batch * time * 4 * units * x.itemsize)  # gates, the largest
-    h, c = empty((batch, time + 1, units), x.dtype), empty((batch, time + 1, units), x.dtype)
-    gates, act_c = empty((batch, time, 4 * units), x.dtype), empty((batch, time, units), x.dtype)
-    cpu_lstm.forward(x, kernel, recurrent_kernel, bias_or_empty, h0, c0, h, c, gates, act_c, *codes)
-    outputs = h[:, 1:].copy() if options.return_sequences else h[:, time].copy()
-    saved = Saved(x, kernel, recurrent_kernel, bias is not None, h, c, gates, act_c, options) if keep else None
-    return outputs, h[:, time].copy(), c[:, time].copy(), saved
+        return _stepwise(x, kernel, recurrent_kernel, bias, h0, c0, options, False, cores)[:3]
+    x = sequence.in_processing_order(np, x, options.go_backwards)
+    sequences = np.empty((batch, time if options.return_sequences else 0, units), x.dtype)
+    h, c = np.empty((batch, units), x.dtype), np.empty((batch, units), x.dtype)
+    cpu_lstm.infer(x, np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent_kernel),
+                   _bias_or_empty(bias, x.dtype), h0, c0, sequences, h, c,
+                   *_codes(options.activation, options.recurrent_activation))
+    return (sequences if options.return_sequences else h.copy()), h, c
+
+
+def _bias_or_empty(bias, dtype):
+    """The bias as the kernels take it: an empty array for none."""
+    return np.empty(0, dtype) if bias is None else bias
+
+
+def _stepwise(x, kernel, recurrent_kernel, bias, h0, c0, options, keep, cores):
+    """forward (keep) or infer on the stepwise path: the results, and what forward saves (None
+    for infer)."""
+    batch, time, input_dim = x.shape
+    weights = np.concatenate([kernel, recurrent_kernel])
+    units = recurrent_kernel.shape[0]
+    sequences = MEMORY.empty((batch, time, units), x.dtype) if options.return_sequences else None
+    x_in_order = sequence.in_processing_order(np, x, options.go_backwards)
+    h0, c0 = np.ascontiguousarray(h0), np.ascontiguousarray(c0)  # one compiled specialisation
+    shares = _forward_stepwise(x_in_order, weights, _bias_or_empty(bias, x.dtype), h0, c0, sequences,
+                               _codes(options.activation, options.recurrent_activation), keep, cores)
+    hT = np.concatenate([share.inputs[time % len(share.inputs), :, input_dim:] for share in shares])
+    cT = np.concatenate([share.c[time % len(share.c)] for share in shares])
+    saved = Stepwise(x.shape, weights[:input_dim], weights[input_dim:], bias is not None, options,
+                     shares) if keep else None
+    return (hT.copy() if sequences is None else sequences), hT, cT, saved
 
 
 def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes, keep, cores):
