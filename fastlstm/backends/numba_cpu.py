@@ -7,7 +7,8 @@ recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per ti
 weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one compiled
 pointwise step; the backward one likewise, then its dx and share of the weight gradients as BLAS
 products over all time steps (single-threaded: one per core). :func:`infer`, which keeps nothing
-for a backward pass, runs the stepwise path in a few steps' memory. Between the two, from a few
+for a backward pass, runs the stepwise path in a few steps' memory, and its one call writes only
+the outputs and the final state. Between the two, from a few
 samples, the stepwise path runs on one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of
 either path reuse the memory of earlier calls' (:data:`MEMORY`). Kernels:
 ``fastlstm.kernels.cpu_*``, compiled on first use per dtype and cached on disk.
