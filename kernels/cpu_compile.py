@@ -6,10 +6,10 @@ The fused training pass (``cpu_training.train_epoch``) calls ``cpu_lstm.forward_
 inference, which evaluate and predict take: ``cpu_lstm.infer`` (for fewer samples) and
 ``cpu_stepwise.forward_slice`` (for a few samples or more); meanwhile this process compiles
 ``backward_sequence`` and, once the child has saved ``forward_sequence`` in Numba's disk cache,
-``train_epoch``, which loads it from there. Numba's
-cache of a function is not safe against two processes writing it at once, so no function is
-compiled by both. Each kernel is called once on arrays of one element or none, with the argument
-types of the backend's calls, so that Numba compiles (or loads) the specialisation they use.
+``train_epoch``, which loads it from there. Numba's cache of a function is not safe against two
+processes writing it at once, so no function is compiled by both. Each kernel is called once on
+arrays of one element or none, with the argument types of the backend's calls, so that Numba
+compiles (or loads) the specialisation they use.
 """
 import multiprocessing
 import threading
@@ -26,9 +26,9 @@ CODES = (TANH, SIGMOID)  # ints: any codes compile the same specialisation
 
 
 def compile_in_two_processes(dtype):
-    """Compiles, or loads from the disk cache, train_epoch, the inference kernels and their callees for dtype
-    (float32 or float64), the child process and this one in parallel. Should the child fail,
-    this process compiles what it needs itself."""
+    """Compiles, or loads from the disk cache, train_epoch, the inference kernels and their
+    callees for dtype (float32 or float64), the child process and this one in parallel. Should
+    the child fail, this process compiles what it needs itself."""
     # A fork starts at once, but only a process of one thread forks safely (another thread may
     # hold a lock the child would wait on forever); a spawned child imports Numba first.
     fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1

@@ -138,6 +138,7 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
         return forward_slice(x, h0, c0, inputs, packed, bias, gates, *rest)
 
     monkeypatch.setattr(cpu_stepwise, "forward_slice", recording)
+
     def recorded(name):
         compiled = getattr(cpu_lstm, name)
 

@@ -8,10 +8,10 @@ weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and
 pointwise step; the backward one likewise, then its dx and share of the weight gradients as BLAS
 products over all time steps (single-threaded: one per core). :func:`infer`, which keeps nothing
 for a backward pass, runs the stepwise path in a few steps' memory, and its one call writes only
-the outputs and the final state. Between the two, from a few
-samples, the stepwise path runs on one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of
-either path reuse the memory of earlier calls' (:data:`MEMORY`). Kernels:
-``fastlstm.kernels.cpu_*``, compiled on first use per dtype and cached on disk.
+the outputs and the final state. Between the two, from a few samples, the stepwise path runs on
+one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of either path reuse the memory of
+earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled on first use per
+dtype and cached on disk.
 
 Of the contract's optional functions it implements :func:`infer`, :func:`all_finite` and
 :func:`train_epoch`, the fused training pass of an LSTM + Dense(softmax) model, which
@@ -275,11 +275,11 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, options):
     """The backend contract's forward. What it saves is its own: x is copied into the shares'
     inputs (stepwise) or into a new array in processing order (one call), the weights copied."""
     batch, time, _ = x.shape
-    cores = _stepwise_cores(batch, time, recurrent_kernel.shape[0], True)
+    units = recurrent_kernel.shape[0]
+    cores = _stepwise_cores(batch, time, units, True)
     if cores:
         return _stepwise(x, kernel, recurrent_kernel, bias, h0, c0, options, True, cores)
     codes = _codes(options.activation, options.recurrent_activation)
-    units = recurrent_kernel.shape[0]
     x = sequence.owned_in_processing_order(np, x, options.go_backwards)
     kernel, recurrent_kernel = kernel.copy(), recurrent_kernel.copy()  # contiguous
     empty = _allocator(batch * time * 4 * units * x.itemsize)  # gates, the largest
