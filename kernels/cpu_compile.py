@@ -4,9 +4,9 @@ first run on a fresh install: :func:`compile_in_two_processes`.
 The fused training pass (``cpu_training.train_epoch``) calls ``cpu_lstm.forward_sequence`` and
 ``cpu_lstm.backward_sequence``. A child process compiles ``forward_sequence``, then the backend's
 inference, which evaluate and predict take: ``cpu_lstm.infer`` (for fewer samples) and
-``cpu_stepwise.forward_slice`` (for a few samples or more); meanwhile this process compiles
-``backward_sequence`` and, once the child has saved ``forward_sequence`` in Numba's disk cache,
-``train_epoch``, which loads it from there. Numba's cache of a function is not safe against two
+``cpu_team.lead``, which runs ``cpu_stepwise.forward_slice`` (for a few samples or more);
+meanwhile this process compiles ``backward_sequence`` and, once the child has saved
+``forward_sequence`` in Numba's disk cache, ``train_epoch``, which loads it from there. Numba's cache of a function is not safe against two
 processes writing it at once, so no function is compiled by both. Each kernel is called once on
 arrays of one element or none, with the argument types of the backend's calls, so that Numba
 compiles (or loads) the specialisation they use.
@@ -16,10 +16,9 @@ import threading
 
 import numpy as np
 
+from . import cpu_team
 from .activation_ids import SIGMOID, TANH
 from .cpu_lstm import backward_sequence, forward_sequence, infer
-from .cpu_matmul import pack_columns
-from .cpu_stepwise import forward_slice
 from .cpu_training import train_epoch
 
 CODES = (TANH, SIGMOID)  # ints: any codes compile the same specialisation
@@ -47,7 +46,7 @@ def compile_in_two_processes(dtype):
 
 
 def _compile_forward(dtype, ready):
-    """The child's part: forward_sequence, then (once it is saved) infer and forward_slice."""
+    """The child's part: forward_sequence, then (once it is saved) infer and cpu_team.lead."""
     units = 1
     forward_sequence(np.zeros((1, 1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
                      np.zeros((1, 2, units), dtype), np.zeros((1, 2, units), dtype), np.zeros((1, 1, units), dtype),
@@ -57,11 +56,10 @@ def _compile_forward(dtype, ready):
     state = np.zeros((1, units), dtype)
     infer(np.zeros((1, 1, 1), dtype), np.zeros((1, 4 * units), dtype), np.zeros((units, 4 * units), dtype),
           np.zeros(4 * units, dtype), state, state, np.zeros((1, 1, units), dtype), state.copy(), state.copy(), *CODES)
-    inputs = np.zeros((2, 1, 1 + units), dtype)  # the rings of one step's rows [x_t, h_{t-1}], two steps
-    forward_slice(np.zeros((1, 1, 1), dtype), np.zeros((1, units), dtype), np.zeros((1, units), dtype), inputs,
-                  pack_columns(np.zeros((1 + units, 4 * units), dtype)), np.zeros(4 * units, dtype),
-                  np.zeros((1, 1, 4 * units), dtype), np.zeros((2, 1, units), dtype), np.zeros((0, 1, units), dtype),
-                  np.zeros((1, 1, units), dtype), *CODES)  # act_c of no step: inference's, as the backend calls it
+    # The types of the backend's calls: the control array (with no job open), an empty array of dtype.
+    control = np.zeros(cpu_team.HEADER, np.int64)
+    cpu_team.open_job(control)
+    cpu_team.lead(control, np.zeros(0, dtype))
 
 
 def _call_backward_sequence(dtype):

@@ -42,11 +42,13 @@ def test_the_warm_up_compiles_each_kernel_once_and_leaves_the_forward_kernels_to
     repeated = [pair for pair in ours if ours.count(pair) > 1]
     assert not repeated, f"compiled more than once: {repeated}"
     kernels = [name.removeprefix("fastlstm.kernels.") for name, _ in ours]
-    # The child compiled forward_sequence and the inference kernels, infer and forward_slice (the
-    # experiments' evaluate takes each at some shapes); this process loaded them from the cache.
+    # The child compiled forward_sequence and the inference kernels, infer and cpu_team.lead with
+    # forward_slice (the experiments' evaluate takes each at some shapes); this process loaded
+    # them from the cache.
     assert "cpu_training.train_epoch" in kernels and "cpu_lstm.backward_sequence" in kernels
     # One specialisation of the training pass for both models, the last output's and every step's.
     assert kernels.count("cpu_training.train_epoch") == 1
-    assert not {"cpu_lstm.forward_sequence", "cpu_lstm.forward", "cpu_lstm.infer", "cpu_stepwise.forward_slice"} & set(kernels)
+    assert not {"cpu_lstm.forward_sequence", "cpu_lstm.forward", "cpu_lstm.infer", "cpu_team.lead",
+                "cpu_team.open_job", "cpu_stepwise.forward_slice"} & set(kernels)
     # A slice assignment of an array compiles Numba's shape-mismatch message, seconds of compiling.
     assert not [name for name, _ in compiles if "raise_with_shape_context" in name]

@@ -21,8 +21,8 @@ from numba import njit  # noqa: E402
 
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
 from fastlstm.activations import ACTIVATIONS  # noqa: E402
-from fastlstm.backends import LSTMOptions, get_backend, numba_cpu  # noqa: E402
-from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_stepwise  # noqa: E402
+from fastlstm.backends import LSTMOptions, get_backend, numba_cpu, team  # noqa: E402
+from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_team  # noqa: E402
 from fastlstm.kernels.activation_ids import ACTIVATION_IDS, ACTIVATION_NAMES  # noqa: E402
 from fastlstm.nn import LSTM, Dense, RepeatVector, Sequential, TimeDistributed, set_random_seed  # noqa: E402
 from fastlstm.ops import AdamState, DenseWeights, LSTMWeights, lstm_train_epoch  # noqa: E402
@@ -122,7 +122,8 @@ def test_both_paths_match_the_numpy_reference(path, options, shape, dtype):
                                    (130, 1, 2, 3), (16, 31, 2, 3), (16, 32, 2, 3)])
 def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, options, shape, monkeypatch):
     """lstm_forward(keep_cache=False) takes the backend's infer, which runs each slice of the
-    stepwise path in rings of one step's gates and two steps' states (cpu_stepwise.forward_slice),
+    stepwise path in rings of one step's gates and two steps' states (cpu_stepwise.forward_slice,
+    through team.forward_slices),
     and takes that path on one core below the threads' shapes from a (samples, sample-steps)
     pair of PACKED_INFER on (forward from one of PACKED_WITH_CACHE: 128 samples, or 16 over 512
     sample-steps); below those, it runs in one call that writes only the outputs and the final
@@ -131,13 +132,13 @@ def test_keep_cache_false_gives_the_same_results_bit_for_bit_and_no_cache(path, 
     where both take the same path. Its cache is None, which lstm_backward refuses naming
     keep_cache."""
     steps_kept, one_calls = [], []
-    forward_slice = cpu_stepwise.forward_slice
+    run_slices = team.forward_slices
 
-    def recording(x, h0, c0, inputs, packed, bias, gates, *rest):
-        steps_kept.append(gates.shape[0])
-        return forward_slice(x, h0, c0, inputs, packed, bias, gates, *rest)
+    def recording(*args):
+        steps_kept.extend(share.gates.shape[0] for share in args[-2])  # the steps each slice's gates hold
+        return run_slices(*args)
 
-    monkeypatch.setattr(cpu_stepwise, "forward_slice", recording)
+    monkeypatch.setattr(team, "forward_slices", recording)
 
     def recorded(name):
         compiled = getattr(cpu_lstm, name)
@@ -285,39 +286,13 @@ def test_a_woken_pool_thread_leaves_the_calling_threads_cpu_and_the_caller_stays
     pool = _StalledPool()
     monkeypatch.setattr(numba_cpu, "_threads", lambda: (pool, contextlib.nullcontext()))
     monkeypatch.setattr(numba_cpu, "_cores", lambda: 3)
-    monkeypatch.setattr(numba_cpu, "_cpu", lambda: 5)
+    monkeypatch.setattr(cpu_team, "current_cpu", lambda: 5)
     left = []
-    monkeypatch.setattr(numba_cpu, "_leave", left.append)
+    monkeypatch.setattr(cpu_team, "leave", lambda cpu, cpus: left.append(cpu))
     numba_cpu._on_every_core(lambda part: part, [1, 2, 3])
     assert left == []
     pool.release()
     assert left == [5, 5]
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="moving a thread between CPUs needs Linux and two CPUs to move between")
-def test_a_thread_on_the_cpu_to_leave_moves_to_another_and_may_run_on_every_cpu_again():
-    allowed = sorted(os.sched_getaffinity(0))
-    seen = {}
-
-    def on_the_first_cpu_then_leave_it():
-        os.sched_setaffinity(0, {allowed[0]})  # this thread alone: it runs there from now
-        os.sched_setaffinity(0, set(allowed))
-        numba_cpu._leave(allowed[0])
-        seen["cpu"], seen["allowed"] = numba_cpu._cpu(), os.sched_getaffinity(0)
-
-    thread = threading.Thread(target=on_the_first_cpu_then_leave_it)
-    thread.start()
-    thread.join()
-    assert seen["cpu"] in allowed[1:] and seen["allowed"] == set(allowed)
-
-
-def test_a_thread_not_on_the_cpu_to_leave_keeps_its_cpus_untouched(monkeypatch):
-    changes = []
-    monkeypatch.setattr(os, "sched_setaffinity", lambda *args: changes.append(args), raising=False)
-    numba_cpu._leave(-1)  # no CPU has that number
-    numba_cpu._leave(None)  # the caller's CPU unknown
-    assert changes == []
 
 
 def test_a_part_that_fails_raises_its_error_in_the_calling_thread_after_every_part_ran():

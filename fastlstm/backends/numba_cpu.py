@@ -19,7 +19,6 @@ Of the contract's optional functions it implements :func:`infer`, :func:`all_fin
 applies.
 """
 import concurrent.futures
-import ctypes
 import functools
 import itertools
 import os
@@ -30,10 +29,10 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from fastlstm.backends import sequence
+from fastlstm.backends import sequence, team
 from fastlstm.backends.memory import Pool
 from fastlstm.backends.numpy import Saved  # the one-call path's arrays, in the same layout
-from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_stepwise, cpu_training
+from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_stepwise, cpu_team, cpu_training
 from fastlstm.kernels.activation_ids import ACTIVATION_IDS
 from fastlstm.utils import usable_cores
 
@@ -136,44 +135,14 @@ def _slices(batch, cores):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-try:  # which CPU the calling thread runs on; None where threads cannot be moved (not Linux)
-    _sched_getcpu = ctypes.CDLL(None).sched_getcpu if hasattr(os, "sched_setaffinity") else None
-except (OSError, AttributeError):  # a C library without it
-    _sched_getcpu = None
-
-
-def _cpu():
-    """The CPU the calling thread runs on, or None where that is not known."""
-    return None if _sched_getcpu is None else _sched_getcpu()
-
-
-def _leave(cpu):
-    """Moves the calling thread to another CPU it may run on, if it runs on ``cpu``. Linux wakes a
-    pool thread on the CPU of the thread that woke it, where the two then take turns while
-    another core idles until the scheduler balances them milliseconds later: half the speed for
-    the whole call (bench/test_side_by_side.py and bench/test_in_turn.py at 128, 25, 16, 32 and
-    512, 25, 16, 32). Limiting the thread's CPUs moves it at once; the limit is lifted right
-    after."""
-    if cpu is None or _cpu() != cpu:
-        return
-    allowed = os.sched_getaffinity(0)
-    if len(allowed) < 2:
-        return
-    try:
-        os.sched_setaffinity(0, allowed - {cpu})
-        os.sched_setaffinity(0, allowed)
-    except OSError:  # the process's CPUs changed meanwhile: the thread stays, which is only slower
-        pass
-
-
 def _on_every_core(work, parts):
     """Runs ``work(part)`` for every part (a slice of the samples) and returns their results in
     order. This thread and the pool's take the parts one at a time until none is left: this
     thread runs every part no pool thread has started, so it waits only for parts other threads
     have taken, never for a thread still waking up (its core busy with another process or another
     framework's spinning threads; on a virtual machine a wake-up alone costs about 0.1 ms), and a
-    pool thread woken on this thread's CPU first moves off it (_leave). The slices' recurrences are
-    independent, so they need no synchronisation. A caller whose work runs BLAS products runs this
+    pool thread woken on this thread's CPU first moves off it (cpu_team.leave). The slices'
+    recurrences are independent, so they need no synchronisation. A caller whose work runs BLAS products runs this
     inside ``_threads()[1]``, a single-threaded BLAS: BLAS threads would fight the parts for the
     cores, and OpenBLAS's keep spinning after a product and slow the next recurrence down
     (bench/test_kernels.py at 256, 25, 64, 128)."""
@@ -182,11 +151,11 @@ def _on_every_core(work, parts):
     taken = itertools.count()  # next() on it is atomic: each part is taken once
     finished = threading.Semaphore(0)
     helpers = min(_cores(), len(parts)) - 1  # pool threads to wake
-    caller_cpu = _cpu() if helpers else None  # for them to leave (no look at the CPU on one core)
+    caller_cpu = cpu_team.current_cpu() if helpers else -1  # for them to leave (no look at the CPU on one core)
 
     def take_parts(woken=False):
         if woken:
-            _leave(caller_cpu)
+            cpu_team.leave(caller_cpu, np.empty(cpu_team.CPU_SET_WORDS, np.int64))
         while (i := next(taken)) < len(parts):
             try:
                 outcomes[i] = (True, work(parts[i]))
@@ -344,24 +313,22 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes, keep, cores):
     weights: [kernel; recurrent_kernel], [input_dim + units, 4*units]. Fills sequences
     [batch, time, units] (every step's output) unless None; returns a Share per slice, whose
     arrays hold every step with keep, else the rings of cpu_stepwise.forward_slice (the last
-    step's state alone); the slices are spread over as many cores as ``cores``."""
+    step's state alone); the slices are spread over as many cores as ``cores``: this thread and
+    the team's (fastlstm.backends.team), whose threads take them in compiled code without the
+    interpreter's lock."""
     batch, time, input_dim = x.shape
     units = weights.shape[1] // 4
-    packed = cpu_matmul.pack_columns(weights)
-    no_sequences = np.empty((0, time, units), x.dtype)
     steps = time if keep else 1  # the steps the slices' gates hold (and, one more, their inputs and c)
-
-    def recurrence(samples):
-        n = samples.stop - samples.start
-        inputs = MEMORY.empty((steps + 1, n, input_dim + units), x.dtype)
-        gates = MEMORY.empty((steps, n, 4 * units), x.dtype)
-        c = MEMORY.empty((steps + 1, n, units), x.dtype)
-        act_c = MEMORY.empty((time if keep else 0, n, units), x.dtype)
-        cpu_stepwise.forward_slice(x[samples], h0[samples], c0[samples], inputs, packed, bias, gates, c, act_c,
-                                   no_sequences if sequences is None else sequences[samples], *codes)
-        return Share(samples, inputs, gates, c, act_c)
-
-    return _on_every_core(recurrence, _slices(batch, cores))
+    shares = [Share(samples, MEMORY.empty((steps + 1, n, input_dim + units), x.dtype),
+                    MEMORY.empty((steps, n, 4 * units), x.dtype), MEMORY.empty((steps + 1, n, units), x.dtype),
+                    MEMORY.empty((time if keep else 0, n, units), x.dtype))
+              for samples, n in ((part, part.stop - part.start) for part in _slices(batch, cores))]
+    packed = cpu_matmul.pack_columns(weights)
+    if cores == 1 or cpu_team.AVAILABLE:
+        team.forward_slices(x, h0, c0, packed, bias, sequences, codes, shares, cores - 1)
+    else:  # no team where threads cannot sleep in compiled code: each share on a thread of the pool
+        _on_every_core(lambda share: team.forward_slices(x, h0, c0, packed, bias, sequences, codes, [share], 0), shares)
+    return shares
 
 
 def backward(saved, dy, dhT, dcT):
