@@ -56,10 +56,11 @@ SLEEP_MS = 1000
 # shares the slices through its pool of Python threads.
 AVAILABLE = os.name == "posix"
 
+CPU_SET_WORDS = 16  # a cpu_set_t of Linux, 1024 bits, as int64 words
+
 if AVAILABLE:
     _poll = types.ExternalFunction("poll", types.int32(types.voidptr, types.uint64, types.int32))
     _read = types.ExternalFunction("read", types.int64(types.int32, types.voidptr, types.uint64))
-CPU_SET_WORDS = 16  # a cpu_set_t of Linux: 1024 bits
 if sys.platform.startswith("linux"):
     _relax = types.ExternalFunction("sched_yield", types.int32())  # lets a thread waiting for this CPU run
     _current_cpu = types.ExternalFunction("sched_getcpu", types.int32())
@@ -77,6 +78,8 @@ else:
     @njit(**FLAGS)
     def _get_affinity(pid, size, cpus):
         return -1  # threads are not moved
+
+    _set_affinity = _get_affinity
 
 
 def _element(context, builder, signature, args):
@@ -197,7 +200,7 @@ def _take_parts(control, like):
             # The caller rewrites the job only once every part taken is finished: this one's is whole.
             try:
                 _run_part(control, ticket & CLOSED, like)
-            except Exception:  # noqa: BLE001 (compiled code keeps no exception object) raised by the caller
+            except Exception:  # compiled code keeps no exception object: the caller raises one
                 _store(control, FAILED, 1)
             _add(control, FINISHED, 1)
 
