@@ -4,12 +4,12 @@ first run on a fresh install: :func:`compile_in_two_processes`.
 The fused training pass (``cpu_training.train_epoch``) calls ``cpu_lstm.forward_sequence`` and
 ``cpu_lstm.backward_sequence``. A child process compiles ``forward_sequence``, then the backend's
 inference, which evaluate and predict take: ``cpu_lstm.infer`` (for fewer samples) and
-``cpu_team.lead``, which runs ``cpu_stepwise.forward_slice`` (for a few samples or more);
-meanwhile this process compiles ``backward_sequence`` and, once the child has saved
-``forward_sequence`` in Numba's disk cache, ``train_epoch``, which loads it from there. Numba's cache of a function is not safe against two
-processes writing it at once, so no function is compiled by both. Each kernel is called once on
-arrays of one element or none, with the argument types of the backend's calls, so that Numba
-compiles (or loads) the specialisation they use.
+``cpu_team.lead``, which runs ``cpu_stepwise.forward_slice`` (for a few samples or more); meanwhile
+this process compiles ``backward_sequence`` and, once the child has saved ``forward_sequence`` in
+Numba's disk cache, ``train_epoch``, which loads it from there. Numba's cache of a function is not
+safe against two processes writing it at once, so no function is compiled by both. Each kernel is
+called once on arrays of one element or none, with the argument types of the backend's calls, so
+that Numba compiles (or loads) the specialisation they use.
 """
 import multiprocessing
 import threading

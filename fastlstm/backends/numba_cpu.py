@@ -137,15 +137,15 @@ def _slices(batch, cores):
 
 def _on_every_core(work, parts):
     """Runs ``work(part)`` for every part (a slice of the samples) and returns their results in
-    order. This thread and the pool's take the parts one at a time until none is left: this
-    thread runs every part no pool thread has started, so it waits only for parts other threads
-    have taken, never for a thread still waking up (its core busy with another process or another
+    order. This thread and the pool's take the parts one at a time until none is left: this thread
+    runs every part no pool thread has started, so it waits only for parts other threads have
+    taken, never for a thread still waking up (its core busy with another process or another
     framework's spinning threads; on a virtual machine a wake-up alone costs about 0.1 ms), and a
     pool thread woken on this thread's CPU first moves off it (cpu_team.leave). The slices'
-    recurrences are independent, so they need no synchronisation. A caller whose work runs BLAS products runs this
-    inside ``_threads()[1]``, a single-threaded BLAS: BLAS threads would fight the parts for the
-    cores, and OpenBLAS's keep spinning after a product and slow the next recurrence down
-    (bench/test_kernels.py at 256, 25, 64, 128)."""
+    recurrences are independent, so they need no synchronisation. A caller whose work runs BLAS
+    products runs this inside ``_threads()[1]``, a single-threaded BLAS: BLAS threads would fight
+    the parts for the cores, and OpenBLAS's keep spinning after a product and slow the next
+    recurrence down (bench/test_kernels.py at 256, 25, 64, 128)."""
     pool, _ = _threads()
     outcomes = [None] * len(parts)
     taken = itertools.count()  # next() on it is atomic: each part is taken once
@@ -319,10 +319,14 @@ def _forward_stepwise(x, weights, bias, h0, c0, sequences, codes, keep, cores):
     batch, time, input_dim = x.shape
     units = weights.shape[1] // 4
     steps = time if keep else 1  # the steps the slices' gates hold (and, one more, their inputs and c)
-    shares = [Share(samples, MEMORY.empty((steps + 1, n, input_dim + units), x.dtype),
-                    MEMORY.empty((steps, n, 4 * units), x.dtype), MEMORY.empty((steps + 1, n, units), x.dtype),
-                    MEMORY.empty((time if keep else 0, n, units), x.dtype))
-              for samples, n in ((part, part.stop - part.start) for part in _slices(batch, cores))]
+
+    def share(samples):
+        n = samples.stop - samples.start
+        return Share(samples, MEMORY.empty((steps + 1, n, input_dim + units), x.dtype),
+                     MEMORY.empty((steps, n, 4 * units), x.dtype), MEMORY.empty((steps + 1, n, units), x.dtype),
+                     MEMORY.empty((time if keep else 0, n, units), x.dtype))
+
+    shares = [share(samples) for samples in _slices(batch, cores)]
     packed = cpu_matmul.pack_columns(weights)
     if cores == 1 or cpu_team.AVAILABLE:
         team.forward_slices(x, h0, c0, packed, bias, sequences, codes, shares, cores - 1)
