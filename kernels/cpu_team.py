@@ -162,14 +162,17 @@ def _pointer(typingctx, address, like):
     return types.CPointer(like.dtype)(address, like), codegen
 
 
-@njit(**FLAGS)
+# The helpers between lead (or serve) and forward_slice are inlined in Numba's IR: Numba links a
+# compiled callee into each caller and optimises it there again, so each helper compiled on its own
+# took another pass over forward_slice (the first run's compile, kernels/README.md).
+@njit(inline="always")
 def _array(control, at, offset, shape, like):
     """The C-contiguous array of like's type whose first element is offset elements past the
     address control[at]."""
     return numba.carray(_pointer(control[at] + offset * like.itemsize, like), shape)
 
 
-@njit(**FLAGS)
+@njit(inline="always")
 def _run_part(control, part, like):
     """forward_slice over the samples of one part."""
     row = HEADER + PART_FIELDS * part
@@ -189,7 +192,7 @@ def _run_part(control, part, like):
                   control[ACTIVATION], control[RECURRENT_ACTIVATION])
 
 
-@njit(**FLAGS)
+@njit(inline="always")
 def _take_parts(control, like):
     """Runs parts of the open job until none is left to take."""
     while True:
