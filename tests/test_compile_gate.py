@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from fastlstm.backends.cupy import KERNELS, NVRTC_OPTIONS
-from fastlstm.backends.plan import (ARCHITECTURES, C_TYPES, PERSISTENT_THREADS, POINTWISE_THREADS, ROWS_PER_THREAD,
+from fastlstm.backends.plan import (ARCHITECTURES, C_TYPES, COOPERATIVE_THREADS, PERSISTENT_THREADS, ROWS_PER_THREAD,
                                     all_instances, plan_lstm, recurrent_row_length, thread_groups)
 
 from support import sass
@@ -92,8 +92,10 @@ def _parse(log):
 def _largest_plan(name, arch):
     """(threads per block, dynamic shared bytes): the largest the plan ever asks of ``name`` on ``arch``."""
     dtype = next(np.dtype(d) for d, c in C_TYPES.items() if f"<{c}>" in name)
-    launches = [launch for units in range(1, 257) for batch in (1, 7, 4096)
-                for launch in plan_lstm(batch, units, dtype, ARCHITECTURES[arch])[1:3] if launch.kernel == name]
+    launches = [launch for units in (*range(1, 257), 512, 1024, 2048) for batch in (1, 7, 4096)
+                for cooperative in (False, True)
+                for launch in plan_lstm(batch, units, dtype, ARCHITECTURES[arch], cooperative)[1:3]
+                if launch.kernel == name]
     return max(launch.block[0] for launch in launches), max(launch.shared_memory for launch in launches)
 
 
@@ -166,17 +168,27 @@ def test_every_instance_compiles_without_spills_within_the_plans_budget(source, 
             REPORT.append((arch, compiler, name, entry["registers"], entry["shared"], dynamic, threads))
 
 
-def test_the_plan_never_asks_for_more_than_a_block_can_have():
+@pytest.mark.parametrize("cooperative", [False, True])
+def test_the_plan_never_asks_for_more_than_a_block_can_have(cooperative):
     for arch, limits in ARCHITECTURES.items():
         for dtype in C_TYPES:
-            for units in range(1, 300):
+            for units in (*range(1, 300), 511, 512, 1024, 2048):
                 for batch in (1, 3, 131, 4096):
-                    plan = plan_lstm(batch, units, dtype, limits)
+                    plan = plan_lstm(batch, units, dtype, limits, cooperative)
                     for launch in (plan.forward, plan.backward):
                         assert launch.block[0] <= limits.max_threads_per_block
                         assert launch.shared_memory <= limits.shared_memory_per_block_optin
-                        assert launch.grid[0] * (plan.rows or 1) >= (batch if plan.rows else
-                                                                      -(-batch * units // POINTWISE_THREADS))
+                        assert launch.cooperative == (plan.path == "cooperative")
+                        if plan.path == "persistent":
+                            assert launch.grid[0] * plan.rows >= batch
+                        elif plan.path == "cooperative":
+                            # Every block resident at once: at most one a multiprocessor.
+                            assert launch.grid[0] <= limits.multiprocessors
+                            assert launch.grid[0] * plan.slice >= units > (launch.grid[0] - 1) * plan.slice
+                            assert launch.block[0] % plan.slice == 0
+                            assert launch.block[0] <= COOPERATIVE_THREADS[np.dtype(dtype).itemsize]
+                        else:
+                            assert launch.grid[0] * launch.block[0] >= batch * units
 
 
 def test_the_persistent_plan_fills_whole_row_groups_within_each_dtypes_launch_bound():

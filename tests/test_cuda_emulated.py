@@ -1,5 +1,5 @@
 """The CuPy backend's orchestration (FusedLSTM) and its CUDA C kernels, run on the CPU through the
-emulation harness, against the NumPy reference: both paths of the launch plan, forward and
+emulation harness, against the NumPy reference: the three paths of the launch plan, forward and
 backward, float32 and float64.
 
 Tolerance: max|emulated - reference| / max(1, max|reference|) per array below 1e-5 in float32
@@ -19,11 +19,16 @@ from support.lstm_testing import random_inputs, relative_error
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 # Limits that force each path: 'persistent' with few multiprocessors, so a block holds several
-# rows and the last block is only partly filled; 'stepwise' with too little shared memory.
+# rows and the last block is only partly filled; 'cooperative' with fewer threads a block than
+# units, so that 10 blocks split them, a slice of up to 5 units each, the last slice partly past
+# the units and, past 5 samples, a thread taking rows in more than one group; 'stepwise' with too
+# little shared memory.
 LIMITS = {
     "persistent": DeviceLimits(max_threads_per_block=1024, shared_memory_per_block_optin=96 * 1024, multiprocessors=2),
+    "cooperative": DeviceLimits(max_threads_per_block=5, shared_memory_per_block_optin=96 * 1024, multiprocessors=10),
     "stepwise": DeviceLimits(max_threads_per_block=1024, shared_memory_per_block_optin=64, multiprocessors=2),
 }
+PATHS = list(LIMITS)
 # (batch, time, input_dim, units): the alphabet shapes, time 1, batch not a multiple of the rows
 # per block, units not a multiple of 32.
 SHAPES = [(1, 1, 1, 32), (1, 3, 1, 32), (1, 1, 3, 16), (25, 1, 1, 16), (1, 5, 1, 50), (5, 7, 3, 33), (3, 4, 2, 8)]
@@ -43,8 +48,8 @@ def _compare(launcher, path, shape, dtype, state=True, bias=True, **options):
     grads_in = [rng.standard_normal(a.shape).astype(dtype) for a in reference[:3]]
     expected = [*reference[:3], *lstm_backward(reference.cache, *grads_in)]
 
-    fused = FusedLSTM(np, launcher, LIMITS[path])
-    assert plan_lstm(batch, units, dtype, fused.limits).path == path
+    fused = FusedLSTM(np, launcher, LIMITS[path], cooperative=True)
+    assert plan_lstm(batch, units, dtype, fused.limits, True).path == path
     zeros = np.zeros((batch, units), dtype)
     h0 = inputs["h0"] if state else zeros
     c0 = inputs["c0"] if state else zeros
@@ -63,8 +68,8 @@ def _compare(launcher, path, shape, dtype, state=True, bias=True, **options):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("path", ["persistent", "stepwise"])
-def test_both_paths_match_the_reference(launcher, path, shape, dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_matches_the_reference(launcher, path, shape, dtype):
     _compare(launcher, path, shape, dtype, return_sequences=True)
 
 
@@ -76,20 +81,21 @@ def test_both_paths_match_the_reference(launcher, path, shape, dtype):
     + [("sigmoid", a, True, True, True, False) for a in ["sigmoid", "hard_sigmoid", "relu", "softsign", "linear"]]
     + [("sigmoid", "tanh", rs, gb, s, b) for rs, gb, s, b in itertools.product((False, True), repeat=4)],
 )
-@pytest.mark.parametrize("path", ["persistent", "stepwise"])
-def test_every_option_on_both_paths(launcher, path, recurrent_activation, activation, return_sequences,
+@pytest.mark.parametrize("path", PATHS)
+def test_every_option_on_every_path(launcher, path, recurrent_activation, activation, return_sequences,
                                     go_backwards, state, bias):
     _compare(launcher, path, (5, 4, 2, 6), np.float32, state=state, bias=bias, activation=activation,
              recurrent_activation=recurrent_activation, return_sequences=return_sequences, go_backwards=go_backwards)
 
 
-@pytest.mark.parametrize("path", ["persistent", "stepwise"])
+@pytest.mark.parametrize("path", PATHS)
 def test_the_plans_kernels_are_the_ones_launched(launcher, path):
-    fused = FusedLSTM(np, launcher, LIMITS[path])
-    inputs = random_inputs(np.random.default_rng(0), 3, 4, 2, 5, np.float64)
-    plan = plan_lstm(3, 5, np.float64, fused.limits)
+    fused = FusedLSTM(np, launcher, LIMITS[path], cooperative=True)
+    inputs = random_inputs(np.random.default_rng(0), 3, 4, 2, 6, np.float64)
+    plan = plan_lstm(3, 6, np.float64, fused.limits, True)
+    assert plan.path == path
     start = len(launcher.launched)
     saved = fused.forward(*inputs.values(), LSTMOptions())[3]
     fused.backward(saved, None, None, None)
-    per_call = 1 if path == "persistent" else 4  # one launch, or one per time step
+    per_call = 4 if path == "stepwise" else 1  # one launch per time step, or one
     assert launcher.launched[start:] == [plan.forward.kernel] * per_call + [plan.backward.kernel] * per_call

@@ -27,14 +27,28 @@ class FakeRawKernel:
     def __init__(self, device, name):
         self.device, self.name = device, name
         self.max_dynamic_shared_size_bytes = DEFAULT_SHARED_MEMORY
+        self.kernel = FakeFunction(self)
 
     def __call__(self, grid, block, args, shared_mem=0):
+        self.launch(grid, block, args, shared_mem, False)
+
+    def launch(self, grid, block, args, shared_mem, cooperative):
         # A real device refuses more dynamic shared memory than the kernel opted in to.
         assert shared_mem <= self.max_dynamic_shared_size_bytes
         self.device.launches.append((self.name, shared_mem))
         unpacked = [None if isinstance(a, np.uint64) and a == 0 else int(a) if isinstance(a, np.int32) else a
                     for a in args]
-        self.device.launcher(Launch(self.name, "", grid, block, shared_mem), *unpacked)
+        self.device.launcher(Launch(self.name, "", grid, block, shared_mem, cooperative), *unpacked)
+
+
+class FakeFunction:
+    """RawKernel.kernel, CuPy's compiled function, which can launch cooperatively."""
+
+    def __init__(self, raw_kernel):
+        self.raw_kernel = raw_kernel
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False):
+        self.raw_kernel.launch(grid, block, args, shared_mem, enable_cooperative_groups)
 
 
 class FakeDevice:
@@ -61,10 +75,12 @@ class FakeDevice:
         return getattr(np, name)
 
 
-@pytest.fixture(params=[("persistent", 227 * 1024), ("stepwise", 64)], ids=lambda p: p[0])
+@pytest.fixture(params=[("persistent", 227 * 1024), ("cooperative", 26000), ("stepwise", 64)], ids=lambda p: p[0])
 def device(request, monkeypatch):
     """A device with 1024 threads per block and 2 multiprocessors, whose opt-in shared memory
-    allows the persistent path, or nothing but the stepwise one."""
+    allows the persistent path at 40 units, or only the cooperative one (20 units' part of
+    recurrent_kernel, 12.8 KB in float32 and 25.6 in float64; all of it takes more than 26 KB), or
+    nothing but the stepwise one."""
     path, shared = request.param
     fake = FakeDevice(EmulatedLauncher(build()), {1: 1024, 97: shared, 16: 2})
     fake.path = path
@@ -90,8 +106,7 @@ def test_the_backend_matches_the_reference_through_its_own_launcher(device, dtyp
 
     sources = sorted(m.code.split("\n")[0] for m in device.modules)
     assert len(device.modules) == 1 and all(o in device.modules[0].options for o in cupy_backend.NVRTC_OPTIONS)
-    assert sources[0].startswith("// The persistent path" if device.launches[0][0].startswith("fastlstm::persistent")
-                                 else "// The stepwise path")
+    assert sources[0].startswith(f"// The {device.path} path")
 
 
 def test_a_block_over_48_kb_opts_in_to_more_shared_memory(device):

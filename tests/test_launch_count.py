@@ -12,7 +12,8 @@ from fastlstm.backends.plan import DeviceLimits, launch_count, plan_lstm
 from fastlstm.ops import LSTMOptions
 from support.lstm_testing import random_inputs
 
-LIMITS = {"persistent": DeviceLimits(1024, 227 * 1024, 2), "stepwise": DeviceLimits(1024, 64, 2)}
+LIMITS = {"persistent": DeviceLimits(1024, 227 * 1024, 2), "cooperative": DeviceLimits(2, 227 * 1024, 2),
+          "stepwise": DeviceLimits(1024, 64, 2)}
 
 
 class DeviceArray(np.ndarray):
@@ -103,8 +104,8 @@ def _run(emulated, path, shape, options):
     batch, time, input_dim, units = shape
     inputs = random_inputs(np.random.default_rng(0), batch, time, input_dim, units, np.float32, options["bias"])
     lstm_options = LSTMOptions(return_sequences=options["return_sequences"], go_backwards=options["go_backwards"])
-    engine = FusedLSTM(FakeCupy(), _logging(emulated), LIMITS[path])
-    plan = plan_lstm(batch, units, np.float32, LIMITS[path])
+    engine = FusedLSTM(FakeCupy(), _logging(emulated), LIMITS[path], cooperative=True)
+    plan = plan_lstm(batch, units, np.float32, LIMITS[path], True)
     assert plan.path == path
 
     DeviceArray.log = []

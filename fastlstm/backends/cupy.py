@@ -51,7 +51,8 @@ def device_limits(device_id):
 
 
 class CupyLauncher:
-    """Launches the plan's kernels: one RawModule per source file, compiled on first use."""
+    """Launches the plan's kernels: one RawModule per source file, compiled on first use; the
+    cooperative path's launched cooperatively."""
 
     def __init__(self):
         self._modules = {}
@@ -60,7 +61,14 @@ class CupyLauncher:
         function = self._module(launch.source).get_function(launch.kernel)
         if launch.shared_memory > DEFAULT_SHARED_MEMORY:
             function.max_dynamic_shared_size_bytes = launch.shared_memory  # opt in, as the plan allowed
-        function(launch.grid, launch.block, tuple(map(_kernel_argument, arguments)), shared_mem=launch.shared_memory)
+        arguments = tuple(map(_kernel_argument, arguments))
+        if launch.cooperative:
+            # cuLaunchCooperativeKernel through the compiled function: it refuses a grid whose blocks
+            # cannot all be resident. The kernels use no cooperative_groups, so the module needs no -rdc.
+            function.kernel(launch.grid, launch.block, arguments, shared_mem=launch.shared_memory,
+                            enable_cooperative_groups=True)
+        else:
+            function(launch.grid, launch.block, arguments, shared_mem=launch.shared_memory)
 
     def _module(self, source):
         if source not in self._modules:
@@ -81,7 +89,7 @@ def _kernel_argument(argument):
 
 @functools.cache
 def _engine(device_id):
-    return FusedLSTM(cupy, CupyLauncher(), device_limits(device_id))
+    return FusedLSTM(cupy, CupyLauncher(), device_limits(device_id), cooperative=True)
 
 
 def prepare(a):

@@ -15,6 +15,7 @@ state's gradients) is an empty array of its rank: a null pointer for the CUDA C 
 The forward kernels take the initial state and the bias and write every array the call returns or
 saves, so that on the persistent path a forward is the cache's copies of x and kernel, the input
 projection and one launch, and a backward one launch and the GEMMs of the weight gradients and dx
+(on the cooperative path each launch after zeroing its grid barrier's two words)
 (:func:`~fastlstm.backends.plan.launch_count`). zx, the saved ``[x_t, h_{t-1}]`` rows and dz keep
 the caller's time order, the kernels processing them from the end for go_backwards, so that
 neither x nor dx is copied in reverse.
@@ -40,15 +41,18 @@ class Saved(NamedTuple):
 
 
 class FusedLSTM:
-    def __init__(self, xp, launcher, limits):
-        self.xp, self.launcher, self.limits = xp, launcher, limits
+    """cooperative: whether the launcher launches the plan's cooperative kernels (every block
+    resident at once), so that the plan may take that path."""
+
+    def __init__(self, xp, launcher, limits, cooperative=False):
+        self.xp, self.launcher, self.limits, self.cooperative = xp, launcher, limits, cooperative
 
     def forward(self, x, kernel, recurrent_kernel, bias, h0, c0, options):
         xp = self.xp
         x = xp.ascontiguousarray(x)
         batch, time, input_dim = x.shape
         units = recurrent_kernel.shape[0]
-        plan = plan_lstm(batch, units, x.dtype, self.limits)
+        plan = plan_lstm(batch, units, x.dtype, self.limits, self.cooperative)
         has_bias, bias = bias is not None, _optional(xp, bias, 1, x.dtype)
         # With a bias, a column of ones after [x_t, h_{t-1}] makes dbias a row of the weight gradients' product.
         inputs = xp.empty((batch, time, input_dim + units + int(has_bias)), x.dtype)
@@ -66,6 +70,12 @@ class FusedLSTM:
             saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the kernel copies it as it stages it
             self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
                           h0, c0, *filled, batch, time, input_dim, units, plan.rows, *flags)
+        elif plan.path == "cooperative":
+            saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the blocks copy it as they stage it
+            exchange = xp.empty((2, batch, units), x.dtype)  # each step's h, for every block
+            self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
+                          h0, c0, *filled, exchange, xp.zeros(2, np.uint32), batch, time, input_dim, units,
+                          plan.slice, *flags)
         else:
             saved_recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
             hr = xp.empty((batch, 4 * units), x.dtype)
@@ -94,6 +104,10 @@ class FusedLSTM:
         if plan.path == "persistent":
             self.launcher(plan.backward, recurrent_kernel, c, gates, *given, dz, dh0, dc0,
                           batch, time, units, plan.rows, *flags)
+        elif plan.path == "cooperative":
+            exchange = xp.empty((2, batch, 4 * units), dtype)  # each step's dz, for every block
+            self.launcher(plan.backward, recurrent_kernel, c, gates, *given, dz, dh0, dc0, exchange,
+                          xp.zeros(2, np.uint32), batch, time, units, plan.slice, *flags)
         else:
             recurrent_kernel_t = recurrent_kernel.T
             dz_step = xp.empty((batch, 4 * units), dtype)  # step t's dz, whole rows for the product, as h_step

@@ -1,13 +1,17 @@
 """The launch plan of the GPU kernels: a pure function of the shape, the dtype and the device's
 limits, shared by the GPU backends and executed on the CPU by the tests.
 
-Two paths (see kernels/lstm_persistent.cu and kernels/lstm_stepwise.cu):
+Three paths (see kernels/lstm_persistent.cu, kernels/lstm_cooperative.cu and kernels/lstm_stepwise.cu):
 - persistent: one launch runs the whole recurrence; each block owns ``rows`` batch rows and keeps
   recurrent_kernel in shared memory; a thread computes one unit of ROWS_PER_THREAD rows (register
   blocking: each weight it reads from shared memory serves that many rows), so a block has
   ``ceil(rows / ROWS_PER_THREAD) * units`` threads. Taken whenever that fits the kernels' launch
   bound and the device's (opt-in) shared memory per block.
-- stepwise: per time step a GEMM plus one fused pointwise kernel; for larger units.
+- cooperative: one cooperative launch runs the whole recurrence with the units split over at most
+  one block per multiprocessor, ``slice`` units each, each block keeping its part of
+  recurrent_kernel in shared memory, one grid-wide barrier per step; where persistent does not
+  fit and that part does, for a backend whose launcher launches cooperatively.
+- stepwise: per time step a GEMM plus one fused pointwise kernel; beyond both.
 """
 from typing import NamedTuple
 
@@ -16,13 +20,16 @@ import numpy as np
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 KERNELS = {
     "lstm_persistent.cu": ("persistent_forward", "persistent_backward"),
+    "lstm_cooperative.cu": ("cooperative::forward", "cooperative::backward"),
     "lstm_stepwise.cu": ("stepwise_forward", "stepwise_backward"),
 }
+COOPERATIVE_SOURCES = ("lstm_cooperative.cu",)  # their kernels need every block of the grid resident
 POINTWISE_THREADS = 256
 ROWS_PER_THREAD = 4  # the persistent kernels' register blocking (kernels/lstm_persistent.cu)
 # Their launch bound by itemsize: 128 registers a thread in float32 and 255 in float64 (each value
 # takes two) hold the blocked rows' sums and the next step's zx.
 PERSISTENT_THREADS = {4: 512, 8: 256}
+COOPERATIVE_THREADS = PERSISTENT_THREADS  # the cooperative kernels' launch bound, alike
 VECTOR_BYTES = 16  # the backward reads recurrent_kernel's rows and dz in vectors of this many bytes
 DEFAULT_SHARED_MEMORY = 48 * 1024  # what a block gets without opting in to more
 
@@ -50,13 +57,15 @@ class Launch(NamedTuple):
     grid: tuple
     block: tuple
     shared_memory: int  # dynamic, in bytes
+    cooperative: bool = False  # launched so that every block is resident at once (cuLaunchCooperativeKernel)
 
 
 class LSTMPlan(NamedTuple):
-    path: str  # "persistent" or "stepwise"
+    path: str  # "persistent", "cooperative" or "stepwise"
     forward: Launch
     backward: Launch
-    rows: int  # batch rows per block on the persistent path (0 on the stepwise path)
+    rows: int  # batch rows per block on the persistent path (0 on the others)
+    slice: int = 0  # units per block on the cooperative path (0 on the others)
 
 
 def kernel_name(function, dtype):
@@ -92,10 +101,18 @@ def persistent_shared_memory(units, rows, itemsize):
     return (weights + 2 * padded_rows * units) * itemsize, (weights + 2 * padded_rows * 4 * units) * itemsize
 
 
-def plan_lstm(batch, units, dtype, limits):
+def cooperative_shared_memory(units, slice, itemsize):
+    """Bytes of dynamic shared memory of either cooperative kernel: a slice of units' part of
+    recurrent_kernel, their columns (forward) or rows (backward), 4 * units * slice elements."""
+    return 4 * units * slice * itemsize
+
+
+def plan_lstm(batch, units, dtype, limits, cooperative=False):
     """The launches for an LSTM of ``units`` over ``batch`` rows in ``dtype`` on a device with
-    ``limits``: the persistent path where it fits, else the stepwise one. Refuses a batch or
-    units below 1 (fastlstm.ops does too): there is nothing to launch."""
+    ``limits``: the persistent path where it fits, else (if the backend launches ``cooperative``
+    kernels) the cooperative one where its part of recurrent_kernel fits a block, else the
+    stepwise one. Refuses a batch or units below 1 (fastlstm.ops does too): there is nothing to
+    launch."""
     if batch < 1 or units < 1:
         raise ValueError(f"an LSTM launch plan needs batch >= 1 and units >= 1, got batch {batch}, units {units}")
     itemsize = np.dtype(dtype).itemsize
@@ -117,6 +134,23 @@ def plan_lstm(batch, units, dtype, limits):
                 Launch(kernel_name("persistent_forward", dtype), "lstm_persistent.cu", grid, block, forward_bytes),
                 Launch(kernel_name("persistent_backward", dtype), "lstm_persistent.cu", grid, block, backward_bytes),
                 rows,
+            )
+    if cooperative:
+        # As few units per block as one block per multiprocessor allows: the more blocks share the
+        # recurrence, the less of it each block's threads do per step.
+        slice = -(-units // limits.multiprocessors)
+        shared_memory = cooperative_shared_memory(units, slice, itemsize)
+        cooperative_threads = min(limits.max_threads_per_block, COOPERATIVE_THREADS[itemsize])
+        if slice <= cooperative_threads and shared_memory <= limits.shared_memory_per_block_optin:
+            grid = (-(-units // slice),)
+            block = (min(thread_groups(batch), cooperative_threads // slice) * slice,)
+            return LSTMPlan(
+                "cooperative",
+                Launch(kernel_name("cooperative::forward", dtype), "lstm_cooperative.cu", grid, block, shared_memory,
+                       True),
+                Launch(kernel_name("cooperative::backward", dtype), "lstm_cooperative.cu", grid, block,
+                       shared_memory, True),
+                0, slice,
             )
     grid, block = (-(-batch * units // POINTWISE_THREADS),), (POINTWISE_THREADS,)
     return LSTMPlan(
@@ -144,6 +178,9 @@ def launch_count(plan, batch, time, input_dim, units):
     if plan.path == "persistent":
         # The forward kernel copies recurrent_kernel for the cache as it stages it.
         forward_recurrence = backward_recurrence = 1
+    elif plan.path == "cooperative":
+        # As persistent, after zeroing the grid barrier's two words.
+        forward_recurrence = backward_recurrence = 2
     else:
         # recurrent_kernel copied for the cache, then per step a product and the pointwise kernel,
         # which writes the next product's operand (h, or dz backward) in whole rows of its own.

@@ -1,8 +1,9 @@
 """A launcher that runs the CUDA C kernels of fastlstm.kernels on the CPU, for FusedLSTM.
 
 The same ``.cu`` files are compiled with g++ against ``emulation/cuda_emulation.h`` (one thread
-per CUDA thread, a barrier for ``__syncthreads``), one extern "C" entry per kernel instance that
-the launch plan can request, and called through ctypes on NumPy arrays.
+per CUDA thread, a barrier for ``__syncthreads``; the cooperative kernels' blocks all at once),
+one extern "C" entry per kernel instance that the launch plan can request, and called through
+ctypes on NumPy arrays.
 """
 import ctypes
 import hashlib
@@ -14,7 +15,7 @@ import tempfile
 import numpy as np
 
 import fastlstm.kernels
-from fastlstm.backends.plan import all_instances
+from fastlstm.backends.plan import COOPERATIVE_SOURCES, all_instances
 
 HEADER = pathlib.Path(__file__).parent / "emulation" / "cuda_emulation.h"
 BUILD_DIR = pathlib.Path(tempfile.gettempdir()) / "fastlstm-emulation"
@@ -24,10 +25,11 @@ KERNELS = pathlib.Path(fastlstm.kernels.__file__).parent  # the installed source
 def _translation_unit():
     lines = ['#include "cuda_emulation.h"']
     lines += [f'#include "{source}"' for source in sorted({source for source, _ in all_instances()})]
-    for index, (_, name) in enumerate(all_instances()):
+    for index, (source, name) in enumerate(all_instances()):
+        launch = "launch_cooperative" if source in COOPERATIVE_SOURCES else "launch"
         lines.append(
             f'extern "C" void launch_{index}(unsigned gx, unsigned bx, size_t shared, void** args) '
-            f"{{ emulation::launch(&{name}, dim3{{gx, 1, 1}}, dim3{{bx, 1, 1}}, shared, args); }}"
+            f"{{ emulation::{launch}(&{name}, dim3{{gx, 1, 1}}, dim3{{bx, 1, 1}}, shared, args); }}"
         )
     return "\n".join(lines) + "\n"
 
@@ -61,12 +63,15 @@ class EmulatedLauncher:
     def __init__(self, library):
         self.library = ctypes.CDLL(str(library))
         self.entries = {name: getattr(self.library, f"launch_{i}") for i, (_, name) in enumerate(all_instances())}
+        self.cooperative = {name for source, name in all_instances() if source in COOPERATIVE_SOURCES}
         self.launched = []  # the kernel names, in launch order
 
     def __call__(self, launch, *arguments):
         values = [_c_value(a) for a in arguments]
         pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
         assert len(launch.grid) == 1 and len(launch.block) == 1
+        # A grid-wide barrier launched without every block resident could wait for ever on a GPU.
+        assert launch.cooperative == (launch.kernel in self.cooperative), f"{launch.kernel}: cooperative launch"
         self.entries[launch.kernel](ctypes.c_uint(launch.grid[0]), ctypes.c_uint(launch.block[0]),
                                     ctypes.c_size_t(launch.shared_memory), pointers)
         self.launched.append(launch.kernel)

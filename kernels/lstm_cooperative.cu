@@ -1,0 +1,242 @@
+// The cooperative path: ONE launch runs the whole recurrence where recurrent_kernel is too large
+// for one block's shared memory, or its units too many for one block's threads.
+//
+// The units are split over the blocks: block k owns units k * slice .. k * slice + slice - 1 of
+// every batch row, and keeps their columns of recurrent_kernel (forward) or their rows (backward)
+// in shared memory for the whole sequence. A step needs every unit's h_{t-1} (forward) or every
+// gate's dz_t (backward), so the blocks exchange them through global memory, double-buffered, with
+// one grid-wide barrier per step; the plan launches at most one block per multiprocessor, and the
+// caller launches cooperatively, so that every block is resident and the barrier cannot wait for
+// a block that never runs. Thread (q, jl) of a block's groups x slice computes unit
+// k * slice + jl of the rows q * ROWS .., q * ROWS + ROWS - 1, then every groups * ROWS rows after
+// them: each weight it reads from shared memory serves ROWS rows.
+//
+// Layouts and arguments as in lstm_persistent.cu; in addition exchange, [2][batch][units] forward
+// and [2][batch][4*units] backward, and barrier, two zeroed unsigned words. The state of a row
+// (c forward; dh and dc backward, in dh0 and dc0) is read and written only by the thread that owns
+// the row's unit.
+#include "lstm_common.cuh"
+
+namespace fastlstm {
+namespace cooperative {
+
+// MAX_THREADS matches COOPERATIVE_THREADS in fastlstm/backends/plan.py, ROWS its ROWS_PER_THREAD.
+enum { MAX_THREADS = 512, ROWS = 4 };
+
+// Waits until every thread of the grid has called it as often as this one: thread 0 of each block
+// counts its block in barrier[0]; the last to arrive resets the count and moves barrier[1], the
+// generation, on, which the others wait for. Atomics and fences order the blocks' writes before
+// the barrier with their reads after it; the generation is read before the block counts itself,
+// so that the last arrival cannot move it on unseen.
+__device__ __forceinline__ void grid_sync(unsigned* barrier) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const unsigned generation = atomicAdd(barrier + 1, 0u);
+        __threadfence();
+        if (atomicAdd(barrier, 1u) == gridDim.x - 1) {
+            atomicExch(barrier, 0u);
+            __threadfence();
+            atomicAdd(barrier + 1, 1u);
+        } else {
+            while (atomicAdd(barrier + 1, 0u) == generation) __nanosleep(32);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// A thread's unit and rows.
+struct Place {
+    int jl;      // its unit within the block's slice
+    int j;       // its unit
+    bool active; // whether unit j exists (the last block's slice may end past units)
+    int first;   // its first row, q * ROWS
+    int stride;  // the rows between its rows' groups, groups * ROWS
+};
+
+__device__ __forceinline__ Place place(int units, int slice) {
+    Place p;
+    p.jl = threadIdx.x % slice;
+    p.j = blockIdx.x * slice + p.jl;
+    p.active = p.j < units;
+    p.first = threadIdx.x / slice * ROWS;
+    p.stride = blockDim.x / slice * ROWS;
+    return p;
+}
+
+// Forward. Shared memory: the block's columns of recurrent_kernel as [units][4][slice], so that
+// per k a thread reads its unit's four gate weights, each serving ROWS rows. exchange[t % 2] holds
+// h_{t-1} of every row and unit at step t. Each block copies its columns of recurrent_kernel into
+// saved_recurrent_kernel as it stages them.
+template <typename T>
+__global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
+forward(const T* __restrict__ zx, const T* __restrict__ bias, const T* __restrict__ recurrent_kernel,
+                    T* __restrict__ saved_recurrent_kernel, const T* __restrict__ h0, const T* __restrict__ c0,
+                    T* __restrict__ inputs, T* __restrict__ c, T* __restrict__ gates, T* __restrict__ outputs,
+                    T* __restrict__ h_final, T* __restrict__ c_final, T* exchange, unsigned* barrier, int batch,
+                    int time, int input_dim, int units, int slice, int go_backwards, int outputs_per_step,
+                    int activation, int recurrent_activation) {
+    FASTLSTM_DYNAMIC_SHARED(shared);
+    T* w_s = reinterpret_cast<T*>(shared);
+    const Place p = place(units, slice);
+    for (int e = threadIdx.x; e < units * 4 * slice; e += blockDim.x) {
+        const int k = e / (4 * slice), g = e / slice % 4, j = blockIdx.x * slice + e % slice;
+        const T w = j < units ? recurrent_kernel[(size_t)k * 4 * units + g * units + j] : T(0);
+        w_s[e] = w;
+        if (j < units) saved_recurrent_kernel[(size_t)k * 4 * units + g * units + j] = w;
+    }
+    const int width = input_width(input_dim, units, bias);
+    T bias_j[4];
+#pragma unroll
+    for (int g = 0; g < 4; ++g) bias_j[g] = bias && p.active ? bias[g * units + p.j] : T(0);
+    for (int base = p.first; p.active && base < batch; base += p.stride) {
+        for (int b = base; b < base + ROWS && b < batch; ++b) {
+            const size_t row_state = (size_t)b * units + p.j;
+            exchange[row_state] = h0[row_state];
+            c[(size_t)b * (time + 1) * units + p.j] = c0[row_state];
+            inputs[((size_t)b * time + caller_step(0, time, go_backwards)) * width + input_dim + p.j] = h0[row_state];
+            if (bias) write_ones(inputs, b, time, width, units, p.j);
+        }
+    }
+    grid_sync(barrier);
+
+    const size_t buffer = (size_t)batch * units;
+    for (int t = 0; t < time; ++t) {
+        const T* h_prev = exchange + (t & 1) * buffer;
+        T* h_next = exchange + ((t + 1) & 1) * buffer;
+        const int step = caller_step(t, time, go_backwards);
+        for (int base = p.first; base < batch; base += p.stride) {
+            // Rows past the batch compute on the last row's h, and write nothing.
+            int row[ROWS];
+            T z[ROWS][4];
+#pragma unroll
+            for (int rr = 0; rr < ROWS; ++rr) {
+                row[rr] = base + rr < batch ? base + rr : batch - 1;
+                const T* zx_step = zx + ((size_t)row[rr] * time + step) * 4 * units + (p.active ? p.j : 0);
+#pragma unroll
+                for (int g = 0; g < 4; ++g) z[rr][g] = zx_step[g * units] + bias_j[g];  // bias first, as the reference
+            }
+            for (int k = 0; k < units; ++k) {
+                const T* w_k = w_s + k * 4 * slice + p.jl;
+                const T w[4] = {w_k[0], w_k[slice], w_k[2 * slice], w_k[3 * slice]};
+#pragma unroll
+                for (int rr = 0; rr < ROWS; ++rr) {
+                    const T hk = __ldcg(h_prev + (size_t)row[rr] * units + k);  // other blocks wrote it: not L1
+#pragma unroll
+                    for (int g = 0; g < 4; ++g) z[rr][g] += hk * w[g];
+                }
+            }
+            if (!p.active) continue;
+#pragma unroll
+            for (int rr = 0; rr < ROWS; ++rr) {
+                if (base + rr >= batch) break;
+                const size_t b = base + rr;
+                const T i = activate(recurrent_activation, z[rr][0]), f = activate(recurrent_activation, z[rr][1]);
+                const T g = activate(activation, z[rr][2]), o = activate(recurrent_activation, z[rr][3]);
+                const size_t state = (b * (time + 1) + t) * units + p.j;
+                const T c_t = f * c[state] + i * g;
+                const T h_t = o * activate(activation, c_t);
+                c[state + units] = c_t;
+                h_next[b * units + p.j] = h_t;
+                if (t + 1 < time) {
+                    inputs[(b * time + caller_step(t + 1, time, go_backwards)) * width + input_dim + p.j] = h_t;
+                } else {
+                    h_final[b * units + p.j] = h_t;
+                    c_final[b * units + p.j] = c_t;
+                }
+                if (outputs_per_step) outputs[(b * time + t) * units + p.j] = h_t;
+                else if (t + 1 == time) outputs[b * units + p.j] = h_t;
+                T* gates_t = gates + (b * time + t) * 4 * units + p.j;
+                gates_t[0] = i;
+                gates_t[units] = f;
+                gates_t[2 * units] = g;
+                gates_t[3 * units] = o;
+            }
+        }
+        grid_sync(barrier);
+    }
+}
+
+// Backward, in reverse time. Shared memory: the block's rows of recurrent_kernel, [slice][4*units].
+// Each step the thread's pointwise work writes dz of its unit's four gates into exchange[t % 2],
+// and after the barrier sums dh_{t-1} of its unit, ``dz_t @ recurrent_kernel[j]``, from every
+// gate's dz there: one weight read serves ROWS rows. dh and dc of a row are carried in dh0 and dc0.
+template <typename T>
+__global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
+backward(const T* __restrict__ recurrent_kernel, const T* __restrict__ c, const T* __restrict__ gates,
+                     const T* __restrict__ dy, int dy_per_step, const T* __restrict__ dh_final,
+                     const T* __restrict__ dc_final, T* __restrict__ dz, T* __restrict__ dh0, T* __restrict__ dc0,
+                     T* exchange, unsigned* barrier, int batch, int time, int units, int slice, int go_backwards,
+                     int activation, int recurrent_activation) {
+    FASTLSTM_DYNAMIC_SHARED(shared);
+    T* r_s = reinterpret_cast<T*>(shared);
+    const Place p = place(units, slice);
+    const int gate_columns = 4 * units;
+    for (int e = threadIdx.x; e < slice * gate_columns; e += blockDim.x) {
+        const int j = blockIdx.x * slice + e / gate_columns;
+        r_s[e] = j < units ? recurrent_kernel[(size_t)j * gate_columns + e % gate_columns] : T(0);
+    }
+    for (int base = p.first; p.active && base < batch; base += p.stride) {
+        for (int b = base; b < base + ROWS && b < batch; ++b) {
+            const size_t row_state = (size_t)b * units + p.j;
+            T dh = dh_final ? dh_final[row_state] : T(0);
+            if (dy && !dy_per_step) dh += dy[row_state];
+            dh0[row_state] = dh;
+            dc0[row_state] = dc_final ? dc_final[row_state] : T(0);
+        }
+    }
+    __syncthreads();  // the staged rows; the states are each thread's own
+
+    const size_t buffer = (size_t)batch * gate_columns;
+    for (int t = time - 1; t >= 0; --t) {
+        T* dz_all = exchange + (t & 1) * buffer;
+        for (int base = p.first; p.active && base < batch; base += p.stride) {
+            for (int b = base; b < base + ROWS && b < batch; ++b) {
+                const size_t row_state = (size_t)b * units + p.j, step = (size_t)b * time + t;
+                T dh = dh0[row_state];
+                if (dy && dy_per_step) dh += dy[step * units + p.j];
+                const T* gates_t = gates + step * gate_columns + p.j;
+                const T i = gates_t[0], f = gates_t[units], g = gates_t[2 * units], o = gates_t[3 * units];
+                const size_t state = (size_t)b * (time + 1) + t;  // c_{t-1}'s index in c, then c_t's
+                const T c_prev = c[state * units + p.j];
+                const T act_c = activate(activation, c[(state + 1) * units + p.j]);
+                const T dc = dc0[row_state] + dh * o * activation_grad(activation, act_c);
+                const T d[4] = {dc * g * activation_grad(recurrent_activation, i),
+                                dc * c_prev * activation_grad(recurrent_activation, f),
+                                dc * i * activation_grad(activation, g),
+                                dh * act_c * activation_grad(recurrent_activation, o)};
+                T* dz_t = dz + ((size_t)b * time + caller_step(t, time, go_backwards)) * gate_columns + p.j;
+                T* dz_row = dz_all + (size_t)b * gate_columns + p.j;
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    dz_t[q * units] = d[q];
+                    dz_row[q * units] = d[q];
+                }
+                dc0[row_state] = dc * f;
+            }
+        }
+        grid_sync(barrier);
+        for (int base = p.first; base < batch; base += p.stride) {
+            int row[ROWS];
+#pragma unroll
+            for (int rr = 0; rr < ROWS; ++rr) row[rr] = base + rr < batch ? base + rr : batch - 1;
+            T sum[ROWS] = {};
+            const T* r_j = r_s + p.jl * gate_columns;
+            for (int m = 0; m < gate_columns; ++m) {
+                const T w = r_j[m];
+#pragma unroll
+                for (int rr = 0; rr < ROWS; ++rr) sum[rr] += __ldcg(dz_all + (size_t)row[rr] * gate_columns + m) * w;
+            }
+            if (!p.active) continue;
+#pragma unroll
+            for (int rr = 0; rr < ROWS; ++rr)
+                if (base + rr < batch) dh0[(size_t)(base + rr) * units + p.j] = sum[rr];
+        }
+        // No barrier here: the next step writes the other buffer, and the barrier after it comes
+        // before any thread writes this one again.
+    }
+}
+
+}  // namespace cooperative
+}  // namespace fastlstm
