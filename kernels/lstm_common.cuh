@@ -1,6 +1,6 @@
-// Shared by the LSTM kernels: activation functions (each with its derivative written in terms of
-// its own output, so the backward pass never recomputes an activation), the time order of the
-// caller's arrays, and the hook for dynamic shared memory. Activation ids match
+// Shared by the LSTM kernels: 16-byte vectors, activation functions (each with its derivative
+// written in terms of its own output, so the backward pass never recomputes an activation), the
+// time order of the caller's arrays, and the hook for dynamic shared memory. Activation ids match
 // kernels/activation_ids.py.
 #pragma once
 
@@ -10,6 +10,16 @@
 #endif
 
 namespace fastlstm {
+
+// VECTOR_BYTES matches fastlstm/backends/plan.py's.
+enum { VECTOR_BYTES = 16 };
+
+// 16 bytes of T, loaded and stored as one vector.
+template <typename T>
+struct alignas(VECTOR_BYTES) Vector {
+    enum { LANES = VECTOR_BYTES / sizeof(T) };
+    T lane[LANES];
+};
 
 enum Activation { TANH = 0, SIGMOID = 1, HARD_SIGMOID = 2, HARD_SIGMOID_KERAS2 = 3, RELU = 4, SOFTSIGN = 5, LINEAR = 6 };
 

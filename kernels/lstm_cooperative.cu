@@ -1,15 +1,19 @@
 // The cooperative path: ONE launch runs the whole recurrence where recurrent_kernel is too large
 // for one block's shared memory, or its units too many for one block's threads.
 //
-// The units are split over the blocks: block k owns units k * slice .. k * slice + slice - 1 of
-// every batch row, and keeps their columns of recurrent_kernel (forward) or their rows (backward)
-// in shared memory for the whole sequence. A step needs every unit's h_{t-1} (forward) or every
-// gate's dz_t (backward), so the blocks exchange them through global memory, double-buffered, with
-// one grid-wide barrier per step; the plan launches at most one block per multiprocessor, and the
-// caller launches cooperatively, so that every block is resident and the barrier cannot wait for
-// a block that never runs. Thread (q, jl) of a block's groups x slice computes unit
-// k * slice + jl of the rows q * ROWS .., q * ROWS + ROWS - 1, then every groups * ROWS rows after
-// them: each weight it reads from shared memory serves ROWS rows.
+// The units are split into slices and the batch rows into tiles, a block per (slice, tile): block
+// (s, r) computes units s * slice .. s * slice + slice - 1 of rows r * rows .. r * rows + rows - 1,
+// and keeps its slice's columns of recurrent_kernel (forward) or its rows (backward) in shared
+// memory for the whole sequence. A step needs every unit's h_{t-1} (forward) or every gate's dz_t
+// (backward) of its rows, so the blocks exchange them through global memory, double-buffered,
+// with one grid-wide barrier per step; the plan launches at most one block per multiprocessor,
+// and the caller launches cooperatively, so that every block is resident and the barrier cannot
+// wait for a block that never runs. Thread (q, jl) of a block's groups x slice computes unit
+// s * slice + jl of its tile's rows q * ROWS .. q * ROWS + ROWS - 1, then every groups * ROWS rows
+// after them: each weight it reads from shared memory serves ROWS rows, and where a slice is 32
+// units a warp's threads read the same row's h or dz, one value for all. The rows a block's
+// threads take at once, a pass, first have their h_{t-1} (forward) or dz_t (backward) of every unit
+// staged in shared memory: coalesced, and off the multiply-adds' critical path.
 //
 // Layouts and arguments as in lstm_persistent.cu; in addition exchange, [2][batch][units] forward
 // and [2][batch][4*units] backward, and barrier, two zeroed unsigned words. The state of a row
@@ -46,153 +50,194 @@ __device__ __forceinline__ void grid_sync(unsigned* barrier) {
     __syncthreads();
 }
 
+// A 16-byte vector read through L2 alone, not the SM's L1: another block wrote it this step.
+__device__ __forceinline__ Vector<float> load_global(const Vector<float>* address) {
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(address));
+    return {{v.x, v.y, v.z, v.w}};
+}
+
+__device__ __forceinline__ Vector<double> load_global(const Vector<double>* address) {
+    const double2 v = __ldcg(reinterpret_cast<const double2*>(address));
+    return {{v.x, v.y}};
+}
+
 // A thread's unit and rows.
 struct Place {
-    int jl;      // its unit within the block's slice
-    int j;       // its unit
-    bool active; // whether unit j exists (the last block's slice may end past units)
-    int first;   // its first row, q * ROWS
-    int stride;  // the rows between its rows' groups, groups * ROWS
+    int unit_base;  // the block's first unit, its slice's
+    int jl;         // the thread's unit within the slice
+    int j;          // its unit
+    bool active;    // whether unit j exists (the last slice may end past units)
+    int start;      // the block's first row, its tile's
+    int end;        // the end of the tile
+    int offset;     // the thread's first row in a pass, q * ROWS
+    int stride;     // the rows of a pass, groups * ROWS
 };
 
-__device__ __forceinline__ Place place(int units, int slice) {
+__device__ __forceinline__ Place place(int batch, int units, int slice, int rows) {
+    const int slices = (units + slice - 1) / slice;
     Place p;
+    p.unit_base = blockIdx.x % slices * slice;
     p.jl = threadIdx.x % slice;
-    p.j = blockIdx.x * slice + p.jl;
+    p.j = p.unit_base + p.jl;
     p.active = p.j < units;
-    p.first = threadIdx.x / slice * ROWS;
+    p.start = blockIdx.x / slices * rows;
+    p.end = p.start + rows < batch ? p.start + rows : batch;
+    p.offset = threadIdx.x / slice * ROWS;
     p.stride = blockDim.x / slice * ROWS;
     return p;
 }
 
-// Forward. Shared memory: the block's columns of recurrent_kernel as [units][4][slice], so that
-// per k a thread reads its unit's four gate weights, each serving ROWS rows. exchange[t % 2] holds
-// h_{t-1} of every row and unit at step t. Each block copies its columns of recurrent_kernel into
-// saved_recurrent_kernel as it stages them.
+// Copies the pass's rows (from row `pass`, each `width` elements) of `buffer`, which other blocks
+// wrote this step, into shared memory: in 16-byte vectors where the addresses and the count allow
+// (dz's rows of 4 * units always do), else an element at a time; then waits for the block.
+template <typename T>
+__device__ __forceinline__ void stage_pass(T* shared_rows, const T* buffer, int width, int pass, const Place& p) {
+    constexpr int LANES = Vector<T>::LANES;
+    const int count = ((p.end - pass < p.stride) ? p.end - pass : p.stride) * width;
+    const T* rows = buffer + (size_t)pass * width;
+    if (count % LANES == 0 && reinterpret_cast<size_t>(rows) % VECTOR_BYTES == 0) {
+        Vector<T>* to = reinterpret_cast<Vector<T>*>(shared_rows);
+        const Vector<T>* from = reinterpret_cast<const Vector<T>*>(rows);
+        for (int v = threadIdx.x; v < count / LANES; v += blockDim.x) to[v] = load_global(from + v);
+    } else {
+        for (int e = threadIdx.x; e < count; e += blockDim.x) shared_rows[e] = __ldcg(rows + e);
+    }
+    __syncthreads();
+}
+
+// Forward. Shared memory: the slice's columns of recurrent_kernel as [units][4][slice], so that
+// per k a thread reads its unit's four gate weights, each serving ROWS rows; then a pass's h_{t-1}
+// [stride][units]. exchange[t % 2] holds h_{t-1} of every row and unit at step t. The first tile's
+// blocks copy their columns of recurrent_kernel into saved_recurrent_kernel as they stage them.
 template <typename T>
 __global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
 forward(const T* __restrict__ zx, const T* __restrict__ bias, const T* __restrict__ recurrent_kernel,
-                    T* __restrict__ saved_recurrent_kernel, const T* __restrict__ h0, const T* __restrict__ c0,
-                    T* __restrict__ inputs, T* __restrict__ c, T* __restrict__ gates, T* __restrict__ outputs,
-                    T* __restrict__ h_final, T* __restrict__ c_final, T* exchange, unsigned* barrier, int batch,
-                    int time, int input_dim, int units, int slice, int go_backwards, int outputs_per_step,
-                    int activation, int recurrent_activation) {
+        T* __restrict__ saved_recurrent_kernel, const T* __restrict__ h0, const T* __restrict__ c0,
+        T* __restrict__ inputs, T* __restrict__ c, T* __restrict__ gates, T* __restrict__ outputs,
+        T* __restrict__ h_final, T* __restrict__ c_final, T* exchange, unsigned* barrier, int batch, int time,
+        int input_dim, int units, int slice, int rows, int go_backwards, int outputs_per_step, int activation,
+        int recurrent_activation) {
     FASTLSTM_DYNAMIC_SHARED(shared);
     T* w_s = reinterpret_cast<T*>(shared);
-    const Place p = place(units, slice);
+    T* h_s = w_s + units * 4 * slice;
+    const Place p = place(batch, units, slice, rows);
+    const int slices = (units + slice - 1) / slice;
     for (int e = threadIdx.x; e < units * 4 * slice; e += blockDim.x) {
-        const int k = e / (4 * slice), g = e / slice % 4, j = blockIdx.x * slice + e % slice;
+        const int k = e / (4 * slice), g = e / slice % 4, j = p.unit_base + e % slice;
         const T w = j < units ? recurrent_kernel[(size_t)k * 4 * units + g * units + j] : T(0);
         w_s[e] = w;
-        if (j < units) saved_recurrent_kernel[(size_t)k * 4 * units + g * units + j] = w;
+        if (j < units && (int)blockIdx.x < slices) saved_recurrent_kernel[(size_t)k * 4 * units + g * units + j] = w;
     }
     const int width = input_width(input_dim, units, bias);
     T bias_j[4];
 #pragma unroll
     for (int g = 0; g < 4; ++g) bias_j[g] = bias && p.active ? bias[g * units + p.j] : T(0);
-    for (int base = p.first; p.active && base < batch; base += p.stride) {
-        for (int b = base; b < base + ROWS && b < batch; ++b) {
+    for (int base = p.start + p.offset; p.active && base < p.end; base += p.stride)
+        for (int b = base; b < base + ROWS && b < p.end; ++b) {
             const size_t row_state = (size_t)b * units + p.j;
             exchange[row_state] = h0[row_state];
             c[(size_t)b * (time + 1) * units + p.j] = c0[row_state];
             inputs[((size_t)b * time + caller_step(0, time, go_backwards)) * width + input_dim + p.j] = h0[row_state];
             if (bias) write_ones(inputs, b, time, width, units, p.j);
         }
-    }
     grid_sync(barrier);
 
-    const size_t buffer = (size_t)batch * units;
     for (int t = 0; t < time; ++t) {
-        const T* h_prev = exchange + (t & 1) * buffer;
-        T* h_next = exchange + ((t + 1) & 1) * buffer;
+        const T* h_prev = exchange + (t & 1) * (size_t)batch * units;
+        T* h_next = exchange + ((t + 1) & 1) * (size_t)batch * units;
         const int step = caller_step(t, time, go_backwards);
-        for (int base = p.first; base < batch; base += p.stride) {
-            // Rows past the batch compute on the last row's h, and write nothing.
-            int row[ROWS];
-            T z[ROWS][4];
-#pragma unroll
-            for (int rr = 0; rr < ROWS; ++rr) {
-                row[rr] = base + rr < batch ? base + rr : batch - 1;
-                const T* zx_step = zx + ((size_t)row[rr] * time + step) * 4 * units + (p.active ? p.j : 0);
-#pragma unroll
-                for (int g = 0; g < 4; ++g) z[rr][g] = zx_step[g * units] + bias_j[g];  // bias first, as the reference
-            }
-            for (int k = 0; k < units; ++k) {
-                const T* w_k = w_s + k * 4 * slice + p.jl;
-                const T w[4] = {w_k[0], w_k[slice], w_k[2 * slice], w_k[3 * slice]};
+        for (int pass = p.start; pass < p.end; pass += p.stride) {
+            stage_pass(h_s, h_prev, units, pass, p);
+            const int base = pass + p.offset;
+            if (base < p.end) {
+                // Rows past the tile compute on its last row's h, and write nothing.
+                int row[ROWS];
+                T z[ROWS][4];
 #pragma unroll
                 for (int rr = 0; rr < ROWS; ++rr) {
-                    const T hk = __ldcg(h_prev + (size_t)row[rr] * units + k);  // other blocks wrote it: not L1
+                    row[rr] = base + rr < p.end ? base + rr : p.end - 1;
+                    const T* zx_step = zx + ((size_t)row[rr] * time + step) * 4 * units + (p.active ? p.j : 0);
 #pragma unroll
-                    for (int g = 0; g < 4; ++g) z[rr][g] += hk * w[g];
+                    for (int g = 0; g < 4; ++g) z[rr][g] = zx_step[g * units] + bias_j[g];  // bias first, as x @ W + b
+                }
+                for (int k = 0; k < units; ++k) {
+                    const T* w_k = w_s + k * 4 * slice + p.jl;
+                    const T w[4] = {w_k[0], w_k[slice], w_k[2 * slice], w_k[3 * slice]};
+#pragma unroll
+                    for (int rr = 0; rr < ROWS; ++rr) {
+                        const T hk = h_s[(row[rr] - pass) * units + k];
+#pragma unroll
+                        for (int g = 0; g < 4; ++g) z[rr][g] += hk * w[g];
+                    }
+                }
+#pragma unroll
+                for (int rr = 0; rr < ROWS; ++rr) {
+                    if (!p.active || base + rr >= p.end) break;
+                    const size_t b = base + rr;
+                    const T i = activate(recurrent_activation, z[rr][0]), f = activate(recurrent_activation, z[rr][1]);
+                    const T g = activate(activation, z[rr][2]), o = activate(recurrent_activation, z[rr][3]);
+                    const size_t state = (b * (time + 1) + t) * units + p.j;
+                    const T c_t = f * c[state] + i * g;
+                    const T h_t = o * activate(activation, c_t);
+                    c[state + units] = c_t;
+                    h_next[b * units + p.j] = h_t;
+                    if (t + 1 < time) {
+                        inputs[(b * time + caller_step(t + 1, time, go_backwards)) * width + input_dim + p.j] = h_t;
+                    } else {
+                        h_final[b * units + p.j] = h_t;
+                        c_final[b * units + p.j] = c_t;
+                    }
+                    if (outputs_per_step) outputs[(b * time + t) * units + p.j] = h_t;
+                    else if (t + 1 == time) outputs[b * units + p.j] = h_t;
+                    T* gates_t = gates + (b * time + t) * 4 * units + p.j;
+                    gates_t[0] = i;
+                    gates_t[units] = f;
+                    gates_t[2 * units] = g;
+                    gates_t[3 * units] = o;
                 }
             }
-            if (!p.active) continue;
-#pragma unroll
-            for (int rr = 0; rr < ROWS; ++rr) {
-                if (base + rr >= batch) break;
-                const size_t b = base + rr;
-                const T i = activate(recurrent_activation, z[rr][0]), f = activate(recurrent_activation, z[rr][1]);
-                const T g = activate(activation, z[rr][2]), o = activate(recurrent_activation, z[rr][3]);
-                const size_t state = (b * (time + 1) + t) * units + p.j;
-                const T c_t = f * c[state] + i * g;
-                const T h_t = o * activate(activation, c_t);
-                c[state + units] = c_t;
-                h_next[b * units + p.j] = h_t;
-                if (t + 1 < time) {
-                    inputs[(b * time + caller_step(t + 1, time, go_backwards)) * width + input_dim + p.j] = h_t;
-                } else {
-                    h_final[b * units + p.j] = h_t;
-                    c_final[b * units + p.j] = c_t;
-                }
-                if (outputs_per_step) outputs[(b * time + t) * units + p.j] = h_t;
-                else if (t + 1 == time) outputs[b * units + p.j] = h_t;
-                T* gates_t = gates + (b * time + t) * 4 * units + p.j;
-                gates_t[0] = i;
-                gates_t[units] = f;
-                gates_t[2 * units] = g;
-                gates_t[3 * units] = o;
-            }
+            __syncthreads();  // every thread's reads of this pass's h before the next pass's
         }
         grid_sync(barrier);
     }
 }
 
-// Backward, in reverse time. Shared memory: the block's rows of recurrent_kernel, [slice][4*units].
-// Each step the thread's pointwise work writes dz of its unit's four gates into exchange[t % 2],
-// and after the barrier sums dh_{t-1} of its unit, ``dz_t @ recurrent_kernel[j]``, from every
-// gate's dz there: one weight read serves ROWS rows. dh and dc of a row are carried in dh0 and dc0.
+// Backward, in reverse time. Shared memory: the slice's rows of recurrent_kernel as
+// [4*units][slice], so that the threads of a slice read one m's weights side by side, in distinct
+// banks; then a pass's dz_t [stride][4*units]. Each step the thread's pointwise work writes dz of
+// its unit's four gates into exchange[t % 2], and after the barrier it sums dh_{t-1} of its unit,
+// ``dz_t @ recurrent_kernel[j]``, over vectors of the staged dz: one weight read serves ROWS rows,
+// and each (row, lane) is an independent chain of multiply-adds, summed at the end. dh and dc of a
+// row are carried in dh0 and dc0.
 template <typename T>
 __global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
 backward(const T* __restrict__ recurrent_kernel, const T* __restrict__ c, const T* __restrict__ gates,
-                     const T* __restrict__ dy, int dy_per_step, const T* __restrict__ dh_final,
-                     const T* __restrict__ dc_final, T* __restrict__ dz, T* __restrict__ dh0, T* __restrict__ dc0,
-                     T* exchange, unsigned* barrier, int batch, int time, int units, int slice, int go_backwards,
-                     int activation, int recurrent_activation) {
+         const T* __restrict__ dy, int dy_per_step, const T* __restrict__ dh_final, const T* __restrict__ dc_final,
+         T* __restrict__ dz, T* __restrict__ dh0, T* __restrict__ dc0, T* exchange, unsigned* barrier, int batch,
+         int time, int units, int slice, int rows, int go_backwards, int activation, int recurrent_activation) {
     FASTLSTM_DYNAMIC_SHARED(shared);
-    T* r_s = reinterpret_cast<T*>(shared);
-    const Place p = place(units, slice);
     const int gate_columns = 4 * units;
+    T* r_s = reinterpret_cast<T*>(shared);
+    T* dz_s = r_s + gate_columns * slice;
+    const Place p = place(batch, units, slice, rows);
     for (int e = threadIdx.x; e < slice * gate_columns; e += blockDim.x) {
-        const int j = blockIdx.x * slice + e / gate_columns;
-        r_s[e] = j < units ? recurrent_kernel[(size_t)j * gate_columns + e % gate_columns] : T(0);
+        const int jl = e / gate_columns, m = e % gate_columns, j = p.unit_base + jl;
+        r_s[m * slice + jl] = j < units ? recurrent_kernel[(size_t)j * gate_columns + m] : T(0);
     }
-    for (int base = p.first; p.active && base < batch; base += p.stride) {
-        for (int b = base; b < base + ROWS && b < batch; ++b) {
+    for (int base = p.start + p.offset; p.active && base < p.end; base += p.stride)
+        for (int b = base; b < base + ROWS && b < p.end; ++b) {
             const size_t row_state = (size_t)b * units + p.j;
             T dh = dh_final ? dh_final[row_state] : T(0);
             if (dy && !dy_per_step) dh += dy[row_state];
             dh0[row_state] = dh;
             dc0[row_state] = dc_final ? dc_final[row_state] : T(0);
         }
-    }
-    __syncthreads();  // the staged rows; the states are each thread's own
 
-    const size_t buffer = (size_t)batch * gate_columns;
+    constexpr int LANES = Vector<T>::LANES;
     for (int t = time - 1; t >= 0; --t) {
-        T* dz_all = exchange + (t & 1) * buffer;
-        for (int base = p.first; p.active && base < batch; base += p.stride) {
-            for (int b = base; b < base + ROWS && b < batch; ++b) {
+        T* dz_all = exchange + (t & 1) * (size_t)batch * gate_columns;
+        for (int base = p.start + p.offset; p.active && base < p.end; base += p.stride)
+            for (int b = base; b < base + ROWS && b < p.end; ++b) {
                 const size_t row_state = (size_t)b * units + p.j, step = (size_t)b * time + t;
                 T dh = dh0[row_state];
                 if (dy && dy_per_step) dh += dy[step * units + p.j];
@@ -208,33 +253,46 @@ backward(const T* __restrict__ recurrent_kernel, const T* __restrict__ c, const 
                                 dh * act_c * activation_grad(recurrent_activation, o)};
                 T* dz_t = dz + ((size_t)b * time + caller_step(t, time, go_backwards)) * gate_columns + p.j;
                 T* dz_row = dz_all + (size_t)b * gate_columns + p.j;
-#pragma unroll
+    #pragma unroll
                 for (int q = 0; q < 4; ++q) {
                     dz_t[q * units] = d[q];
                     dz_row[q * units] = d[q];
                 }
                 dc0[row_state] = dc * f;
             }
-        }
         grid_sync(barrier);
-        for (int base = p.first; base < batch; base += p.stride) {
-            int row[ROWS];
+        for (int pass = p.start; pass < p.end; pass += p.stride) {
+            stage_pass(dz_s, dz_all, gate_columns, pass, p);
+            const int base = pass + p.offset;
+            if (base < p.end) {
+                const Vector<T>* dz_v[ROWS];
 #pragma unroll
-            for (int rr = 0; rr < ROWS; ++rr) row[rr] = base + rr < batch ? base + rr : batch - 1;
-            T sum[ROWS] = {};
-            const T* r_j = r_s + p.jl * gate_columns;
-            for (int m = 0; m < gate_columns; ++m) {
-                const T w = r_j[m];
+                for (int rr = 0; rr < ROWS; ++rr)
+                    dz_v[rr] = reinterpret_cast<const Vector<T>*>(
+                        dz_s + (size_t)((base + rr < p.end ? base + rr : p.end - 1) - pass) * gate_columns);
+                T partial[ROWS][LANES] = {};
+                for (int v = 0; v < gate_columns / LANES; ++v) {
+                    T w[LANES];
 #pragma unroll
-                for (int rr = 0; rr < ROWS; ++rr) sum[rr] += __ldcg(dz_all + (size_t)row[rr] * gate_columns + m) * w;
+                    for (int l = 0; l < LANES; ++l) w[l] = r_s[(v * LANES + l) * slice + p.jl];
+#pragma unroll
+                    for (int rr = 0; rr < ROWS; ++rr) {
+                        const Vector<T> d = dz_v[rr][v];
+#pragma unroll
+                        for (int l = 0; l < LANES; ++l) partial[rr][l] += d.lane[l] * w[l];
+                    }
+                }
+#pragma unroll
+                for (int rr = 0; rr < ROWS; ++rr) {
+                    T sum = T(0);
+#pragma unroll
+                    for (int l = 0; l < LANES; ++l) sum += partial[rr][l];
+                    if (p.active && base + rr < p.end) dh0[(size_t)(base + rr) * units + p.j] = sum;
+                }
             }
-            if (!p.active) continue;
-#pragma unroll
-            for (int rr = 0; rr < ROWS; ++rr)
-                if (base + rr < batch) dh0[(size_t)(base + rr) * units + p.j] = sum[rr];
+            __syncthreads();  // every thread's reads of this pass's dz before the next pass's
         }
-        // No barrier here: the next step writes the other buffer, and the barrier after it comes
-        // before any thread writes this one again.
+        // The next step writes the other buffer, and its barrier comes before this one is written again.
     }
 }
 

@@ -25,14 +25,7 @@ namespace fastlstm {
 // Enumerators, not variables: no device global under NVRTC. ROWS matches ROWS_PER_THREAD in
 // fastlstm/backends/plan.py, and MAX_THREADS / (sizeof(T) / 4) its PERSISTENT_THREADS: a float64
 // value takes two registers.
-enum { MAX_THREADS = 512, ROWS = 4, STAGED = 8, VECTOR_BYTES = 16 };
-
-// 16 bytes of T, loaded and stored as one vector.
-template <typename T>
-struct alignas(VECTOR_BYTES) Vector {
-    enum { LANES = VECTOR_BYTES / sizeof(T) };
-    T lane[LANES];
-};
+enum { MAX_THREADS = 512, ROWS = 4, STAGED = 8 };
 
 // A thread's place in its block, and where the block's recurrent_kernel lies in shared memory.
 template <typename T>

@@ -181,10 +181,17 @@ def test_the_plan_never_asks_for_more_than_a_block_can_have(cooperative):
                         assert launch.cooperative == (plan.path == "cooperative")
                         if plan.path == "persistent":
                             assert launch.grid[0] * plan.rows >= batch
+                            # One wave of blocks where the cooperative path could take the rest.
+                            assert not cooperative or launch.grid[0] <= limits.multiprocessors
                         elif plan.path == "cooperative":
-                            # Every block resident at once: at most one a multiprocessor.
-                            assert launch.grid[0] <= limits.multiprocessors
-                            assert launch.grid[0] * plan.slice >= units > (launch.grid[0] - 1) * plan.slice
+                            # Every block resident at once: at most one a multiprocessor; a block per
+                            # slice of units and tile of whole row groups, none empty.
+                            slices = -(-units // plan.slice)
+                            tiles = launch.grid[0] // slices
+                            assert launch.grid[0] <= limits.multiprocessors and launch.grid[0] == slices * tiles
+                            assert slices * plan.slice >= units > (slices - 1) * plan.slice
+                            assert tiles * plan.rows >= batch > (tiles - 1) * plan.rows
+                            assert plan.rows % ROWS_PER_THREAD == 0
                             assert launch.block[0] % plan.slice == 0
                             assert launch.block[0] <= COOPERATIVE_THREADS[np.dtype(dtype).itemsize]
                         else:

@@ -14,7 +14,9 @@ pytestmark = needs_gpu("cupy")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "shape", [(1, 1, 1, 32), (1, 3, 1, 32), (25, 1, 1, 16), (1, 5, 1, 50), (5, 7, 3, 33), (300, 20, 8, 64),
-              (4, 6, 3, 160)],  # the last is past every GPU's persistent limit: the stepwise path
+              # Past every GPU's persistent limit: the cooperative path, one tile of rows and several;
+              # then past its limit too, the stepwise path.
+              (4, 6, 3, 160), (300, 5, 8, 160), (2, 3, 2, 2048)],
     ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("options", [
     dict(), dict(return_sequences=True, go_backwards=True), dict(recurrent_activation="hard_sigmoid"),

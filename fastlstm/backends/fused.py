@@ -75,7 +75,7 @@ class FusedLSTM:
             exchange = xp.empty((2, batch, units), x.dtype)  # each step's h, for every block
             self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
                           h0, c0, *filled, exchange, xp.zeros(2, np.uint32), batch, time, input_dim, units,
-                          plan.slice, *flags)
+                          plan.slice, plan.rows, *flags)
         else:
             saved_recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
             hr = xp.empty((batch, 4 * units), x.dtype)
@@ -107,7 +107,7 @@ class FusedLSTM:
         elif plan.path == "cooperative":
             exchange = xp.empty((2, batch, 4 * units), dtype)  # each step's dz, for every block
             self.launcher(plan.backward, recurrent_kernel, c, gates, *given, dz, dh0, dc0, exchange,
-                          xp.zeros(2, np.uint32), batch, time, units, plan.slice, *flags)
+                          xp.zeros(2, np.uint32), batch, time, units, plan.slice, plan.rows, *flags)
         else:
             recurrent_kernel_t = recurrent_kernel.T
             dz_step = xp.empty((batch, 4 * units), dtype)  # step t's dz, whole rows for the product, as h_step

@@ -7,10 +7,11 @@ Three paths (see kernels/lstm_persistent.cu, kernels/lstm_cooperative.cu and ker
   blocking: each weight it reads from shared memory serves that many rows), so a block has
   ``ceil(rows / ROWS_PER_THREAD) * units`` threads. Taken whenever that fits the kernels' launch
   bound and the device's (opt-in) shared memory per block.
-- cooperative: one cooperative launch runs the whole recurrence with the units split over at most
-  one block per multiprocessor, ``slice`` units each, each block keeping its part of
-  recurrent_kernel in shared memory, one grid-wide barrier per step; where persistent does not
-  fit and that part does, for a backend whose launcher launches cooperatively.
+- cooperative: one cooperative launch runs the whole recurrence, a block per slice of ``slice``
+  units and tile of ``rows`` batch rows, at most one block per multiprocessor, each keeping its
+  slice's part of recurrent_kernel in shared memory, one grid-wide barrier per step; where
+  persistent does not fit, or would run in more than one wave of blocks, and that part does, for
+  a backend whose launcher launches cooperatively.
 - stepwise: per time step a GEMM plus one fused pointwise kernel; beyond both.
 """
 from typing import NamedTuple
@@ -30,6 +31,7 @@ ROWS_PER_THREAD = 4  # the persistent kernels' register blocking (kernels/lstm_p
 # takes two) hold the blocked rows' sums and the next step's zx.
 PERSISTENT_THREADS = {4: 512, 8: 256}
 COOPERATIVE_THREADS = PERSISTENT_THREADS  # the cooperative kernels' launch bound, alike
+COOPERATIVE_SLICES = (32, 16, 8, 4, 2, 1)  # units per block on the cooperative path, widest first
 VECTOR_BYTES = 16  # the backward reads recurrent_kernel's rows and dz in vectors of this many bytes
 DEFAULT_SHARED_MEMORY = 48 * 1024  # what a block gets without opting in to more
 
@@ -64,7 +66,7 @@ class LSTMPlan(NamedTuple):
     path: str  # "persistent", "cooperative" or "stepwise"
     forward: Launch
     backward: Launch
-    rows: int  # batch rows per block on the persistent path (0 on the others)
+    rows: int  # batch rows per block on the persistent and cooperative paths (0 on the stepwise path)
     slice: int = 0  # units per block on the cooperative path (0 on the others)
 
 
@@ -101,18 +103,21 @@ def persistent_shared_memory(units, rows, itemsize):
     return (weights + 2 * padded_rows * units) * itemsize, (weights + 2 * padded_rows * 4 * units) * itemsize
 
 
-def cooperative_shared_memory(units, slice, itemsize):
-    """Bytes of dynamic shared memory of either cooperative kernel: a slice of units' part of
-    recurrent_kernel, their columns (forward) or rows (backward), 4 * units * slice elements."""
-    return 4 * units * slice * itemsize
+def cooperative_shared_memory(units, slice, pass_rows, itemsize):
+    """Bytes of (forward, backward) dynamic shared memory on the cooperative path: a slice of
+    units' part of recurrent_kernel, their columns (forward) or rows (backward), 4 * units * slice
+    elements, then a pass's rows of h (units each) or of dz (4 * units each)."""
+    weights = 4 * units * slice
+    return (weights + pass_rows * units) * itemsize, (weights + pass_rows * 4 * units) * itemsize
 
 
 def plan_lstm(batch, units, dtype, limits, cooperative=False):
     """The launches for an LSTM of ``units`` over ``batch`` rows in ``dtype`` on a device with
     ``limits``: the persistent path where it fits, else (if the backend launches ``cooperative``
     kernels) the cooperative one where its part of recurrent_kernel fits a block, else the
-    stepwise one. Refuses a batch or units below 1 (fastlstm.ops does too): there is nothing to
-    launch."""
+    stepwise one; and where the persistent path would launch more blocks than multiprocessors,
+    the cooperative one if it fits. Refuses a batch or units below 1 (fastlstm.ops does too):
+    there is nothing to launch."""
     if batch < 1 or units < 1:
         raise ValueError(f"an LSTM launch plan needs batch >= 1 and units >= 1, got batch {batch}, units {units}")
     itemsize = np.dtype(dtype).itemsize
@@ -129,29 +134,18 @@ def plan_lstm(batch, units, dtype, limits, cooperative=False):
         if backward_bytes <= limits.shared_memory_per_block_optin:
             rows = min(groups * ROWS_PER_THREAD, batch)
             grid, block = (-(-batch // rows),), (thread_groups(rows) * units,)
-            return LSTMPlan(
+            # More blocks than multiprocessors run the whole sequence in waves, one after another:
+            # the cooperative path, where it fits, runs every row in one.
+            plan = cooperative and grid[0] > limits.multiprocessors and _cooperative_plan(batch, units, dtype, limits)
+            return plan or LSTMPlan(
                 "persistent",
                 Launch(kernel_name("persistent_forward", dtype), "lstm_persistent.cu", grid, block, forward_bytes),
                 Launch(kernel_name("persistent_backward", dtype), "lstm_persistent.cu", grid, block, backward_bytes),
                 rows,
             )
-    if cooperative:
-        # As few units per block as one block per multiprocessor allows: the more blocks share the
-        # recurrence, the less of it each block's threads do per step.
-        slice = -(-units // limits.multiprocessors)
-        shared_memory = cooperative_shared_memory(units, slice, itemsize)
-        cooperative_threads = min(limits.max_threads_per_block, COOPERATIVE_THREADS[itemsize])
-        if slice <= cooperative_threads and shared_memory <= limits.shared_memory_per_block_optin:
-            grid = (-(-units // slice),)
-            block = (min(thread_groups(batch), cooperative_threads // slice) * slice,)
-            return LSTMPlan(
-                "cooperative",
-                Launch(kernel_name("cooperative::forward", dtype), "lstm_cooperative.cu", grid, block, shared_memory,
-                       True),
-                Launch(kernel_name("cooperative::backward", dtype), "lstm_cooperative.cu", grid, block,
-                       shared_memory, True),
-                0, slice,
-            )
+    plan = cooperative and _cooperative_plan(batch, units, dtype, limits)
+    if plan:
+        return plan
     grid, block = (-(-batch * units // POINTWISE_THREADS),), (POINTWISE_THREADS,)
     return LSTMPlan(
         "stepwise",
@@ -159,6 +153,40 @@ def plan_lstm(batch, units, dtype, limits, cooperative=False):
         Launch(kernel_name("stepwise_backward", dtype), "lstm_stepwise.cu", grid, block, 0),
         0,
     )
+
+
+def _cooperative_plan(batch, units, dtype, limits):
+    """The cooperative path's plan, or None where no slice of recurrent_kernel fits a block.
+
+    The widest slice of COOPERATIVE_SLICES, else the narrowest that leaves a block per
+    multiprocessor, whose part of recurrent_kernel fits a block's shared memory beside a pass of
+    at least one row group's dz: in a slice of 32 units a warp's threads read one row's h or dz,
+    one value for all. Then as many tiles of rows as the multiprocessors left hold a block of each
+    slice, each tile whole row groups, and as many row groups a pass as the threads and the shared
+    memory left allow."""
+    itemsize = np.dtype(dtype).itemsize
+    threads = min(limits.max_threads_per_block, COOPERATIVE_THREADS[itemsize])
+    narrowest = -(-units // limits.multiprocessors)
+    for slice in (*(width for width in COOPERATIVE_SLICES if width >= narrowest), narrowest):
+        weights = cooperative_shared_memory(units, slice, 0, itemsize)[1]
+        row_group = cooperative_shared_memory(units, 0, ROWS_PER_THREAD, itemsize)[1]  # a group's dz
+        if slice > threads or weights + row_group > limits.shared_memory_per_block_optin:
+            continue
+        slices = -(-units // slice)
+        tiles = max(1, min(limits.multiprocessors // slices, thread_groups(batch)))
+        rows = thread_groups(-(-batch // tiles)) * ROWS_PER_THREAD
+        groups = min(thread_groups(rows), threads // slice,
+                     (limits.shared_memory_per_block_optin - weights) // row_group)
+        grid, block = (slices * -(-batch // rows),), (groups * slice,)
+        forward_bytes, backward_bytes = cooperative_shared_memory(units, slice, groups * ROWS_PER_THREAD, itemsize)
+        return LSTMPlan(
+            "cooperative",
+            Launch(kernel_name("cooperative::forward", dtype), "lstm_cooperative.cu", grid, block, forward_bytes, True),
+            Launch(kernel_name("cooperative::backward", dtype), "lstm_cooperative.cu", grid, block, backward_bytes,
+                   True),
+            rows, slice,
+        )
+    return None
 
 
 class LaunchCount(NamedTuple):

@@ -24,6 +24,12 @@ using std::tanh;
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
+struct float4 {
+    float x, y, z, w;
+};
+struct double2 {
+    double x, y;
+};
 
 namespace emulation {
 inline thread_local dim3 thread_index, block_index;
