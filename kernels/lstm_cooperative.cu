@@ -24,8 +24,9 @@
 namespace fastlstm {
 namespace cooperative {
 
-// MAX_THREADS matches COOPERATIVE_THREADS in fastlstm/backends/plan.py, ROWS its ROWS_PER_THREAD.
-enum { MAX_THREADS = 512, ROWS = 4 };
+// MAX_THREADS matches COOPERATIVE_THREADS in fastlstm/backends/plan.py, ROWS its ROWS_PER_THREAD;
+// STAGED loads of recurrent_kernel in flight per thread while a block stages its slice.
+enum { MAX_THREADS = 512, ROWS = 4, STAGED = 8 };
 
 // Waits until every thread of the grid has called it as often as this one: thread 0 of each block
 // counts its block in barrier[0]; the last to arrive resets the count and moves barrier[1], the
@@ -105,10 +106,27 @@ __device__ __forceinline__ void stage_pass(T* shared_rows, const T* buffer, int 
     __syncthreads();
 }
 
+// Fills staged[row][slice] with weight(row, jl) for rows 0 .. rows - 1: thread (q, jl) of the
+// block's groups x slice takes rows q, q + groups, ..., STAGED loads in flight before their stores
+// (a load at a time would wait out the memory's latency per element), no division per element.
+template <typename T, typename Weight>
+__device__ __forceinline__ void stage_slice(T* staged, int rows, int slice, Weight weight) {
+    const int groups = blockDim.x / slice, jl = threadIdx.x % slice;
+    int row = threadIdx.x / slice;
+    for (; row + (STAGED - 1) * groups < rows; row += STAGED * groups) {
+        T loaded[STAGED];
+#pragma unroll
+        for (int s = 0; s < STAGED; ++s) loaded[s] = weight(row + s * groups, jl);
+#pragma unroll
+        for (int s = 0; s < STAGED; ++s) staged[(row + s * groups) * slice + jl] = loaded[s];
+    }
+    for (; row < rows; row += groups) staged[row * slice + jl] = weight(row, jl);
+}
+
 // Forward. Shared memory: the slice's columns of recurrent_kernel as [units][4][slice], so that
 // per k a thread reads its unit's four gate weights, each serving ROWS rows; then a pass's h_{t-1}
 // [stride][units]. exchange[t % 2] holds h_{t-1} of every row and unit at step t. The first tile's
-// blocks copy their columns of recurrent_kernel into saved_recurrent_kernel as they stage them.
+// blocks copy their columns of recurrent_kernel into saved_recurrent_kernel from shared memory.
 template <typename T>
 __global__ void __launch_bounds__(MAX_THREADS / (sizeof(T) / 4), 1)
 forward(const T* __restrict__ zx, const T* __restrict__ bias, const T* __restrict__ recurrent_kernel,
@@ -121,12 +139,16 @@ forward(const T* __restrict__ zx, const T* __restrict__ bias, const T* __restric
     T* w_s = reinterpret_cast<T*>(shared);
     T* h_s = w_s + units * 4 * slice;
     const Place p = place(batch, units, slice, rows);
-    const int slices = (units + slice - 1) / slice;
-    for (int e = threadIdx.x; e < units * 4 * slice; e += blockDim.x) {
-        const int k = e / (4 * slice), g = e / slice % 4, j = p.unit_base + e % slice;
-        const T w = j < units ? recurrent_kernel[(size_t)k * 4 * units + g * units + j] : T(0);
-        w_s[e] = w;
-        if (j < units && (int)blockIdx.x < slices) saved_recurrent_kernel[(size_t)k * 4 * units + g * units + j] = w;
+    // Row 4k + g of the staged slice: gate g's weights from h_k, recurrent_kernel[k][g * units + j].
+    const auto column = [&](int row, int jl) {
+        return (size_t)(row >> 2) * 4 * units + (row & 3) * units + p.unit_base + jl;
+    };
+    stage_slice(w_s, 4 * units, slice,
+                [&](int row, int jl) { return p.unit_base + jl < units ? recurrent_kernel[column(row, jl)] : T(0); });
+    if ((int)blockIdx.x < (units + slice - 1) / slice) {  // the first tile's blocks, a slice each
+        __syncthreads();
+        for (int row = threadIdx.x / slice; p.active && row < 4 * units; row += blockDim.x / slice)
+            saved_recurrent_kernel[column(row, p.jl)] = w_s[row * slice + p.jl];
     }
     const int width = input_width(input_dim, units, bias);
     T bias_j[4];
@@ -220,10 +242,9 @@ backward(const T* __restrict__ recurrent_kernel, const T* __restrict__ c, const 
     T* r_s = reinterpret_cast<T*>(shared);
     T* dz_s = r_s + gate_columns * slice;
     const Place p = place(batch, units, slice, rows);
-    for (int e = threadIdx.x; e < slice * gate_columns; e += blockDim.x) {
-        const int jl = e / gate_columns, m = e % gate_columns, j = p.unit_base + jl;
-        r_s[m * slice + jl] = j < units ? recurrent_kernel[(size_t)j * gate_columns + m] : T(0);
-    }
+    stage_slice(r_s, gate_columns, slice, [&](int m, int jl) {
+        return p.unit_base + jl < units ? recurrent_kernel[(size_t)(p.unit_base + jl) * gate_columns + m] : T(0);
+    });
     for (int base = p.start + p.offset; p.active && base < p.end; base += p.stride)
         for (int b = base; b < base + ROWS && b < p.end; ++b) {
             const size_t row_state = (size_t)b * units + p.j;
