@@ -28,11 +28,20 @@ namespace cooperative {
 // STAGED loads of recurrent_kernel in flight per thread while a block stages its slice.
 enum { MAX_THREADS = 512, ROWS = 4, STAGED = 8 };
 
+// How often a block looks for the barrier's release before it gives up: seconds of polls at tens
+// of nanoseconds each, where a step takes at most milliseconds (the emulation's test of a barrier
+// that is never released defines fewer).
+#ifndef FASTLSTM_GRID_SYNC_POLLS
+#define FASTLSTM_GRID_SYNC_POLLS (1u << 26)
+#endif
+
 // Waits until every thread of the grid has called it as often as this one: thread 0 of each block
 // counts its block in barrier[0]; the last to arrive resets the count and moves barrier[1], the
 // generation, on, which the others wait for. Atomics and fences order the blocks' writes before
 // the barrier with their reads after it; the generation is read before the block counts itself,
-// so that the last arrival cannot move it on unseen.
+// so that the last arrival cannot move it on unseen. A block that never arrives (a launch that
+// was not cooperative, say) would hold the others for ever: after FASTLSTM_GRID_SYNC_POLLS looks
+// they trap, and the launch fails with an error rather than hanging.
 __device__ __forceinline__ void grid_sync(unsigned* barrier) {
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -44,7 +53,10 @@ __device__ __forceinline__ void grid_sync(unsigned* barrier) {
             __threadfence();
             atomicAdd(barrier + 1, 1u);
         } else {
-            while (atomicAdd(barrier + 1, 0u) == generation) __nanosleep(32);
+            for (unsigned polls = 0; atomicAdd(barrier + 1, 0u) == generation; ++polls) {
+                if (polls == FASTLSTM_GRID_SYNC_POLLS) __trap();
+                __nanosleep(32);
+            }
         }
         __threadfence();
     }

@@ -6,6 +6,11 @@ Tolerance: max|emulated - reference| / max(1, max|reference|) per array below 1e
 (measured: at most about 1e-6) and 1e-12 in float64.
 """
 import itertools
+import os
+import pathlib
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,3 +104,39 @@ def test_the_plans_kernels_are_the_ones_launched(launcher, path):
     fused.backward(saved, None, None, None)
     per_call = 4 if path == "stepwise" else 1  # one launch per time step, or one
     assert launcher.launched[start:] == [plan.forward.kernel] * per_call + [plan.backward.kernel] * per_call
+
+
+NEVER_RELEASED = """
+import sys
+import numpy as np
+from support.cuda_emulation import EmulatedLauncher
+from support.lstm_testing import random_inputs
+from fastlstm.backends import LSTMOptions
+from fastlstm.backends.fused import FusedLSTM
+from fastlstm.backends.plan import DeviceLimits
+
+
+class NeverReleased:
+    \"\"\"NumPy, but the grid barrier's count starts where no block's arrival is the last.\"\"\"
+
+    def zeros(self, shape, dtype):
+        return np.full(shape, 1 << 31, dtype) if np.dtype(dtype) == np.uint32 else np.zeros(shape, dtype)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+fused = FusedLSTM(NeverReleased(), EmulatedLauncher(sys.argv[1]), DeviceLimits(2, 96 * 1024, 3), cooperative=True)
+fused.forward(*random_inputs(np.random.default_rng(0), 3, 2, 2, 5, np.float32).values(), LSTMOptions())
+print("returned")
+"""
+
+
+def test_a_grid_barrier_never_released_fails_the_launch_rather_than_hanging():
+    # A few thousand looks rather than a GPU's seconds of them: the emulation's polls take longer.
+    library = build(defines=["FASTLSTM_GRID_SYNC_POLLS=2000"])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", NEVER_RELEASED, str(library)], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == -signal.SIGABRT and "returned" not in result.stdout, result.stderr[-2000:]

@@ -34,11 +34,11 @@ def _translation_unit():
     return "\n".join(lines) + "\n"
 
 
-def build(sanitizer=None, kernels=KERNELS):
+def build(sanitizer=None, kernels=KERNELS, defines=()):
     """The shared library of every kernel instance in the sources under ``kernels``, built once
-    per source version and flags."""
+    per source version and flags; ``defines``: macros, ``NAME=VALUE``, for the sources."""
     unit = _translation_unit()
-    flags = ["-std=c++20", "-O1", "-g", "-fPIC", "-shared", "-pthread"]
+    flags = ["-std=c++20", "-O1", "-g", "-fPIC", "-shared", "-pthread", *(f"-D{d}" for d in defines)]
     if sanitizer:
         flags.append(f"-fsanitize={sanitizer}")
     sources = sorted(kernels.glob("*.cu*"))

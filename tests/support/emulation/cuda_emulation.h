@@ -7,6 +7,7 @@
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstdlib>
 #include <cstddef>
 #include <cstring>
 #include <deque>
@@ -52,6 +53,7 @@ inline thread_local unsigned char* dynamic_shared = nullptr;
 inline void __syncthreads() { emulation::block_barrier->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+[[noreturn]] inline void __trap() { std::abort(); }  // a GPU fails the launch; here the process ends
 inline unsigned atomicAdd(unsigned* address, unsigned value) { return std::atomic_ref(*address).fetch_add(value); }
 inline unsigned atomicExch(unsigned* address, unsigned value) { return std::atomic_ref(*address).exchange(value); }
 template <typename T>
