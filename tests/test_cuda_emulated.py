@@ -6,16 +6,12 @@ Tolerance: max|emulated - reference| / max(1, max|reference|) per array below 1e
 (measured: at most about 1e-6) and 1e-12 in float64.
 """
 import itertools
-import os
-import pathlib
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from support.cuda_emulation import EmulatedLauncher, build
+from support.cuda_emulation import EmulatedLauncher, build, run_child
 from fastlstm import lstm_backward, lstm_forward
 from fastlstm.backends import LSTMOptions
 from fastlstm.backends.fused import FusedLSTM
@@ -134,9 +130,5 @@ print("returned")
 
 def test_a_grid_barrier_never_released_fails_the_launch_rather_than_hanging():
     # A few thousand looks rather than a GPU's seconds of them: the emulation's polls take longer.
-    library = build(defines=["FASTLSTM_GRID_SYNC_POLLS=2000"])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, "-c", NEVER_RELEASED, str(library)], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = run_child(NEVER_RELEASED, build(defines=["FASTLSTM_GRID_SYNC_POLLS=2000"]), 120)
     assert result.returncode == -signal.SIGABRT and "returned" not in result.stdout, result.stderr[-2000:]

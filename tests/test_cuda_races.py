@@ -2,16 +2,12 @@
 process with the TSan runtime preloaded; any report fails the test. And the check itself is shown
 to work: the persistent kernels with one block barrier removed, and the cooperative kernels with
 one grid barrier removed, are reported."""
-import os
-import pathlib
 import shutil
 import subprocess
-import sys
-import tempfile
 
 import pytest
 
-from support.cuda_emulation import KERNELS, build
+from support.cuda_emulation import KERNELS, build, run_child
 
 TSAN_EXIT = 66
 CHILD = """
@@ -38,11 +34,7 @@ print(sorted(set(launcher.launched)))
 def _run_under_tsan(library):
     runtime = subprocess.run(["g++", "-print-file-name=libtsan.so.2"], capture_output=True, text=True,
                              check=True).stdout.strip()
-    env = dict(os.environ, LD_PRELOAD=runtime, TSAN_OPTIONS=f"exitcode={TSAN_EXIT}",
-               PYTHONPATH=os.pathsep.join([str(pathlib.Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    # From a neutral directory, so the child imports the installed fastlstm, not the checkout's.
-    return subprocess.run([sys.executable, "-c", CHILD, str(library)], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=tempfile.gettempdir())
+    return run_child(CHILD, library, 300, LD_PRELOAD=runtime, TSAN_OPTIONS=f"exitcode={TSAN_EXIT}")
 
 
 def test_kernels_are_free_of_data_races():

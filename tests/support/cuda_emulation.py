@@ -10,6 +10,7 @@ import hashlib
 import os
 import pathlib
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -86,3 +87,13 @@ def _c_value(argument):
     if isinstance(argument, int):
         return ctypes.c_int(argument)
     raise TypeError(f"no kernel argument of type {type(argument).__name__}")
+
+
+def run_child(code, library, timeout, **environment):
+    """Runs ``code`` in a new Python process with ``library`` as its argument, the tests' support
+    modules importable and ``environment`` added; returns the completed process. From a neutral
+    directory, so that the child imports the installed fastlstm, not the checkout's."""
+    tests = str(pathlib.Path(__file__).parent.parent)
+    env = dict(os.environ, **environment, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code, str(library)], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=tempfile.gettempdir())
