@@ -71,7 +71,7 @@ class FusedLSTM:
             self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
                           h0, c0, *filled, batch, time, input_dim, units, plan.rows, *flags)
         elif plan.path == "cooperative":
-            saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the blocks copy it as they stage it
+            saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the first row tile's blocks copy it
             exchange = xp.empty((2, batch, units), x.dtype)  # each step's h, for every block
             self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
                           h0, c0, *filled, exchange, xp.zeros(2, np.uint32), batch, time, input_dim, units,
