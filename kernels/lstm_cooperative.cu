@@ -100,6 +100,14 @@ __device__ __forceinline__ Place place(int batch, int units, int slice, int rows
     return p;
 }
 
+// f(b) for each row b of the tile that the thread owns (none for a unit past the last).
+template <typename F>
+__device__ __forceinline__ void for_own_rows(const Place& p, F f) {
+    if (!p.active) return;
+    for (int base = p.start + p.offset; base < p.end; base += p.stride)
+        for (int b = base; b < base + ROWS && b < p.end; ++b) f(b);
+}
+
 // Copies the pass's rows (from row `pass`, each `width` elements) of `buffer`, which other blocks
 // wrote this step, into shared memory: in 16-byte vectors where the addresses and the count allow
 // (dz's rows of 4 * units always do), else an element at a time; then waits for the block.
@@ -166,14 +174,13 @@ forward(const T* __restrict__ zx, const T* __restrict__ bias, const T* __restric
     T bias_j[4];
 #pragma unroll
     for (int g = 0; g < 4; ++g) bias_j[g] = bias && p.active ? bias[g * units + p.j] : T(0);
-    for (int base = p.start + p.offset; p.active && base < p.end; base += p.stride)
-        for (int b = base; b < base + ROWS && b < p.end; ++b) {
-            const size_t row_state = (size_t)b * units + p.j;
-            exchange[row_state] = h0[row_state];
-            c[(size_t)b * (time + 1) * units + p.j] = c0[row_state];
-            inputs[((size_t)b * time + caller_step(0, time, go_backwards)) * width + input_dim + p.j] = h0[row_state];
-            if (bias) write_ones(inputs, b, time, width, units, p.j);
-        }
+    for_own_rows(p, [&](int b) {
+        const size_t row_state = (size_t)b * units + p.j;
+        exchange[row_state] = h0[row_state];
+        c[(size_t)b * (time + 1) * units + p.j] = c0[row_state];
+        inputs[((size_t)b * time + caller_step(0, time, go_backwards)) * width + input_dim + p.j] = h0[row_state];
+        if (bias) write_ones(inputs, b, time, width, units, p.j);
+    });
     grid_sync(barrier);
 
     for (int t = 0; t < time; ++t) {
@@ -257,42 +264,40 @@ backward(const T* __restrict__ recurrent_kernel, const T* __restrict__ c, const 
     stage_slice(r_s, gate_columns, slice, [&](int m, int jl) {
         return p.unit_base + jl < units ? recurrent_kernel[(size_t)(p.unit_base + jl) * gate_columns + m] : T(0);
     });
-    for (int base = p.start + p.offset; p.active && base < p.end; base += p.stride)
-        for (int b = base; b < base + ROWS && b < p.end; ++b) {
-            const size_t row_state = (size_t)b * units + p.j;
-            T dh = dh_final ? dh_final[row_state] : T(0);
-            if (dy && !dy_per_step) dh += dy[row_state];
-            dh0[row_state] = dh;
-            dc0[row_state] = dc_final ? dc_final[row_state] : T(0);
-        }
+    for_own_rows(p, [&](int b) {
+        const size_t row_state = (size_t)b * units + p.j;
+        T dh = dh_final ? dh_final[row_state] : T(0);
+        if (dy && !dy_per_step) dh += dy[row_state];
+        dh0[row_state] = dh;
+        dc0[row_state] = dc_final ? dc_final[row_state] : T(0);
+    });
 
     constexpr int LANES = Vector<T>::LANES;
     for (int t = time - 1; t >= 0; --t) {
         T* dz_all = exchange + (t & 1) * (size_t)batch * gate_columns;
-        for (int base = p.start + p.offset; p.active && base < p.end; base += p.stride)
-            for (int b = base; b < base + ROWS && b < p.end; ++b) {
-                const size_t row_state = (size_t)b * units + p.j, step = (size_t)b * time + t;
-                T dh = dh0[row_state];
-                if (dy && dy_per_step) dh += dy[step * units + p.j];
-                const T* gates_t = gates + step * gate_columns + p.j;
-                const T i = gates_t[0], f = gates_t[units], g = gates_t[2 * units], o = gates_t[3 * units];
-                const size_t state = (size_t)b * (time + 1) + t;  // c_{t-1}'s index in c, then c_t's
-                const T c_prev = c[state * units + p.j];
-                const T act_c = activate(activation, c[(state + 1) * units + p.j]);
-                const T dc = dc0[row_state] + dh * o * activation_grad(activation, act_c);
-                const T d[4] = {dc * g * activation_grad(recurrent_activation, i),
-                                dc * c_prev * activation_grad(recurrent_activation, f),
-                                dc * i * activation_grad(activation, g),
-                                dh * act_c * activation_grad(recurrent_activation, o)};
-                T* dz_t = dz + ((size_t)b * time + caller_step(t, time, go_backwards)) * gate_columns + p.j;
-                T* dz_row = dz_all + (size_t)b * gate_columns + p.j;
-    #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    dz_t[q * units] = d[q];
-                    dz_row[q * units] = d[q];
-                }
-                dc0[row_state] = dc * f;
+        for_own_rows(p, [&](int b) {
+            const size_t row_state = (size_t)b * units + p.j, step = (size_t)b * time + t;
+            T dh = dh0[row_state];
+            if (dy && dy_per_step) dh += dy[step * units + p.j];
+            const T* gates_t = gates + step * gate_columns + p.j;
+            const T i = gates_t[0], f = gates_t[units], g = gates_t[2 * units], o = gates_t[3 * units];
+            const size_t state = (size_t)b * (time + 1) + t;  // c_{t-1}'s index in c, then c_t's
+            const T c_prev = c[state * units + p.j];
+            const T act_c = activate(activation, c[(state + 1) * units + p.j]);
+            const T dc = dc0[row_state] + dh * o * activation_grad(activation, act_c);
+            const T d[4] = {dc * g * activation_grad(recurrent_activation, i),
+                            dc * c_prev * activation_grad(recurrent_activation, f),
+                            dc * i * activation_grad(activation, g),
+                            dh * act_c * activation_grad(recurrent_activation, o)};
+            T* dz_t = dz + ((size_t)b * time + caller_step(t, time, go_backwards)) * gate_columns + p.j;
+            T* dz_row = dz_all + (size_t)b * gate_columns + p.j;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                dz_t[q * units] = d[q];
+                dz_row[q * units] = d[q];
             }
+            dc0[row_state] = dc * f;
+        });
         grid_sync(barrier);
         for (int pass = p.start; pass < p.end; pass += p.stride) {
             stage_pass(dz_s, dz_all, gate_columns, pass, p);

@@ -66,16 +66,11 @@ class FusedLSTM:
         filled = (inputs, c, gates, outputs.reshape(batch, -1, units), h_final, c_final)
         flags = (int(options.go_backwards), int(options.return_sequences),
                  ACTIVATION_IDS[options.activation], ACTIVATION_IDS[options.recurrent_activation])
-        if plan.path == "persistent":
-            saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the kernel copies it as it stages it
+        if plan.path != "stepwise":  # one launch, which copies recurrent_kernel as it stages it
+            saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)
             self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
-                          h0, c0, *filled, batch, time, input_dim, units, plan.rows, *flags)
-        elif plan.path == "cooperative":
-            saved_recurrent_kernel = xp.empty((units, 4 * units), x.dtype)  # the first row tile's blocks copy it
-            exchange = xp.empty((2, batch, units), x.dtype)  # each step's h, for every block
-            self.launcher(plan.forward, zx, bias, xp.ascontiguousarray(recurrent_kernel), saved_recurrent_kernel,
-                          h0, c0, *filled, exchange, xp.zeros(2, np.uint32), batch, time, input_dim, units,
-                          plan.slice, plan.rows, *flags)
+                          h0, c0, *filled, *_grid_arguments(xp, plan, (batch, units), x.dtype), batch, time,
+                          input_dim, units, *_tiling(plan), *flags)
         else:
             saved_recurrent_kernel = recurrent_kernel.copy()  # contiguous, and the cache's own
             hr = xp.empty((batch, 4 * units), x.dtype)
@@ -101,13 +96,10 @@ class FusedLSTM:
         given = (dy, int(options.return_sequences), _optional(xp, dhT, 2, dtype), _optional(xp, dcT, 2, dtype))
         dz = xp.empty_like(gates)
         dh0, dc0 = xp.empty((batch, units), dtype), xp.empty((batch, units), dtype)
-        if plan.path == "persistent":
+        if plan.path != "stepwise":
             self.launcher(plan.backward, recurrent_kernel, c, gates, *given, dz, dh0, dc0,
-                          batch, time, units, plan.rows, *flags)
-        elif plan.path == "cooperative":
-            exchange = xp.empty((2, batch, 4 * units), dtype)  # each step's dz, for every block
-            self.launcher(plan.backward, recurrent_kernel, c, gates, *given, dz, dh0, dc0, exchange,
-                          xp.zeros(2, np.uint32), batch, time, units, plan.slice, plan.rows, *flags)
+                          *_grid_arguments(xp, plan, (batch, 4 * units), dtype), batch, time, units, *_tiling(plan),
+                          *flags)
         else:
             recurrent_kernel_t = recurrent_kernel.T
             dz_step = xp.empty((batch, 4 * units), dtype)  # step t's dz, whole rows for the product, as h_step
@@ -117,6 +109,21 @@ class FusedLSTM:
                 xp.matmul(dz_step, recurrent_kernel_t, out=dh0)
         # inputs and dz share the caller's time order, which dx then has too.
         return (*sequence.weight_gradients(xp, inputs, kernel, dz, has_bias, False), dh0, dc0)
+
+
+def _grid_arguments(xp, plan, step_shape, dtype):
+    """The arguments a cooperative kernel takes beyond a persistent one's: the exchange of each
+    step's ``step_shape`` array between the blocks (double-buffered) and the grid barrier's two
+    zeroed words; none on the persistent path."""
+    if plan.path != "cooperative":
+        return ()
+    return xp.empty((2, *step_shape), dtype), xp.zeros(2, np.uint32)
+
+
+def _tiling(plan):
+    """How the one-launch kernels split the work: (rows a block) persistent, (units a block, rows a
+    block) cooperative."""
+    return (plan.slice, plan.rows) if plan.path == "cooperative" else (plan.rows,)
 
 
 def _optional(xp, a, ndim, dtype):
