@@ -146,9 +146,9 @@ def describe_target():
 def _multiply_tile(typingctx, a, row, panel, out, out_row, column):
     """out[out_row:out_row + rows, column:column + TILE.columns] = a[row:row + rows] @ panel with
     rows = TILE.rows_of(a.dtype), for 2-D float32 or float64 arrays whose rows are contiguous;
-    panel [k, TILE.columns], contiguous, k = a's columns. The caller checks the bounds. The
-    accumulators stay in vector registers for the whole sum: LLVM does not keep Numba's arrays in
-    registers."""
+    panel [k, TILE.columns], contiguous, k at most a's columns (the first k are summed). The
+    caller checks the bounds. The accumulators stay in vector registers for the whole sum: LLVM
+    does not keep Numba's arrays in registers."""
     if not (isinstance(a, types.Array) and a.dtype in (types.float32, types.float64) and a.ndim == 2
             and panel == types.Array(a.dtype, 2, "C") and isinstance(out, types.Array) and out.dtype == a.dtype
             and out.ndim == 2 and all(isinstance(i, types.Integer) for i in (row, out_row, column))):
@@ -241,22 +241,24 @@ def pack_columns(w):
 
 
 @njit(**FLAGS)
-def matmul_packed(a, panels, out):
-    """out [m, n] = a [m, k] @ w [k, n], with w as pack_columns(w) made it; each element summed
-    in the order of k. The rows of a and out must be contiguous (any stride between them)."""
+def matmul_packed(a, panels, out, depth):
+    """out [m, n] = a[:, :depth] @ w[:depth] for a [m, k] and w [k, n], with w as pack_columns(w)
+    made it; each element summed in the order of k. depth k: the whole product; less: the
+    product with the first rows of w alone (a step from a zero state, whose rows of h add
+    nothing). The rows of a and out must be contiguous (any stride between them)."""
     m, k = a.shape
     n = out.shape[1]
     if not (_contiguous_rows(a) and _contiguous_rows(out)) or out.shape[0] != m \
-            or panels.shape[1] != k or n > panels.shape[0] * panels.shape[2]:
-        raise ValueError("matmul_packed takes a [m, k], panels [>= n / tile columns, k, tile columns] and out "
-                         "[m, n], the rows of a and out contiguous")
+            or panels.shape[1] != k or n > panels.shape[0] * panels.shape[2] or not 0 <= depth <= k:
+        raise ValueError("matmul_packed takes a [m, k], panels [>= n / tile columns, k, tile columns], out "
+                         "[m, n], the rows of a and out contiguous, and a depth from 0 to k")
     rows = _tile_rows(a)
     source, target = a, out
     if m < rows:  # too few rows for a tile: through copies padded with zeros
         source = np.zeros((rows, k), a.dtype)
         copy_to(source[:m], a)
         target = np.empty((rows, n), a.dtype)
-    _multiply_packed(source, panels, target)
+    _multiply_packed(source, panels, target, depth)
     if m < rows:
         copy_to(out, target[:m])
 
@@ -273,7 +275,7 @@ def _tile_rows(a):
 
 
 @njit(inline="always")
-def _multiply_packed(a, panels, out):
+def _multiply_packed(a, panels, out, depth):
     """matmul_packed for a tile's rows or more. Each panel takes the rows a tile's at a time,
     the last tile overlapping the one before (some rows computed twice, alike), in chunks of rows
     that stay in the core's cache while every panel passes over them."""
@@ -289,7 +291,7 @@ def _multiply_packed(a, panels, out):
             for tile in range(first, min(m, first + chunk), rows):
                 top = min(tile, m - rows)
                 inside = column + columns <= n  # else the tile goes through edge
-                _multiply_tile(a, top, panels[p], out if inside else edge, top if inside else 0,
+                _multiply_tile(a, top, panels[p, :depth], out if inside else edge, top if inside else 0,
                                column if inside else 0)
                 if not inside:
                     copy_to(out[top:top + rows, column:], edge[:, :n - column])

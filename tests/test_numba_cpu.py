@@ -22,7 +22,7 @@ from numba import njit  # noqa: E402
 from fastlstm import lstm_backward, lstm_forward  # noqa: E402
 from fastlstm.activations import ACTIVATIONS  # noqa: E402
 from fastlstm.backends import LSTMOptions, get_backend, numba_cpu, team  # noqa: E402
-from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_team  # noqa: E402
+from fastlstm.kernels import cpu_arithmetic, cpu_lstm, cpu_matmul, cpu_stepwise, cpu_team  # noqa: E402
 from fastlstm.kernels.activation_ids import ACTIVATION_IDS, ACTIVATION_NAMES  # noqa: E402
 from fastlstm.nn import LSTM, Dense, RepeatVector, Sequential, TimeDistributed, set_random_seed  # noqa: E402
 from fastlstm.ops import AdamState, DenseWeights, LSTMWeights, lstm_train_epoch  # noqa: E402
@@ -195,27 +195,63 @@ def test_the_product_with_packed_weights_matches_numpys(m, k, n, dtype):
     """matmul_packed, the stepwise path's product, on views whose rows lie apart in wider arrays:
     every row count up to two tiles and one more (fewer rows than a tile, a last tile overlapping
     the one before), a last panel that the columns end inside, fewer columns than a panel, rows
-    in chunks (700 x 300), no columns to sum. Each element bit for bit the fused multiply-adds in
-    the order of k (whatever the tile), within k rounding errors of a float64 product, and not an
-    element written outside out."""
+    in chunks (700 x 300), no columns to sum; and the product over a's first columns alone
+    (depth). Each element bit for bit the fused multiply-adds in the order of k (whatever the
+    tile), within k rounding errors of a float64 product, and not an element written outside out."""
     rng = np.random.default_rng([m, k, n])
     a = rng.standard_normal((m, k + 3)).astype(dtype)[:, 1:k + 1]
     w = rng.standard_normal((k, n)).astype(dtype)
-    wider = np.full((m, n + 5), np.inf, dtype)
-    out = wider[:, 2:n + 2]
-    cpu_matmul.matmul_packed(a, cpu_matmul.pack_columns(w), out)
-    assert np.array_equal(out, _sums_of_fused_multiply_adds(a, w))
-    exact = a.astype(np.float64) @ w.astype(np.float64)
-    bound = max(k, 1) * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(w).astype(np.float64))
-    assert np.all(np.abs(out - exact) <= bound)
-    assert np.all(np.isinf(wider[:, :2])) and np.all(np.isinf(wider[:, n + 2:]))
+    for depth in (k, k // 2):
+        wider = np.full((m, n + 5), np.inf, dtype)
+        out = wider[:, 2:n + 2]
+        cpu_matmul.matmul_packed(a, cpu_matmul.pack_columns(w), out, depth)
+        first, top = a[:, :depth], w[:depth]
+        assert np.array_equal(out, _sums_of_fused_multiply_adds(first, top))
+        exact = first.astype(np.float64) @ top.astype(np.float64)
+        magnitude = np.abs(first).astype(np.float64) @ np.abs(top).astype(np.float64)
+        bound = max(depth, 1) * np.finfo(dtype).eps * magnitude
+        assert np.all(np.abs(out - exact) <= bound)
+        assert np.all(np.isinf(wider[:, :2])) and np.all(np.isinf(wider[:, n + 2:]))
 
 
-def test_the_product_with_packed_weights_wants_rows_that_are_contiguous():
+def test_the_product_with_packed_weights_wants_rows_that_are_contiguous_and_a_depth_within_them():
     a = np.ones((8, 6), np.float32)
     with pytest.raises(ValueError, match="rows of a and out contiguous"):
         cpu_matmul.matmul_packed(a.T, cpu_matmul.pack_columns(np.ones((8, 4), np.float32)),
-                                 np.empty((6, 4), np.float32))
+                                 np.empty((6, 4), np.float32), 8)
+    for depth in (-1, 7):
+        with pytest.raises(ValueError, match="a depth from 0 to k"):
+            cpu_matmul.matmul_packed(a, cpu_matmul.pack_columns(np.ones((6, 4), np.float32)),
+                                     np.empty((8, 4), np.float32), depth)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_from_a_zero_state_the_first_steps_product_leaves_out_the_rows_of_h(dtype):
+    """cpu_stepwise.forward_slice from h0 = 0 never reads h's rows of the packed weights at step
+    0 (NaN here, so that a read shows), and gives that step's output bit for bit as the whole
+    product does where those rows are zeros; the next step reads them. From an h0 with one
+    nonzero value, step 0 reads them too."""
+    n, steps, input_dim, units = 9, 3, 4, 5
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, steps, input_dim)).astype(dtype)
+    c0 = rng.standard_normal((n, units)).astype(dtype)
+    kernel = rng.standard_normal((input_dim, 4 * units)).astype(dtype)
+
+    def first_steps(h0, recurrent_rows):
+        packed = cpu_matmul.pack_columns(np.concatenate([kernel, np.full((units, 4 * units), recurrent_rows, dtype)]))
+        sequences = np.empty((n, steps, units), dtype)
+        cpu_stepwise.forward_slice(x, h0, c0, np.empty((steps + 1, n, input_dim + units), dtype), packed,
+                                   np.empty(0, dtype), np.empty((steps, n, 4 * units), dtype),
+                                   np.empty((steps + 1, n, units), dtype), np.empty((steps, n, units), dtype),
+                                   sequences, ACTIVATION_IDS["tanh"], ACTIVATION_IDS["sigmoid"])
+        return sequences[:, 0], sequences[:, 1]
+
+    zero, nearly_zero = np.zeros((n, units), dtype), np.zeros((n, units), dtype)
+    nearly_zero[3, 2] = 1
+    step_0, step_1 = first_steps(zero, np.nan)
+    np.testing.assert_array_equal(step_0, first_steps(nearly_zero, 0)[0])
+    assert np.all(np.isnan(step_1))
+    assert np.all(np.isnan(first_steps(nearly_zero, np.nan)[0]))
 
 
 def test_the_samples_are_split_over_no_more_threads_than_numba_may_run(monkeypatch):
