@@ -410,7 +410,9 @@ def warm_up(numbers, framework, recurrent_activation="sigmoid", epsilon=1e-7, se
     if getattr(framework, "backend", None) == "numba_cpu" and multiprocessing.parent_process() is None:
         from fastlstm.kernels import cpu_compile  # imports Numba: only for this backend
 
-        cpu_compile.compile_in_two_processes(np.float32)  # the models' dtype
+        # An encoder-decoder's two LSTMs train layer by layer, on the one-call kernels.
+        layer_by_layer = any(EXPERIMENTS[number].model == "encoder-decoder" for number in numbers)
+        cpu_compile.compile_in_two_processes(np.float32, layer_by_layer)  # the models' dtype
     for number in numbers:
         run(number, framework, DEFAULT_SEED, recurrent_activation, epsilon, epochs=1, sequence=sequence)
     return time.perf_counter() - start
