@@ -59,12 +59,16 @@ def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequ
 
 
 @njit(**FLAGS)
-def backward_slice(gates, c, act_c, packed_recurrent_kernel_t, dy, dh, dc, dz, activation, recurrent_activation):
+def backward_slice(gates, c, act_c, packed_recurrent_kernel_t, packed_kernel_t, dy, dh, dc, dz, dx, activation,
+                   recurrent_activation):
     """The backward recurrence of n samples, from what :func:`forward_slice` saved (gates, c,
-    act_c). packed_recurrent_kernel_t: ``recurrent_kernel.T`` as ``cpu_matmul.pack_columns``
-    packs it; dy [n, time, units]: the gradient w.r.t. every step's output, or [n, 0, units] when
-    none; dh, dc [n, units]: the gradients w.r.t. the final state on entry, w.r.t. the initial
-    state on return. Fills dz [time, n, 4*units], the gradient w.r.t. every pre-activation.
+    act_c). packed_recurrent_kernel_t, packed_kernel_t: ``recurrent_kernel.T`` and ``kernel.T``
+    as ``cpu_matmul.pack_columns`` packs them; dy [n, time, units]: the gradient w.r.t. every
+    step's output, or [n, 0, units] when none; dh, dc [n, units]: the gradients w.r.t. the final
+    state on entry, w.r.t. the initial state on return. Fills dz [time, n, 4*units], the gradient
+    w.r.t. every pre-activation, and dx [n, time, input_dim], w.r.t. every input: each step's
+    ``dz_t @ kernel.T`` while dz_t is in the core's cache, rather than one product over all steps
+    after the recurrence.
     """
     for t in range(gates.shape[0] - 1, -1, -1):
         if dy.shape[1]:
@@ -72,6 +76,7 @@ def backward_slice(gates, c, act_c, packed_recurrent_kernel_t, dy, dh, dc, dz, a
                 add_to(dh[b], dy[b, t])
         backward_step(gates[t], c[t], act_c[t], dh, dc, dz[t], activation, recurrent_activation)
         matmul_packed(dz[t], packed_recurrent_kernel_t, dh, dz.shape[2])
+        matmul_packed(dz[t], packed_kernel_t, dx[:, t], dz.shape[2])
 
 
 @njit(inline="always")

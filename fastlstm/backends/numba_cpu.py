@@ -5,10 +5,10 @@ the step), the whole layer runs in one compiled call: the input projection, the 
 weight gradients as loops. Otherwise the cores take slices of the samples and run the forward
 recurrence as one product ``[x_t, h_{t-1}] @ [kernel; recurrent_kernel]`` per time step, with the
 weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and one compiled
-pointwise step; the backward one likewise, then its dx and share of the weight gradients as BLAS
-products over all time steps (single-threaded: one per core). :func:`infer`, which keeps nothing
-for a backward pass, runs the stepwise path in a few steps' memory, and its one call writes only
-the outputs and the final state. Between the two, from a few samples, the stepwise path runs on
+pointwise step; the backward one likewise, with each step's dx, then its share of the weight
+gradients as a BLAS product over all time steps (single-threaded: one per core). :func:`infer`,
+which keeps nothing for a backward pass, runs the stepwise path in a few steps' memory, and its
+one call writes only the outputs and the final state. Between the two, from a few samples, the stepwise path runs on
 one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of either path reuse the memory of
 earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled on first use per
 dtype and cached on disk.
@@ -361,14 +361,14 @@ def backward(saved, dy, dhT, dcT):
 
 def _backward_stepwise(saved, dy, dh, dc):
     """The stepwise pass backwards, a Share at a time on each core: the recurrence, a
-    compiled pointwise step and one packed product per step, then the slice's dx and share of the
-    weight gradients as products over all its steps. dy: [batch, time, units] or None; dh, dc
-    [batch, units]: the gradients w.r.t. the final state, turned into those w.r.t. the initial
-    state. Returns dx (processing order) and the gradients w.r.t. the weights."""
+    compiled pointwise step and two packed products per step (dh's and dx's), then the slice's
+    share of the weight gradients as one product over all its steps. dy: [batch, time, units] or
+    None; dh, dc [batch, units]: the gradients w.r.t. the final state, turned into those w.r.t.
+    the initial state. Returns dx (processing order) and the gradients w.r.t. the weights."""
     x_shape, kernel, recurrent_kernel, has_bias, options, shares = saved
     codes = _codes(options.activation, options.recurrent_activation)
     time = x_shape[1]
-    recurrent_kernel_t = cpu_matmul.pack_columns(recurrent_kernel.T)
+    recurrent_kernel_t, kernel_t = cpu_matmul.pack_columns(recurrent_kernel.T), cpu_matmul.pack_columns(kernel.T)
     dx = MEMORY.empty(x_shape, kernel.dtype)
     no_dy = np.empty((0, 0, recurrent_kernel.shape[0]), kernel.dtype)
 
@@ -376,12 +376,11 @@ def _backward_stepwise(saved, dy, dh, dc):
         samples = share.samples
         dh_share, dc_share = dh[samples], dc[samples]  # views: dh and dc are updated in place
         dz = MEMORY.empty(share.gates.shape, kernel.dtype)
-        cpu_stepwise.backward_slice(share.gates, share.c, share.act_c, recurrent_kernel_t,
-                                    no_dy if dy is None else dy[samples], dh_share, dc_share, dz, *codes)
-        # The products over all steps take the rows in (time, sample) order: dx [time, n, input_dim].
-        dx_steps, dkernel, drecurrent_kernel, dbias = sequence.weight_gradients(
-            np, share.inputs[:time], kernel, dz, has_bias, False, MEMORY.empty)
-        dx[samples] = dx_steps.transpose(1, 0, 2)
+        cpu_stepwise.backward_slice(share.gates, share.c, share.act_c, recurrent_kernel_t, kernel_t,
+                                    no_dy if dy is None else dy[samples], dh_share, dc_share, dz, dx[samples], *codes)
+        # The product over all steps takes the rows in (time, sample) order.
+        _, dkernel, drecurrent_kernel, dbias = sequence.weight_gradients(
+            np, share.inputs[:time], kernel, dz, has_bias, False, with_dx=False)
         return dkernel, drecurrent_kernel, dbias
 
     with _threads()[1]:  # a single-threaded BLAS (see _on_every_core)

@@ -51,15 +51,14 @@ def step_inputs(xp, x, h):
     return inputs
 
 
-def weight_gradients(xp, inputs, kernel, dz, has_bias, go_backwards, empty=None):
+def weight_gradients(xp, inputs, kernel, dz, has_bias, go_backwards, with_dx=True):
     """(dx, dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz``
     [batch, time, 4*units] of the whole sequence and the forward pass's ``inputs`` [batch, time,
     input_dim + units], the rows [x_t, h_{t-1}] that :func:`step_inputs` makes, in dz's time order:
     the gradients of kernel and recurrent_kernel as one product, ``inputs^T @ dz``. Rows that end in
     a 1 (the GPU kernels' ``[batch, time, input_dim + units + 1]``) make dbias that product's last
     row rather than a sum of its own. dx [batch, time, input_dim], in that order reversed for
-    go_backwards, is made by ``empty(shape, dtype)`` (default ``xp.empty``)."""
-    empty = empty or xp.empty
+    go_backwards; None without with_dx (for a backend whose recurrence made it)."""
     batch, time, _ = dz.shape
     input_dim = kernel.shape[0]
     dz_flat = dz.reshape(batch * time, dz.shape[2])
@@ -69,6 +68,6 @@ def weight_gradients(xp, inputs, kernel, dz, has_bias, go_backwards, empty=None)
         dbias = None
     else:
         dbias = dweights[input_dim + units] if inputs.shape[2] > input_dim + units else dz_flat.sum(axis=0)
-    dx = xp.matmul(dz_flat, kernel.T, out=empty((batch * time, input_dim), dz.dtype)).reshape(batch, time, input_dim)
-    return (in_processing_order(xp, dx, go_backwards), dweights[:input_dim], dweights[input_dim:input_dim + units],
-            dbias)
+    dx = xp.matmul(dz_flat, kernel.T).reshape(batch, time, input_dim) if with_dx else None
+    return (dx if dx is None else in_processing_order(xp, dx, go_backwards), dweights[:input_dim],
+            dweights[input_dim:input_dim + units], dbias)
