@@ -14,8 +14,8 @@ state's gradients) is an empty array of its rank: a null pointer for the CUDA C 
 
 The forward kernels take the initial state and the bias and write every array the call returns or
 saves, so that on the persistent path a forward is the cache's copies of x and kernel, the input
-projection and one launch, and a backward one launch and the GEMMs of the weight gradients and dx
-(on the cooperative path each launch after zeroing its grid barrier's two words)
+projection and one launch, and a backward one launch and the GEMMs of the weight gradients and dx;
+on the cooperative path each launch follows the zeroing of its grid barrier's two words
 (:func:`~fastlstm.backends.plan.launch_count`). zx, the saved ``[x_t, h_{t-1}]`` rows and dz keep
 the caller's time order, the kernels processing them from the end for go_backwards, so that
 neither x nor dx is copied in reverse.
@@ -108,7 +108,8 @@ class FusedLSTM:
                 self.launcher(plan.backward, c, gates, *given, dh0, dc0, dz, dz_step, batch, time, units, t, *flags)
                 xp.matmul(dz_step, recurrent_kernel_t, out=dh0)
         # inputs and dz share the caller's time order, which dx then has too.
-        return (*sequence.weight_gradients(xp, inputs, kernel, dz, has_bias, False), dh0, dc0)
+        return (sequence.input_gradient(xp, dz, kernel, False),
+                *sequence.weight_gradients(xp, inputs, kernel, dz, has_bias), dh0, dc0)
 
 
 def _grid_arguments(xp, plan, step_shape, dtype):

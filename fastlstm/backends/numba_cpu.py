@@ -8,8 +8,8 @@ weights packed once for the compiled product (``cpu_matmul.matmul_packed``), and
 pointwise step; the backward one likewise, with each step's dx, then its share of the weight
 gradients as a BLAS product over all time steps (single-threaded: one per core). :func:`infer`,
 which keeps nothing for a backward pass, runs the stepwise path in a few steps' memory, and its
-one call writes only the outputs and the final state. Between the two, from a few samples, the stepwise path runs on
-one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of either path reuse the memory of
+one call writes only the outputs and the final state. Between the two, from a few samples, the
+stepwise path runs on one core (PACKED_INFER, PACKED_WITH_CACHE). The large arrays of either path reuse the memory of
 earlier calls' (:data:`MEMORY`). Kernels: ``fastlstm.kernels.cpu_*``, compiled on first use per
 dtype and cached on disk.
 
@@ -379,9 +379,7 @@ def _backward_stepwise(saved, dy, dh, dc):
         cpu_stepwise.backward_slice(share.gates, share.c, share.act_c, recurrent_kernel_t, kernel_t,
                                     no_dy if dy is None else dy[samples], dh_share, dc_share, dz, dx[samples], *codes)
         # The product over all steps takes the rows in (time, sample) order.
-        _, dkernel, drecurrent_kernel, dbias = sequence.weight_gradients(
-            np, share.inputs[:time], kernel, dz, has_bias, False, with_dx=False)
-        return dkernel, drecurrent_kernel, dbias
+        return sequence.weight_gradients(np, share.inputs[:time], kernel, dz, has_bias)
 
     with _threads()[1]:  # a single-threaded BLAS (see _on_every_core)
         parts = _on_every_core(recurrence, shares)

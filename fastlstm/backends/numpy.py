@@ -81,4 +81,5 @@ def backward(saved, dy, dhT, dcT):
         dh = dz[:, t] @ recurrent_kernel_t
 
     inputs = sequence.step_inputs(np, x, h)
-    return (*sequence.weight_gradients(np, inputs, kernel, dz, has_bias, options.go_backwards), dh, dc)
+    return (sequence.input_gradient(np, dz, kernel, options.go_backwards),
+            *sequence.weight_gradients(np, inputs, kernel, dz, has_bias), dh, dc)

@@ -51,14 +51,13 @@ def step_inputs(xp, x, h):
     return inputs
 
 
-def weight_gradients(xp, inputs, kernel, dz, has_bias, go_backwards, with_dx=True):
-    """(dx, dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz``
-    [batch, time, 4*units] of the whole sequence and the forward pass's ``inputs`` [batch, time,
-    input_dim + units], the rows [x_t, h_{t-1}] that :func:`step_inputs` makes, in dz's time order:
-    the gradients of kernel and recurrent_kernel as one product, ``inputs^T @ dz``. Rows that end in
-    a 1 (the GPU kernels' ``[batch, time, input_dim + units + 1]``) make dbias that product's last
-    row rather than a sum of its own. dx [batch, time, input_dim], in that order reversed for
-    go_backwards; None without with_dx (for a backend whose recurrence made it)."""
+def weight_gradients(xp, inputs, kernel, dz, has_bias):
+    """(dkernel, drecurrent_kernel, dbias) from the pre-activation gradients ``dz`` [batch, time,
+    4*units] of the whole sequence and the forward pass's ``inputs`` [batch, time, input_dim +
+    units], the rows [x_t, h_{t-1}] that :func:`step_inputs` makes, in dz's time order: the
+    gradients of kernel and recurrent_kernel as one product, ``inputs^T @ dz``. Rows that end in a
+    1 (the GPU kernels' ``[batch, time, input_dim + units + 1]``) make dbias that product's last row
+    rather than a sum of its own."""
     batch, time, _ = dz.shape
     input_dim = kernel.shape[0]
     dz_flat = dz.reshape(batch * time, dz.shape[2])
@@ -68,6 +67,12 @@ def weight_gradients(xp, inputs, kernel, dz, has_bias, go_backwards, with_dx=Tru
         dbias = None
     else:
         dbias = dweights[input_dim + units] if inputs.shape[2] > input_dim + units else dz_flat.sum(axis=0)
-    dx = xp.matmul(dz_flat, kernel.T).reshape(batch, time, input_dim) if with_dx else None
-    return (dx if dx is None else in_processing_order(xp, dx, go_backwards), dweights[:input_dim],
-            dweights[input_dim:input_dim + units], dbias)
+    return dweights[:input_dim], dweights[input_dim:input_dim + units], dbias
+
+
+def input_gradient(xp, dz, kernel, go_backwards):
+    """dx [batch, time, input_dim] = ``dz @ kernel.T`` from the pre-activation gradients ``dz``
+    [batch, time, 4*units] of the whole sequence, in dz's time order, reversed for go_backwards."""
+    batch, time, _ = dz.shape
+    dx = xp.matmul(dz.reshape(batch * time, dz.shape[2]), kernel.T).reshape(batch, time, kernel.shape[0])
+    return in_processing_order(xp, dx, go_backwards)
