@@ -1,5 +1,7 @@
-"""The Numba CUDA kernels of the two paths, the same algorithms as lstm_persistent.cu and
-lstm_stepwise.cu (read those for the design), one set per dtype.
+"""The Numba CUDA kernels of the three paths, the same algorithms as lstm_persistent.cu,
+lstm_cooperative.cu and lstm_stepwise.cu (read those for the design), one set per dtype. The
+cooperative kernels' grid barrier is their own, as lstm_cooperative.cu's (grid_sync below): see
+fastlstm.backends.numba_cuda for how they are launched.
 
 Every constant is a scalar of the kernel's dtype, so a float32 kernel does no float64
 arithmetic (the compile gate looks for ``.f64`` in its PTX). Indices are uint32, truncated after
@@ -13,6 +15,8 @@ launch, never at import.
 """
 import functools
 import math
+import threading
+import time as clock
 
 import numpy as np
 from numba import config, cuda, from_dtype, uint32
@@ -27,13 +31,46 @@ PERSISTENT_THREADS = {4: 512, 8: 256}
 ROWS = 4
 VECTOR_BYTES = 16
 PERSISTENT = ("persistent_forward", "persistent_backward")
+COOPERATIVE = ("cooperative_forward", "cooperative_backward")  # their grid must be resident at once
+# How often a cooperative kernel's block looks for the grid barrier's release before it gives up
+# (seconds of polls, where a step takes at most milliseconds): a barrier that is never released
+# fails the launch rather than hanging the GPU.
+GRID_SYNC_POLLS = 1 << 26
+
+if config.ENABLE_CUDASIM:
+    def _trap():
+        raise RuntimeError(f"the grid barrier was not released after {GRID_SYNC_POLLS} looks: "
+                           "a block of the cooperative launch never arrived")
+
+    def _nap():
+        if getattr(threading.current_thread(), "abort", False):  # the simulator's flag: another thread failed
+            raise RuntimeError("the launch was aborted while this block waited at the grid barrier")
+        clock.sleep(0)  # lets the simulator's other blocks, Python threads, run
+else:
+    from llvmlite import ir
+    from numba.cuda import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def _trap(typingctx):
+        """Ends the launch with an error (PTX's trap)."""
+        def codegen(context, builder, signature, args):
+            builder.call(builder.module.declare_intrinsic("llvm.trap", fnty=ir.FunctionType(ir.VoidType(), [])), [])
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    @cuda.jit(device=True, inline=True)
+    def _nap():
+        cuda.nanosleep(uint32(32))
 
 
 def launch_bounds(function, dtype):
     """Numba's launch bounds of ``function`` in ``dtype``: the most threads a block runs, and one
     block per multiprocessor at least (else ptxas 12 aims at several, and spilled sm_70's float64
-    forward at 80 registers); None for the stepwise kernels, which carry none."""
-    return (PERSISTENT_THREADS[np.dtype(dtype).itemsize], 1) if function in PERSISTENT else None
+    forward at 80 registers); None for the stepwise kernels, which carry none. The cooperative
+    kernels' bound is the persistent ones' (COOPERATIVE_THREADS in fastlstm.backends.plan)."""
+    return (PERSISTENT_THREADS[np.dtype(dtype).itemsize], 1) if function in PERSISTENT + COOPERATIVE else None
 
 
 def _bounds(function, dtype):
@@ -167,6 +204,10 @@ def kernels(dtype):
             return shared[i], shared[i + uint32(1)], shared[i + uint32(2)], shared[i + uint32(3)]
 
         @cuda.jit(device=True, inline=True)
+        def strided_vector(shared, i, stride):
+            return shared[i], shared[i + stride], shared[i + uint32(2) * stride], shared[i + uint32(3) * stride]
+
+        @cuda.jit(device=True, inline=True)
         def multiply_add_vector(p, shared, i, w):
             """p + shared[i:i + 4] * w, lane by lane."""
             return (p[0] + shared[i] * w[0], p[1] + shared[i + uint32(1)] * w[1],
@@ -179,6 +220,10 @@ def kernels(dtype):
         @cuda.jit(device=True, inline=True)
         def vector(shared, i):
             return shared[i], shared[i + uint32(1)]
+
+        @cuda.jit(device=True, inline=True)
+        def strided_vector(shared, i, stride):
+            return shared[i], shared[i + stride]
 
         @cuda.jit(device=True, inline=True)
         def multiply_add_vector(p, shared, i, w):
@@ -410,6 +455,244 @@ def kernels(dtype):
         if count > 3:
             dh0[b + uint32(3), j], dc0[b + uint32(3), j] = dh_3, dc_3
 
+    @cuda.jit(device=True, inline=True)
+    def grid_sync(barrier):
+        """Waits until every block of the grid has called it as often as this one (the CUDA C
+        kernels' grid_sync, lstm_cooperative.cu): thread 0 of each block counts its block in
+        barrier[0], the last to arrive resets the count and moves barrier[1], the generation, on,
+        which the others wait for; fences order the blocks' writes before it with their reads
+        after it. After GRID_SYNC_POLLS looks a block ends the launch with an error."""
+        cuda.syncthreads()
+        if cuda.threadIdx.x == 0:
+            cuda.threadfence()
+            generation = cuda.atomic.add(barrier, 1, uint32(0))
+            cuda.threadfence()
+            if cuda.atomic.add(barrier, 0, uint32(1)) == uint32(cuda.gridDim.x - 1):
+                cuda.atomic.exch(barrier, 0, uint32(0))
+                cuda.threadfence()
+                cuda.atomic.add(barrier, 1, uint32(1))
+            else:
+                polls = uint32(0)
+                while cuda.atomic.add(barrier, 1, uint32(0)) == generation:
+                    if polls == uint32(GRID_SYNC_POLLS):
+                        _trap()
+                    polls = uint32(polls + uint32(1))
+                    _nap()
+            cuda.threadfence()
+        cuda.syncthreads()
+
+    @cuda.jit(device=True, inline=True)
+    def tile(batch, units, slice, rows):
+        """(unit_base, jl, j, start, end, offset, stride): the block's first unit (its slice's),
+        the thread's unit within the slice and its unit, the block's rows start .. end - 1 (its
+        tile's), the thread's first row in a pass, q * ROWS, and the rows of a pass, groups * ROWS
+        (lstm_cooperative.cu's Place). A thread of a unit past the last computes on unit
+        units - 1's data and writes nothing."""
+        s = uint32(slice)
+        slices = uint32((uint32(units) + s - uint32(1)) // s)
+        unit_base = uint32(cuda.blockIdx.x) % slices * s
+        jl = uint32(cuda.threadIdx.x) % s
+        start = uint32(cuda.blockIdx.x) // slices * uint32(rows)
+        end = min(uint32(start + uint32(rows)), uint32(batch))
+        offset = uint32(cuda.threadIdx.x) // s * uint32(ROWS)
+        stride = uint32(cuda.blockDim.x) // s * uint32(ROWS)
+        return unit_base, jl, uint32(unit_base + jl), start, end, offset, stride
+
+    @cuda.jit(device=True, inline=True)
+    def slice_weight(recurrent_kernel, p, j, units, columns):
+        """Row p of the block's staged slice for unit j: with ``columns`` (forward) gate p & 3's
+        weight from h_{p >> 2}, recurrent_kernel[p >> 2][(p & 3) * units + j]; else (backward)
+        recurrent_kernel[j][p]; zero past the last unit."""
+        if j >= uint32(units):
+            return zero
+        if columns:
+            return recurrent_kernel[p >> uint32(2), uint32((p & uint32(3)) * uint32(units) + j)]
+        return recurrent_kernel[j, p]
+
+    @cuda.jit(device=True, inline=True)
+    def stage_slice(shared, recurrent_kernel, saved, copy, units, unit_base, jl, slice, columns):
+        """shared[p * slice + jl] = slice_weight(p) for p < 4 * units; thread (q, jl) takes rows q,
+        q + groups, ..., four loads in flight before their stores; with ``copy`` (forward) the
+        block also writes its columns into ``saved``, the call's own copy of recurrent_kernel."""
+        s, j = uint32(slice), uint32(unit_base + jl)
+        rows, groups = uint32(uint32(4) * uint32(units)), uint32(uint32(cuda.blockDim.x) // s)
+        p = uint32(uint32(cuda.threadIdx.x) // s)
+        while uint32(p + uint32(3) * groups) < rows:
+            p1, p2, p3 = uint32(p + groups), uint32(p + uint32(2) * groups), uint32(p + uint32(3) * groups)
+            a0, a1 = slice_weight(recurrent_kernel, p, j, units, columns), slice_weight(recurrent_kernel, p1, j, units,
+                                                                                      columns)
+            a2, a3 = slice_weight(recurrent_kernel, p2, j, units, columns), slice_weight(recurrent_kernel, p3, j, units,
+                                                                                      columns)
+            shared[p * s + jl], shared[p1 * s + jl], shared[p2 * s + jl], shared[p3 * s + jl] = a0, a1, a2, a3
+            p = uint32(p3 + groups)
+        while p < rows:
+            shared[p * s + jl] = slice_weight(recurrent_kernel, p, j, units, columns)
+            p = uint32(p + groups)
+        if copy and j < uint32(units):  # the rows this thread staged
+            p = uint32(uint32(cuda.threadIdx.x) // s)
+            while p < rows:
+                saved[p >> uint32(2), uint32((p & uint32(3)) * uint32(units) + j)] = shared[p * s + jl]
+                p = uint32(p + groups)
+
+    @cuda.jit(device=True, inline=True)
+    def group_rows(base, end):
+        """The four rows of a thread's group from row ``base``, each past the tile's last row
+        (end - 1) replaced by it: such a row computes on the last row's data and writes nothing."""
+        last = uint32(end - uint32(1))
+        return base, min(uint32(base + uint32(1)), last), min(uint32(base + uint32(2)), last), \
+            min(uint32(base + uint32(3)), last)
+
+    @cuda.jit(device=True, inline=True)
+    def stage_pass(shared, at, buffer, pass_start, end, stride, width):
+        """Copies the pass's rows pass_start .. (at most stride of them, before end) of ``buffer``
+        [batch, width], which other blocks wrote this step, into shared memory from ``at``: a
+        row at a time, coalesced, no division per element; then waits for the block."""
+        r, last = uint32(0), min(stride, uint32(end - pass_start))
+        while r < last:
+            k = uint32(cuda.threadIdx.x)
+            while k < uint32(width):
+                shared[uint32(at + r * uint32(width) + k)] = buffer[pass_start + r, k]
+                k = uint32(k + uint32(cuda.blockDim.x))
+            r = uint32(r + uint32(1))
+        cuda.syncthreads()
+
+    @cuda.jit(device=True, inline=True)
+    def cooperative_row(z, h_next, inputs, c, gates, outputs, h_final, c_final, b, t, more, ahead, j, units, h_column,
+                        outputs_per_step, activation, recurrent_activation):
+        """Row b's pointwise step on the cooperative path: forward_row with its c_{t-1} from c and
+        its h_t into the exchange's next buffer; after the last step, the final state and the last
+        output."""
+        c_t = forward_row(z, c[b, t, j], h_next[b], j, inputs, c, gates, outputs, b, t, more, ahead, j, units,
+                          h_column, outputs_per_step, True, activation, recurrent_activation)
+        if not more:
+            forward_end(h_next[b], j, c_t, outputs, h_final, c_final, b, j, outputs_per_step, True)
+
+    @cuda.jit(**_bounds("cooperative_forward", dtype))
+    def cooperative_forward(zx, bias, recurrent_kernel, saved_recurrent_kernel, h0, c0, inputs, c, gates, outputs,
+                            h_final, c_final, exchange, barrier, batch, time, input_dim, units, slice, rows,
+                            go_backwards, outputs_per_step, activation, recurrent_activation):
+        """lstm_cooperative.cu's forward: shared memory holds the slice's columns of
+        recurrent_kernel as [units][4][slice], then a pass's h_{t-1} [stride][units];
+        exchange[t % 2] holds h_{t-1} of every row and unit at step t."""
+        shared = cuda.shared.array(0, dtype=T)
+        u, s = uint32(units), uint32(slice)
+        unit_base, jl, j, start, end, offset, stride = tile(batch, units, slice, rows)
+        active = j < u
+        jc = min(j, uint32(u - uint32(1)))  # a unit past the last reads the last one's zx
+        first_tile = uint32(cuda.blockIdx.x) < (u + s - uint32(1)) // s  # whose blocks copy recurrent_kernel
+        stage_slice(shared, recurrent_kernel, saved_recurrent_kernel, first_tile, units, unit_base, jl, slice, True)
+        h_s = uint32(uint32(4) * u * s)
+        h_column, ones = uint32(input_dim) + j, bias.shape[0] > 0
+        first = caller_step(uint32(0), time, go_backwards)
+        bias_j = biases(bias, jc, u)
+        for base in range(start + offset, end if active else 0, stride):  # the thread's own rows
+            for b in range(base, min(base + uint32(ROWS), end)):
+                forward_start(h0, c0, inputs, c, exchange[0, b], j, b, j, h_column, first, units, time, ones, True)
+        grid_sync(barrier)
+        for step in range(time):
+            t = uint32(step)
+            h_prev, h_next = exchange[t & uint32(1)], exchange[(t + uint32(1)) & uint32(1)]
+            t_in = caller_step(t, time, go_backwards)
+            more = step + 1 < time
+            ahead = caller_step(t + uint32(1), time, go_backwards) if more else t
+            for pass_start in range(start, end, stride):
+                stage_pass(shared, h_s, h_prev, pass_start, end, stride, u)
+                base = uint32(pass_start + offset)
+                if base < end:
+                    base, b1, b2, b3 = group_rows(base, end)
+                    z0 = step_start(zx, bias_j, base, t_in, jc, u, True)
+                    z1 = step_start(zx, bias_j, b1, t_in, jc, u, True)
+                    z2 = step_start(zx, bias_j, b2, t_in, jc, u, True)
+                    z3 = step_start(zx, bias_j, b3, t_in, jc, u, True)
+                    h0_at = uint32(h_s + (base - pass_start) * u)
+                    h1_at, h2_at = uint32(h_s + (b1 - pass_start) * u), uint32(h_s + (b2 - pass_start) * u)
+                    h3_at = uint32(h_s + (b3 - pass_start) * u)
+                    # Per k, four weights and the rows' four h_prev[k] serve 16 multiply-adds.
+                    w, k = jl, uint32(0)
+                    while k < u:
+                        weights = shared[w], shared[w + s], shared[w + uint32(2) * s], shared[w + uint32(3) * s]
+                        z0 = multiply_add(z0, shared[h0_at + k], weights)
+                        z1 = multiply_add(z1, shared[h1_at + k], weights)
+                        z2 = multiply_add(z2, shared[h2_at + k], weights)
+                        z3 = multiply_add(z3, shared[h3_at + k], weights)
+                        k = uint32(k + uint32(1))
+                        w = uint32(w + uint32(4) * s)
+                    if active:
+                        cooperative_row(z0, h_next, inputs, c, gates, outputs, h_final, c_final, base, t, more, ahead,
+                                        j, u, h_column, outputs_per_step, activation, recurrent_activation)
+                        if base + uint32(1) < end:
+                            cooperative_row(z1, h_next, inputs, c, gates, outputs, h_final, c_final, b1, t, more,
+                                            ahead, j, u, h_column, outputs_per_step, activation,
+                                            recurrent_activation)
+                        if base + uint32(2) < end:
+                            cooperative_row(z2, h_next, inputs, c, gates, outputs, h_final, c_final, b2, t, more,
+                                            ahead, j, u, h_column, outputs_per_step, activation,
+                                            recurrent_activation)
+                        if base + uint32(3) < end:
+                            cooperative_row(z3, h_next, inputs, c, gates, outputs, h_final, c_final, b3, t, more,
+                                            ahead, j, u, h_column, outputs_per_step, activation,
+                                            recurrent_activation)
+                cuda.syncthreads()  # every thread's reads of this pass's h before the next pass's
+            grid_sync(barrier)
+
+    @cuda.jit(**_bounds("cooperative_backward", dtype))
+    def cooperative_backward(recurrent_kernel, c, gates, dy, dy_per_step, dh_final, dc_final, dz, dh0, dc0, exchange,
+                             barrier, batch, time, units, slice, rows, go_backwards, activation, recurrent_activation):
+        """lstm_cooperative.cu's backward, in reverse time: shared memory holds the slice's rows
+        of recurrent_kernel as [4*units][slice], then a pass's dz_t [stride][4*units]. Each step
+        a thread's pointwise work writes dz of its unit's four gates into exchange[t % 2], and
+        after the barrier it sums dh_{t-1} of its unit over vectors of the staged dz. dh and dc
+        of a row are carried in dh0 and dc0."""
+        shared = cuda.shared.array(0, dtype=T)
+        u, s = uint32(units), uint32(slice)
+        g4 = uint32(uint32(4) * u)
+        unit_base, jl, j, start, end, offset, stride = tile(batch, units, slice, rows)
+        active = j < u
+        stage_slice(shared, recurrent_kernel, recurrent_kernel, False, units, unit_base, jl, slice, False)
+        dz_s = uint32(g4 * s)
+        for base in range(start + offset, end if active else 0, stride):  # the thread's own rows
+            for b in range(base, min(base + uint32(ROWS), end)):
+                dh0[b, j], dc0[b, j] = backward_start(dy, dy_per_step, dh_final, dc_final, b, j, True)
+        for step in range(time - 1, -1, -1):
+            t = uint32(step)
+            dz_all = exchange[t & uint32(1)]
+            t_in = caller_step(t, time, go_backwards)
+            for base in range(start + offset, end if active else 0, stride):
+                for b in range(base, min(base + uint32(ROWS), end)):
+                    dc0[b, j] = backward_row(dh0[b, j], dc0[b, j], c, gates, dy, dy_per_step, dz, dz_all[b],
+                                             uint32(0), b, t, t_in, j, u, True, activation, recurrent_activation)
+            grid_sync(barrier)
+            for pass_start in range(start, end, stride):
+                stage_pass(shared, dz_s, dz_all, pass_start, end, stride, g4)
+                base = uint32(pass_start + offset)
+                if base < end:
+                    # dh_{t-1}[j] = sum_m dz_t[m] * recurrent_kernel[j][m] over vectors of dz's row:
+                    # one weight vector serves the four rows, each row summing its lanes in
+                    # independent chains.
+                    base, b1, b2, b3 = group_rows(base, end)
+                    d0, d1 = uint32(dz_s + (base - pass_start) * g4), uint32(dz_s + (b1 - pass_start) * g4)
+                    d2, d3 = uint32(dz_s + (b2 - pass_start) * g4), uint32(dz_s + (b3 - pass_start) * g4)
+                    p0 = p1 = p2 = p3 = no_sums
+                    w, m = jl, uint32(0)
+                    while m < g4:
+                        weights = strided_vector(shared, w, s)
+                        p0 = multiply_add_vector(p0, shared, d0 + m, weights)
+                        p1 = multiply_add_vector(p1, shared, d1 + m, weights)
+                        p2 = multiply_add_vector(p2, shared, d2 + m, weights)
+                        p3 = multiply_add_vector(p3, shared, d3 + m, weights)
+                        m = uint32(m + lanes)
+                        w = uint32(w + lanes * s)
+                    if active:
+                        dh0[base, j] = lane_sum(p0)
+                        if base + uint32(1) < end:
+                            dh0[base + uint32(1), j] = lane_sum(p1)
+                        if base + uint32(2) < end:
+                            dh0[base + uint32(2), j] = lane_sum(p2)
+                        if base + uint32(3) < end:
+                            dh0[base + uint32(3), j] = lane_sum(p3)
+                cuda.syncthreads()  # every thread's reads of this pass's dz before the next pass's
+            # The next step writes the other buffer, and its barrier comes before this one is written again.
+
     @cuda.jit
     def stepwise_forward(zx, hr, bias, h0, c0, inputs, c, gates, outputs, h_final, c_final, h_step, batch, time,
                          input_dim, units, t, go_backwards, outputs_per_step, activation, recurrent_activation):
@@ -476,5 +759,6 @@ def kernels(dtype):
 
     return {
         "persistent_forward": persistent_forward, "persistent_backward": persistent_backward,
+        "cooperative_forward": cooperative_forward, "cooperative_backward": cooperative_backward,
         "stepwise_forward": stepwise_forward, "stepwise_backward": stepwise_backward,
     }

@@ -6,12 +6,12 @@ Compile gate: every kernel signature the backend can request, lowered by Numba a
 numba.cuda.compile_ptx does, made into PTX for compute capability 7.0, 8.0 and 9.0
 (tests/support/numba_ptx.py) and assembled by ptxas -v. Fails on an error, a spill, local memory,
 more registers than the largest block the plan launches allows, shared memory over the 48 KB the
-backend plans with, or any float64 instruction in a float32 kernel; and, in the persistent kernels'
-sm_90 SASS, on a multiply-add loop over INSTRUCTIONS_PER_FMA instructions or over the CUDA C
-target's shared loads per multiply-add, or a staging loop with fewer loads in flight than the CUDA C
-target. CUDA 13 dropped Volta, so sm_70's PTX is made and assembled by a CUDA 12 Numba stack of the
-same Numba version, as a Volta user would have, in a virtual environment of its own that the test
-makes under build/ (tests/support/numba_ptx.py runs there).
+backend plans with, or any float64 instruction in a float32 kernel; and, in the persistent and
+cooperative kernels' sm_90 SASS, on a dot-product loop over INSTRUCTIONS_PER_FMA instructions or
+over the CUDA C target's shared loads per multiply-add, or a staging loop with fewer loads in
+flight than the CUDA C target. CUDA 13 dropped Volta, so sm_70's PTX is made and assembled by a
+CUDA 12 Numba stack of the same Numba version, as a Volta user would have, in a virtual
+environment of its own that the test makes under build/ (tests/support/numba_ptx.py runs there).
 """
 import fcntl
 import os
@@ -33,11 +33,11 @@ from fastlstm.kernels import numba_cuda
 
 from support import sass
 from support.numba_ptx import lower, write_ptx
-from test_compile_gate import FMA_TARGETS, STAGING_TARGET
+from test_compile_gate import FMA_TARGETS, STAGING_TARGET, _dot_product
 
 TESTS = pathlib.Path(__file__).parent
 REGISTERS_PER_BLOCK = 65536
-INSTRUCTIONS_PER_FMA = 4.0  # in the persistent kernels' multiply-add loops at sm_90, at most
+INSTRUCTIONS_PER_FMA = 4.0  # in the persistent and cooperative kernels' dot-product loops at sm_90, at most
 # The cuda12 fixture's stack runs this environment's Numba, so the IR lowered here is what it would lower.
 NUMBA_VERSIONS = (numba.__version__, numba_cuda_package.__version__)
 CUDA12_PACKAGES = ["numpy", f"numba=={NUMBA_VERSIONS[0]}", f"numba-cuda[cu12]=={NUMBA_VERSIONS[1]}"]
@@ -94,10 +94,12 @@ def _signatures(dtype):
     """The argument types the backend passes, as Numba signature strings: C-contiguous arrays and
     Python ints."""
     T = np.dtype(dtype).name
-    a1, a2, a3, i = f"{T}[::1]", f"{T}[:, ::1]", f"{T}[:, :, ::1]", "int64"
+    a1, a2, a3, i, barrier = f"{T}[::1]", f"{T}[:, ::1]", f"{T}[:, :, ::1]", "int64", "uint32[::1]"
     return {function: ", ".join(types) for function, types in {
         "persistent_forward": (a3, a1, a2, a2, a2, a2, a3, a3, a3, a3, a2, a2, i, i, i, i, i, i, i, i, i),
         "persistent_backward": (a2, a3, a3, a3, i, a2, a2, a3, a2, a2, i, i, i, i, i, i, i),
+        "cooperative_forward": (a3, a1, a2, a2, a2, a2, a3, a3, a3, a3, a2, a2, a3, barrier, *(i,) * 10),
+        "cooperative_backward": (a2, a3, a3, a3, i, a2, a2, a3, a2, a2, a3, barrier, *(i,) * 8),
         "stepwise_forward": (a3, a2, a1, a2, a2, a3, a3, a3, a3, a2, a2, a2, i, i, i, i, i, i, i, i, i),
         "stepwise_backward": (a3, a3, a3, i, a2, a2, a2, a2, a3, a2, i, i, i, i, i, i, i),
     }.items()}
@@ -106,9 +108,11 @@ def _signatures(dtype):
 def _largest_block(function, dtype):
     """The most threads per block the backend's plan asks of ``function``, on any number of
     multiprocessors (fewer make bigger blocks)."""
-    name = f"{function}<{C_TYPES[np.dtype(dtype)]}>"
+    name = f"{function.replace('_', '::', 1) if function.startswith('cooperative') else function}<" \
+           f"{C_TYPES[np.dtype(dtype)]}>"
     return max(launch.block[0] for processors in (1, 132) for units in range(1, 257) for batch in (1, 7, 4096)
-               for launch in plan_lstm(batch, units, dtype, DeviceLimits(1024, DEFAULT_SHARED_MEMORY, processors))[1:3]
+               for launch in plan_lstm(batch, units, dtype, DeviceLimits(1024, DEFAULT_SHARED_MEMORY, processors),
+                                       cooperative=True)[1:3]
                if launch.kernel.endswith(name))
 
 
@@ -159,11 +163,11 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
     assert static_shared + DEFAULT_SHARED_MEMORY <= ARCHITECTURES[arch].shared_memory_per_block_optin
     print(f"{arch} {function}<{C_TYPES[np.dtype(dtype)]}>: {registers} registers, block up to {threads}, "
           f"{static_shared} bytes static shared memory")
-    if arch == "sm_90" and function.startswith("persistent"):  # as the CUDA C compile gate's SASS check
+    if arch == "sm_90" and function in numba_cuda.PERSISTENT + numba_cuda.COOPERATIVE:  # as the CUDA C gate's
         (loops,) = sass.cubin_loops(ptx.with_suffix(".cubin")).values()
         in_flight = max(loop.loads_in_flight for loop in loops if loop.staging)
         assert in_flight >= STAGING_TARGET, f"{function}: staging keeps {in_flight} loads in flight"
-        fma_loops = [loop for loop in loops if loop.fma_count]
+        fma_loops = [loop for loop in loops if _dot_product(loop)]
         print("  inner loops: " + "; ".join(
             f"{loop.fma_count} FMAs, {loop.instructions_per_fma():.2f} instructions and "
             f"{loop.shared_loads_per_fma():.2f} shared loads per FMA" for loop in fma_loops)
@@ -173,7 +177,8 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
         for loop in fma_loops:
             assert loop.instructions_per_fma() <= INSTRUCTIONS_PER_FMA, \
                 f"{function}: {loop.instructions_per_fma():.2f} instructions per multiply-add"
-            assert loop.shared_loads_per_fma() <= FMA_TARGETS[function][0], \
+            assert loop.shared_loads_per_fma() <= FMA_TARGETS[function.replace("_", "::", 1) if function in
+                                                               numba_cuda.COOPERATIVE else function][0], \
                 f"{function}: {loop.shared_loads_per_fma():.2f} shared loads per multiply-add"
 
 
@@ -207,10 +212,12 @@ def test_the_kernels_keep_the_plans_constants():
     assert numba_cuda.VECTOR_BYTES == plan.VECTOR_BYTES
 
 
-def test_the_backend_states_the_largest_units_of_its_persistent_path():
-    stated = re.search(r"persistent path up to (\d+) units in float32\s+and (\d+) in float64",
-                       backend.__doc__)
-    limits = DeviceLimits(1024, DEFAULT_SHARED_MEMORY, 1)
-    largest = [max(units for units in range(1, 513) if plan_lstm(1, units, dtype, limits).path == "persistent")
-               for dtype in (np.float32, np.float64)]
-    assert stated and [int(n) for n in stated.groups()] == largest, (stated and stated.group(0), largest)
+def test_the_backend_states_the_largest_units_of_its_one_launch_paths():
+    stated = re.search(r"persistent path up to (\d+) units in float32\s+and (\d+) in float64, the\s+cooperative "
+                       r"path beyond \(to (\d+) and (\d+) units with (\d+) multiprocessors\)", backend.__doc__)
+    assert stated, backend.__doc__
+    *units, processors = [int(n) for n in stated.groups()]
+    limits = DeviceLimits(1024, DEFAULT_SHARED_MEMORY, processors)
+    largest = [max(units for units in range(1, 1025) if plan_lstm(1, units, dtype, limits, True).path == path)
+               for path in ("persistent", "cooperative") for dtype in (np.float32, np.float64)]
+    assert units == largest, (stated.group(0), largest)

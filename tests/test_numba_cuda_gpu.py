@@ -1,11 +1,14 @@
-"""The numba_cuda backend on a real GPU against the NumPy reference, forward and backward, on both
-paths of its launch plan. The simulator tests (test_numba_cuda.py) run the same kernels on the CPU
-one thread at a time; these add Numba's CUDA compiler, the driver, real shared memory and
-concurrent threads, and run wherever Numba finds a device.
+"""The numba_cuda backend on a real GPU against the NumPy reference, forward and backward, on the
+three paths of its launch plan. The simulator tests (test_numba_cuda.py) run the same kernels on
+the CPU one thread at a time; these add Numba's CUDA compiler, the driver, real shared memory,
+concurrent threads and the cooperative kernels' grid barrier on the device's own memory ordering,
+and run wherever Numba finds a device.
 
 The backend plans with at most 48 KB of shared memory per block (Numba cannot opt in to more):
-the persistent path up to 50 units in float32 and 35 in float64, whatever the GPU, so the units
-below choose the path, and each test checks the path the backend took from the forward's cache."""
+the persistent path up to 50 units in float32 and 35 in float64, whatever the GPU; the
+cooperative path beyond, to 396 and 256 units with 132 multiprocessors. The units below choose the
+same path on any GPU of 80 multiprocessors or more (V100, A100, H100), and each test checks the
+path the backend took from the forward's cache."""
 import numpy as np
 import pytest
 
@@ -21,13 +24,16 @@ PATHS = {
     (5, 7, 3, 33): ("persistent", "persistent"),
     (301, 20, 8, 16): ("persistent", "persistent"),  # several rows per block, the last block partial
     (300, 20, 8, 35): ("persistent", "persistent"),  # float64's largest persistent units: 48,720 bytes
-    (300, 20, 8, 38): ("persistent", "stepwise"),
-    (2, 4, 3, 39): ("persistent", "stepwise"),
-    (2, 4, 3, 50): ("persistent", "stepwise"),  # float32's largest persistent units: 47,200 bytes
-    (2, 4, 3, 51): ("stepwise", "stepwise"),
-    (4, 6, 3, 160): ("stepwise", "stepwise"),
+    (300, 20, 8, 38): ("persistent", "cooperative"),
+    (2, 4, 3, 39): ("persistent", "cooperative"),
+    (2, 4, 3, 50): ("persistent", "cooperative"),  # float32's largest persistent units: 47,200 bytes
+    (2, 4, 3, 51): ("cooperative", "cooperative"),
+    (4, 6, 3, 160): ("cooperative", "cooperative"),  # several slices, a row tile each
+    (600, 4, 3, 100): ("cooperative", "cooperative"),  # several row tiles, several passes each
+    (2, 3, 2, 400): ("stepwise", "stepwise"),
 }
 DTYPES = [np.float32, np.float64]
+SHAPE_OF_EACH_PATH = {"persistent": (3, 4, 2, 8), "cooperative": (3, 4, 2, 64), "stepwise": (3, 4, 2, 400)}  # float32
 
 
 def taken_path(result):
@@ -49,7 +55,7 @@ def test_numba_cuda_matches_the_reference(shape, dtype, options):
     assert taken_path(result) == PATHS[shape][DTYPES.index(dtype)]
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 2, 8), (3, 4, 2, 64)], ids=["persistent", "stepwise"])
+@pytest.mark.parametrize("shape", SHAPE_OF_EACH_PATH.values(), ids=SHAPE_OF_EACH_PATH)
 def test_numba_device_arrays_are_taken(shape):
     from numba import cuda
 
@@ -62,7 +68,7 @@ def test_the_kernels_run_on_cupys_current_stream():
     import cupy
 
     with cupy.cuda.Stream(non_blocking=True):
-        result = check_against_the_reference("numba_cuda", (64, 50, 16, 128), np.float32, {}, cupy.asarray)
+        result = check_against_the_reference("numba_cuda", (64, 50, 16, 400), np.float32, {}, cupy.asarray)
     assert taken_path(result) == "stepwise"
 
 
@@ -83,7 +89,7 @@ extern "C" __global__ void spin(long long cycles) {
 """
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 2, 8), (3, 4, 2, 64)], ids=["persistent", "stepwise"])
+@pytest.mark.parametrize("shape", SHAPE_OF_EACH_PATH.values(), ids=SHAPE_OF_EACH_PATH)
 def test_a_call_returns_without_waiting_for_the_work_queued_before_it(shape):
     """Numba synchronises the host with the stream an imported device array names unless told not
     to: a forward and backward that did would return only once a kernel queued before them on the
@@ -110,7 +116,7 @@ def test_a_call_returns_without_waiting_for_the_work_queued_before_it(shape):
         returned_before_the_spin_ended = not spun.done
         stream.synchronize()
     assert returned_before_the_spin_ended
-    assert taken_path(result) == ("persistent" if units == 8 else "stepwise")
+    assert taken_path(result) == next(path for path, of_path in SHAPE_OF_EACH_PATH.items() if of_path == shape)
     assert relative_error(cupy.asnumpy(result.outputs), reference.outputs) <= TOLERANCE[np.float32]
     for mine, want in zip(gradients, expected):
         assert relative_error(cupy.asnumpy(mine), want) <= TOLERANCE[np.float32]

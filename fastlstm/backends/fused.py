@@ -41,8 +41,9 @@ class Saved(NamedTuple):
 
 
 class FusedLSTM:
-    """cooperative: whether the launcher launches the plan's cooperative kernels (every block
-    resident at once), so that the plan may take that path."""
+    """cooperative: whether the launcher runs the plan's cooperative kernels, whose blocks must
+    all be resident at once (CuPy's launches them cooperatively; numba_cuda's plainly, one block
+    per multiprocessor), so that the plan may take that path."""
 
     def __init__(self, xp, launcher, limits, cooperative=False):
         self.xp, self.launcher, self.limits, self.cooperative = xp, launcher, limits, cooperative

@@ -6,7 +6,16 @@ The input projection and the weight gradients are cuBLAS GEMMs through CuPy rath
 Numba kernel: cuBLAS is tuned for every GPU, and the 'cuda' extra installs CuPy beside Numba.
 Numba has no public way to raise a kernel's dynamic shared memory past 48 KB
 (NVIDIA/numba-cuda#94), so the plan keeps to that: the persistent path up to 50 units in float32
-and 35 in float64.
+and 35 in float64, the cooperative path beyond (to 396 and 256 units with 132 multiprocessors).
+
+The cooperative kernels synchronise their blocks with a grid barrier of their own (atomics and
+fences, as lstm_cooperative.cu's) and are launched plainly: Numba launches a kernel cooperatively
+only when it uses Numba's grid group, whose barrier links the CUDA toolkit's cudadevrt, which a
+pip-installed stack may lack. The plan launches at most one block per multiprocessor, each
+within one multiprocessor's threads and shared memory, so every block is resident on a device
+that runs nothing else beside; should one not be, the barrier gives up after
+``fastlstm.kernels.numba_cuda.GRID_SYNC_POLLS`` looks and the launch fails with an error rather
+than hanging.
 
 Accepts NumPy arrays (moved to the device and back), and CuPy arrays, Numba device arrays and
 anything with ``__cuda_array_interface__`` or ``__dlpack__`` without copying (results come back as
@@ -29,7 +38,7 @@ from fastlstm.kernels.numba_cuda import kernels
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 DTYPES = {c_type: dtype for dtype, c_type in C_TYPES.items()}
-_NAME = re.compile(r"fastlstm::(\w+)<(\w+)>")
+_NAME = re.compile(r"fastlstm::([\w:]+)<(\w+)>")  # "cooperative::forward" is the kernel cooperative_forward
 # What this backend implements of the contract in fastlstm.backends.
 CAPABILITIES = ("forward", "backward", "prepare")
 
@@ -58,9 +67,14 @@ class NumbaLauncher:
         self.stream = stream
 
     def __call__(self, launch, *arguments):
+        self.kernel(launch)[launch.grid, launch.block, self.stream(), launch.shared_memory](
+            *map(_kernel_argument, arguments))
+
+    @staticmethod
+    def kernel(launch):
+        """The Numba kernel that ``launch`` names."""
         function, c_type = _NAME.fullmatch(launch.kernel).groups()
-        kernel = kernels(DTYPES[c_type])[function]
-        kernel[launch.grid, launch.block, self.stream(), launch.shared_memory](*map(_kernel_argument, arguments))
+        return kernels(DTYPES[c_type])[function.replace("::", "_")]
 
 
 def _kernel_argument(argument):
@@ -91,7 +105,8 @@ def _engine():
     limits = DeviceLimits(device.MAX_THREADS_PER_BLOCK,
                           min(device.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, DEFAULT_SHARED_MEMORY),
                           device.MULTIPROCESSOR_COUNT)
-    return FusedLSTM(xp, NumbaLauncher(lambda: cuda.external_stream(xp.cuda.get_current_stream().ptr)), limits)
+    return FusedLSTM(xp, NumbaLauncher(lambda: cuda.external_stream(xp.cuda.get_current_stream().ptr)), limits,
+                     cooperative=True)
 
 
 def prepare(a):

@@ -7,11 +7,11 @@ Three paths (see kernels/lstm_persistent.cu, kernels/lstm_cooperative.cu and ker
   blocking: each weight it reads from shared memory serves that many rows), so a block has
   ``ceil(rows / ROWS_PER_THREAD) * units`` threads. Taken whenever that fits the kernels' launch
   bound and the device's (opt-in) shared memory per block.
-- cooperative: one cooperative launch runs the whole recurrence, a block per slice of ``slice``
-  units and tile of ``rows`` batch rows, at most one block per multiprocessor, each keeping its
-  slice's part of recurrent_kernel in shared memory, one grid-wide barrier per step; where
-  persistent does not fit, or would run in more than one wave of blocks, and that part does, for
-  a backend whose launcher launches cooperatively.
+- cooperative: one launch, whose blocks must all be resident at once, runs the whole recurrence,
+  a block per slice of ``slice`` units and tile of ``rows`` batch rows, at most one block per
+  multiprocessor, each keeping its slice's part of recurrent_kernel in shared memory, one
+  grid-wide barrier per step; where persistent does not fit, or would run in more than one wave
+  of blocks, and that part does, for a backend that runs the cooperative kernels.
 - stepwise: per time step a GEMM plus one fused pointwise kernel; beyond both.
 """
 from typing import NamedTuple

@@ -1,7 +1,8 @@
-"""The numba_cuda backend itself in Numba's CUDA simulator, against the NumPy reference: both
-paths of the launch plan, forward and backward. Run by tests/test_numba_cuda.py in its own
-process with NUMBA_ENABLE_CUDASIM=1 (set before numba is imported). The simulator runs one
-thread per CUDA thread, so the cases are small.
+"""The numba_cuda backend itself in Numba's CUDA simulator, against the NumPy reference: the three
+paths of the launch plan, forward and backward, the cooperative one with every block of its grid
+at once (tests/support/simulator_grid.py). Run by tests/test_numba_cuda.py in its own process
+with NUMBA_ENABLE_CUDASIM=1 (set before numba is imported). The simulator runs one thread per
+CUDA thread, so the cases are small.
 
 Tolerance: max|simulated - reference| / max(1, max|reference|) below 1e-5 in float32, 1e-12 in
 float64.
@@ -15,18 +16,32 @@ from fastlstm.backends import LSTMOptions
 from fastlstm.backends import numba_cuda
 from fastlstm.backends.fused import FusedLSTM
 from fastlstm.backends.plan import ROWS_PER_THREAD, DeviceLimits, plan_lstm, thread_groups
+from fastlstm.kernels import numba_cuda as numba_cuda_kernels
 from support.lstm_testing import random_inputs, relative_error
+from support.simulator_grid import CooperativeLauncher
 
 assert numba_cuda.SIMULATOR, "run with NUMBA_ENABLE_CUDASIM=1"
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 # Two multiprocessors, over which the plan spreads the rows; 64 bytes of shared memory, so that
-# nothing fits the persistent path.
-LIMITS = {"persistent": DeviceLimits(1024, 48 * 1024, 2), "stepwise": DeviceLimits(1024, 64, 2)}
+# nothing fits the persistent path or a cooperative block; two threads a block, fewer than the
+# cases' units, so that the cooperative path takes every case, in slices of two units over four
+# multiprocessors.
+LIMITS = {"persistent": DeviceLimits(1024, 48 * 1024, 2), "stepwise": DeviceLimits(1024, 64, 2),
+          "cooperative": DeviceLimits(2, 48 * 1024, 4)}
+
+
+def _use_engine(monkeypatch, limits, launcher=None):
+    """Makes the backend run on a FusedLSTM with ``limits`` and ``launcher`` (by default one that
+    runs cooperative launches with every block at once), planning cooperatively as on a GPU;
+    returns the launcher."""
+    launcher = launcher or CooperativeLauncher()
+    monkeypatch.setattr(numba_cuda, "_engine", lambda: FusedLSTM(np, launcher, limits, cooperative=True))
+    return launcher
 
 
 @pytest.fixture(params=sorted(LIMITS))
 def path(request, monkeypatch):
-    monkeypatch.setattr(numba_cuda, "_engine", lambda: FusedLSTM(np, numba_cuda.NumbaLauncher(), LIMITS[request.param]))
+    _use_engine(monkeypatch, LIMITS[request.param])
     return request.param
 
 
@@ -95,9 +110,44 @@ def test_row_groups_with_rows_that_do_not_exist_match_the_reference(name, dtype,
     last_block = batch - (-(-batch // rows) - 1) * rows
     assert thread_groups(rows) > 1 and (rows % ROWS_PER_THREAD or last_block % ROWS_PER_THREAD), \
         f"{name}: the plan makes blocks of {rows} rows of {batch}, no group holding rows that do not exist"
-    monkeypatch.setattr(numba_cuda, "_engine", lambda: FusedLSTM(np, numba_cuda.NumbaLauncher(), limits))
+    _use_engine(monkeypatch, limits)
     taken = _check_against_the_reference(dict(shape=shape, return_sequences=True), dtype)
     assert (taken.path, taken.rows) == ("persistent", rows)
+
+
+# Cooperative grids of several slices and tiles: {name: (limits, [batch, time, input_dim, units])}.
+COOPERATIVE_TILINGS = {
+    # Slices of 16 units over 20 (the second holds 4), tiles of 4 rows over 5 (the second holds 1).
+    "partial-slice-and-tile": (DeviceLimits(16, 48 * 1024, 4), (5, 3, 2, 20)),
+    # One tile of 12 rows in passes of 4 over 9 rows (the third pass holds 1), slices of 32 over 40.
+    "several-passes": (DeviceLimits(32, 48 * 1024, 2), (9, 3, 2, 40)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(COOPERATIVE_TILINGS))
+def test_cooperative_grids_of_several_slices_tiles_and_passes_match_the_reference(name, dtype, monkeypatch):
+    limits, shape = COOPERATIVE_TILINGS[name]
+    batch, units = shape[0], shape[3]
+    plan = plan_lstm(batch, units, dtype, limits, cooperative=True)
+    slices, tiles = -(-units // plan.slice), -(-batch // plan.rows)
+    passes = -(-plan.rows // (plan.forward.block[0] // plan.slice * ROWS_PER_THREAD))
+    assert plan.path == "cooperative" and units % plan.slice and (batch % plan.rows if tiles > 1 else passes > 1), \
+        f"{name}: {plan}"
+    launcher = _use_engine(monkeypatch, limits)
+    taken = _check_against_the_reference(dict(shape=shape, return_sequences=True), dtype)
+    assert taken == plan and slices * tiles == plan.forward.grid[0] > 1
+    assert launcher.cooperative_launches == [plan.forward.kernel, plan.backward.kernel]
+
+
+def test_a_cooperative_kernel_launched_one_block_at_a_time_fails_rather_than_hangs(monkeypatch):
+    """The simulator's own launch runs the blocks one after another, as a GPU might a grid that is
+    not all resident: the first block waits at the grid barrier for the others, gives up after
+    GRID_SYNC_POLLS looks and fails the launch."""
+    monkeypatch.setattr(numba_cuda_kernels, "GRID_SYNC_POLLS", 200)
+    _use_engine(monkeypatch, LIMITS["cooperative"], numba_cuda.NumbaLauncher())
+    with pytest.raises(RuntimeError, match="grid barrier was not released after 200 looks"):
+        _check_against_the_reference(dict(shape=(3, 2, 1, 5)), np.float32)
 
 
 def test_the_simulator_is_not_mistaken_for_a_gpu():
