@@ -519,10 +519,10 @@ def kernels(dtype):
         p = uint32(uint32(cuda.threadIdx.x) // s)
         while uint32(p + uint32(3) * groups) < rows:
             p1, p2, p3 = uint32(p + groups), uint32(p + uint32(2) * groups), uint32(p + uint32(3) * groups)
-            a0, a1 = slice_weight(recurrent_kernel, p, j, units, columns), slice_weight(recurrent_kernel, p1, j, units,
-                                                                                      columns)
-            a2, a3 = slice_weight(recurrent_kernel, p2, j, units, columns), slice_weight(recurrent_kernel, p3, j, units,
-                                                                                      columns)
+            a0 = slice_weight(recurrent_kernel, p, j, units, columns)
+            a1 = slice_weight(recurrent_kernel, p1, j, units, columns)
+            a2 = slice_weight(recurrent_kernel, p2, j, units, columns)
+            a3 = slice_weight(recurrent_kernel, p3, j, units, columns)
             shared[p * s + jl], shared[p1 * s + jl], shared[p2 * s + jl], shared[p3 * s + jl] = a0, a1, a2, a3
             p = uint32(p3 + groups)
         while p < rows:
