@@ -48,8 +48,12 @@ if config.ENABLE_CUDASIM:
         clock.sleep(0)  # lets the simulator's other blocks, Python threads, run
 else:
     from llvmlite import ir
-    from numba.cuda import types
-    from numba.cuda.extending import intrinsic
+    try:
+        from numba.cuda import types
+        from numba.cuda.extending import intrinsic
+    except ImportError:  # a numba-cuda from before its own type system, which extends Numba's
+        from numba.core import types
+        from numba.core.extending import intrinsic
 
     @intrinsic
     def _trap(typingctx):
