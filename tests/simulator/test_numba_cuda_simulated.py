@@ -150,6 +150,27 @@ def test_a_cooperative_kernel_launched_one_block_at_a_time_fails_rather_than_han
         _check_against_the_reference(dict(shape=(3, 2, 1, 5)), np.float32)
 
 
+def test_a_block_that_fails_stops_the_blocks_that_wait_for_it_at_the_grid_barrier(monkeypatch):
+    """The second tile's blocks index a row of h0 that is not there and fail; the first tile's,
+    waiting at the grid barrier for them, stop too, and the launch raises the failure."""
+    monkeypatch.setattr(numba_cuda_kernels, "GRID_SYNC_POLLS", 1000)  # a bound, should they wait on
+    trapped = []
+
+    def trap():
+        trapped.append(True)
+        raise RuntimeError("trapped")
+
+    monkeypatch.setattr(numba_cuda_kernels, "_trap", trap)
+    limits, (batch, time, input_dim, units) = COOPERATIVE_TILINGS["partial-slice-and-tile"]
+    inputs = random_inputs(np.random.default_rng(0), batch, time, input_dim, units, np.float32)
+    state = inputs["h0"][:-1]  # the second tile's one row is missing
+    engine = FusedLSTM(np, CooperativeLauncher(), limits, cooperative=True)
+    with pytest.raises(IndexError, match="out of bounds"):
+        engine.forward(inputs["x"], inputs["kernel"], inputs["recurrent_kernel"], inputs["bias"], state, state,
+                       LSTMOptions())
+    assert not trapped, "the waiting blocks gave up on the barrier rather than stopping with the failed ones"
+
+
 def test_the_simulator_is_not_mistaken_for_a_gpu():
     status = next(s for s in fastlstm.available_backends() if s.name == "numba_cuda")
     assert not status.available and "simulator" in status.detail

@@ -27,7 +27,7 @@ class _BlockSharedModule(FakeCUDAModule):
 
 class CooperativeLauncher(NumbaLauncher):
     """NumbaLauncher under the simulator, running cooperative launches with every block at once;
-    records the kernels it launched so in ``cooperative_launches``."""
+    the kernel of each such launch is recorded in ``cooperative_launches``."""
 
     def __init__(self):
         super().__init__()
