@@ -46,7 +46,7 @@ def forward_slice(x, h0, c0, inputs, packed_weights, bias, gates, c, act_c, sequ
         step_gates = gates[t % gates.shape[0]]
         copy_to(rows[:, :input_dim], x[:, t])
         # From a zero state the first step's product leaves out the rows of h, which add nothing.
-        depth = input_dim if t == 0 and _all_zero(h0) else rows.shape[1]
+        depth = input_dim if t == 0 and not h0.any() else rows.shape[1]
         matmul_packed(rows, packed_weights, step_gates, depth)
         c_prev, c_next = c[t % c.shape[0]], c[(t + 1) % c.shape[0]]
         if act_c.shape[0]:
@@ -77,13 +77,3 @@ def backward_slice(gates, c, act_c, packed_recurrent_kernel_t, packed_kernel_t, 
         backward_step(gates[t], c[t], act_c[t], dh, dc, dz[t], activation, recurrent_activation)
         matmul_packed(dz[t], packed_recurrent_kernel_t, dh, dz.shape[2])
         matmul_packed(dz[t], packed_kernel_t, dx[:, t], dz.shape[2])
-
-
-@njit(inline="always")
-def _all_zero(a):
-    """Whether the 2-D array a holds only zeros."""
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            if a[i, j] != 0:
-                return False
-    return True
