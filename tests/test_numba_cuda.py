@@ -105,15 +105,20 @@ def _signatures(dtype):
     }.items()}
 
 
+def _plan_name(function):
+    """The plan's name of the Numba kernel ``function``: "cooperative::forward" for
+    "cooperative_forward", as NumbaLauncher reads it the other way."""
+    return next(name for names in plan.KERNELS.values() for name in names if name.replace("::", "_") == function)
+
+
 def _largest_block(function, dtype):
     """The most threads per block the backend's plan asks of ``function``, on any number of
     multiprocessors (fewer make bigger blocks)."""
-    name = f"{function.replace('_', '::', 1) if function.startswith('cooperative') else function}<" \
-           f"{C_TYPES[np.dtype(dtype)]}>"
+    name = plan.kernel_name(_plan_name(function), dtype)
     return max(launch.block[0] for processors in (1, 132) for units in range(1, 257) for batch in (1, 7, 4096)
                for launch in plan_lstm(batch, units, dtype, DeviceLimits(1024, DEFAULT_SHARED_MEMORY, processors),
                                        cooperative=True)[1:3]
-               if launch.kernel.endswith(name))
+               if launch.kernel == name)
 
 
 def _run(command, failure):
@@ -177,8 +182,7 @@ def _assemble_and_check(ptx, arch, ptxas, function, dtype):
         for loop in fma_loops:
             assert loop.instructions_per_fma() <= INSTRUCTIONS_PER_FMA, \
                 f"{function}: {loop.instructions_per_fma():.2f} instructions per multiply-add"
-            assert loop.shared_loads_per_fma() <= FMA_TARGETS[function.replace("_", "::", 1) if function in
-                                                               numba_cuda.COOPERATIVE else function][0], \
+            assert loop.shared_loads_per_fma() <= FMA_TARGETS[_plan_name(function)][0], \
                 f"{function}: {loop.shared_loads_per_fma():.2f} shared loads per multiply-add"
 
 

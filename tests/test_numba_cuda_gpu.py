@@ -89,8 +89,8 @@ extern "C" __global__ void spin(long long cycles) {
 """
 
 
-@pytest.mark.parametrize("shape", SHAPE_OF_EACH_PATH.values(), ids=SHAPE_OF_EACH_PATH)
-def test_a_call_returns_without_waiting_for_the_work_queued_before_it(shape):
+@pytest.mark.parametrize(("path", "shape"), SHAPE_OF_EACH_PATH.items(), ids=SHAPE_OF_EACH_PATH)
+def test_a_call_returns_without_waiting_for_the_work_queued_before_it(path, shape):
     """Numba synchronises the host with the stream an imported device array names unless told not
     to: a forward and backward that did would return only once a kernel queued before them on the
     stream has finished. That kernel spins for about a second (2e9 cycles at up to 2 GHz), far longer
@@ -116,7 +116,7 @@ def test_a_call_returns_without_waiting_for_the_work_queued_before_it(shape):
         returned_before_the_spin_ended = not spun.done
         stream.synchronize()
     assert returned_before_the_spin_ended
-    assert taken_path(result) == next(path for path, of_path in SHAPE_OF_EACH_PATH.items() if of_path == shape)
+    assert taken_path(result) == path
     assert relative_error(cupy.asnumpy(result.outputs), reference.outputs) <= TOLERANCE[np.float32]
     for mine, want in zip(gradients, expected):
         assert relative_error(cupy.asnumpy(mine), want) <= TOLERANCE[np.float32]
